@@ -1,0 +1,85 @@
+"""PreResNet-d and width-scaled PreResNet, structure and init of the reference (SPEC §1.2).
+
+* stem: 3x3 conv in->16k, stride 1, pad 1, no bias, no BN/ReLU after it;
+* 3 stages of n = (d - 2) / 6 pre-activation BasicBlocks (planes 16k, 32k, 64k; stride 2 at the
+  start of stages 2 and 3): out = conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut(x), where the
+  shortcut is the identity or a 1x1 stride-2 conv (no bias, no BN) applied to the *raw* input x;
+* head: BN -> ReLU -> global average pool -> Linear(64k -> classes, with bias).
+
+Init: convs N(0, sqrt(2 / (k*k*out))) (He fan-out, untruncated normal); BN 1/0; Linear weight and
+bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default). Module names follow the reference's
+state_dict (``conv1``, ``layer1_0/bn1`` ..., ``bn``, ``fc``) so that checkpoints map one-to-one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tr_jax.models.batchnorm import BatchNorm
+
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # untruncated
+
+
+def torch_linear_init(fan_in: int):
+    """PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv3x3(features: int, stride: int, name: str) -> nn.Conv:
+    return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+                   use_bias=False, kernel_init=conv_init, name=name)
+
+
+class BasicBlock(nn.Module):
+    planes: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, mode: str) -> jnp.ndarray:
+        out = nn.relu(BatchNorm(name="bn1")(x, mode))
+        out = conv3x3(self.planes, self.stride, "conv1")(out)
+        out = nn.relu(BatchNorm(name="bn2")(out, mode))
+        out = conv3x3(self.planes, 1, "conv2")(out)
+        if self.stride != 1 or x.shape[-1] != self.planes:
+            x = nn.Conv(self.planes, (1, 1), strides=(self.stride, self.stride), padding="VALID",
+                        use_bias=False, kernel_init=conv_init, name="downsample")(x)
+        return out + x
+
+
+class PreResNet(nn.Module):
+    """PreResNet-``depth`` (depth = 6n + 2) with channel widths int(16w), int(32w), int(64w)."""
+
+    depth: int = 20
+    num_classes: int = 10
+    width: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, mode: str = "eval") -> jnp.ndarray:
+        n = check_depth(self.depth)
+        widths = [int(16 * self.width), int(32 * self.width), int(64 * self.width)]
+        x = conv3x3(widths[0], 1, "conv1")(x)
+        for stage, planes in enumerate(widths):
+            for b in range(n):
+                stride = 2 if (stage > 0 and b == 0) else 1
+                x = BasicBlock(planes, stride, name=f"layer{stage + 1}_{b}")(x, mode)
+        x = nn.relu(BatchNorm(name="bn")(x, mode))
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, kernel_init=torch_linear_init(widths[2]),
+                        bias_init=torch_linear_init(widths[2]), name="fc")(x)
+
+
+def check_depth(depth: int) -> int:
+    """Blocks per stage n for PreResNet-depth; raises unless depth = 6n + 2 with n >= 1."""
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(
+            f"PreResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, 44, 56, 110, ...); "
+            f"got depth={depth!r}")
+    return (depth - 2) // 6
