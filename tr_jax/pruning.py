@@ -73,3 +73,8 @@ def mask_density(masks) -> jnp.ndarray:
     """Fraction of prunable entries kept."""
     pl = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(masks)[0] if is_prunable(p, x)]
     return sum(jnp.sum(x) for _, x in pl) / sum(x.size for _, x in pl)
+
+
+def mask_density_stacked(masks) -> jnp.ndarray:
+    """``mask_density`` of every member of a stacked mask pytree [M, ...] -> [M]."""
+    return jax.vmap(mask_density)(masks)

@@ -1,0 +1,167 @@
+"""Experiment configuration: the schema (every key, with its default) and validation.
+
+A config file (``configs/*.py``) defines ``get_config()`` returning an ``ml_collections.ConfigDict``
+built from ``default_config()``. Every key a user sets must exist in the schema: an unknown or
+mistyped key is an error that names it and suggests the closest known key.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import pathlib
+from typing import Any, Iterable
+
+import ml_collections
+
+from tr_jax.data.datasets import DATASETS
+from tr_jax.regimes import RegimeRule
+
+KNOBS = ("epochs",)  # temperature knobs the sweep runs so far (batch_size, sam_rho, lr: planned)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The full schema with the paper's settings (SPEC §1.3-1.7) as defaults."""
+    c = ml_collections.ConfigDict()
+    c.name = "default"
+    c.seed = 0                      # root PRNG key: every member key is folded in from it
+    c.dataset = "cifar10"           # digits | cifar10 | cifar100 | svhn_cropped
+    c.data_dir = ""                 # TFDS data_dir ("" = TFDS default, ~/tensorflow_datasets)
+    c.model = ml_collections.ConfigDict(dict(arch="preresnet", depth=20, width=1.0))
+    c.knob = "epochs"
+    # Temperature grid: for the epochs knob, the dense epochs at which checkpoints are pruned.
+    c.temperatures = tuple(range(10, 161, 10))
+    c.dense = ml_collections.ConfigDict(dict(
+        epochs=160, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4,
+        milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3)))
+    c.augment = ml_collections.ConfigDict(dict(pad=4, flip=True))
+    c.prune = ml_collections.ConfigDict(dict(
+        densities=(0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80), scope="uniform"))
+    c.retrain = ml_collections.ConfigDict(dict(
+        mode="lr_rewinding", epochs=160, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4,
+        milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3)))
+    c.measure = ml_collections.ConfigDict(dict(
+        lmc_points=11, bn_batch_size=64, cka_images=6464, test_error_last_epochs=5))
+    c.regimes = ml_collections.ConfigDict(RegimeRule().to_dict())
+    c.run = ml_collections.ConfigDict(dict(
+        members_strategy="auto", chunk_steps=4, eval_batch_size=500))
+    return c
+
+
+def _did_you_mean(key: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _check_keys(cfg: Any, schema: Any, prefix: str = "") -> None:
+    for key in cfg.keys():
+        if key not in schema:
+            raise ValueError(f"unknown config key {prefix + key!r}."
+                             f"{_did_you_mean(key, schema.keys())} "
+                             f"Known keys{' under ' + prefix[:-1] if prefix else ''}: "
+                             f"{sorted(schema.keys())}")
+        if isinstance(schema[key], ml_collections.ConfigDict):
+            if not isinstance(cfg[key], (ml_collections.ConfigDict, dict)):
+                raise ValueError(f"config key {prefix + key!r} must be a group of keys "
+                                 f"{sorted(schema[key].keys())}, got {cfg[key]!r}")
+            _check_keys(cfg[key], schema[key], prefix + key + ".")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check keys and values; return the config merged over the defaults. Errors name the value."""
+    from tr_jax.models import build
+    from tr_jax.pruning import SCOPES, check_density
+    from tr_jax.training.members import resolve
+
+    schema = default_config()
+    _check_keys(cfg, schema)
+    merged = schema
+    merged.update(cfg)  # recursive, keys already checked
+    if merged.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {merged.dataset!r}.{_did_you_mean(merged.dataset, DATASETS)}"
+                         f" Known: {DATASETS}")
+    if merged.knob not in KNOBS:
+        raise ValueError(f"temperature knob {merged.knob!r} is not supported (known: {KNOBS})")
+    build(merged.model.arch, depth=merged.model.depth, width=merged.model.width)
+    for d in merged.prune.densities:
+        check_density(d)
+    if not len(merged.prune.densities):
+        raise ValueError("prune.densities is empty: give at least one density in (0, 1]")
+    if merged.prune.scope not in SCOPES:
+        raise ValueError(f"prune.scope {merged.prune.scope!r} is not one of {SCOPES}")
+    temps = tuple(merged.temperatures)
+    if not temps:
+        raise ValueError("temperatures is empty: give the dense epochs to prune at, e.g. (10, 20)")
+    for t in temps:
+        if int(t) != t or not 1 <= t <= merged.dense.epochs:
+            raise ValueError(f"temperature {t!r} (a dense epoch to prune at) must be an integer in "
+                             f"[1, dense.epochs={merged.dense.epochs}]")
+    if len(set(merged.retrain.seeds)) < 2:
+        raise ValueError(f"retrain.seeds={tuple(merged.retrain.seeds)!r}: LMC and CKA need at "
+                         "least 2 distinct retrain seeds")
+    if merged.retrain.mode != "lr_rewinding":
+        raise ValueError(f"retrain.mode {merged.retrain.mode!r}: only 'lr_rewinding' so far")
+    if not merged.dense.seeds:
+        raise ValueError("dense.seeds is empty")
+    if merged.measure.lmc_points < 2:
+        raise ValueError(f"measure.lmc_points={merged.measure.lmc_points} must be >= 2")
+    RegimeRule.from_dict(merged.regimes.to_dict())
+    resolve(merged.run.members_strategy)
+    return merged
+
+
+def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, with ``key.sub=value`` overrides, validated."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_tr_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {str(path)!r} defines no get_config()")
+    cfg = module.get_config()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        node, parts = cfg, key.split(".")
+        schema = default_config()
+        for p in parts[:-1]:
+            if p not in schema:
+                raise ValueError(f"unknown config key {key!r}.{_did_you_mean(p, schema.keys())}")
+            schema, node = schema[p], node[p]
+        if parts[-1] not in schema:
+            raise ValueError(f"unknown config key {key!r}.{_did_you_mean(parts[-1], schema.keys())}")
+        try:
+            value = json.loads(raw.replace("(", "[").replace(")", "]"))
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        with node.unlocked() if hasattr(node, "unlocked") else _null():
+            node[parts[-1]] = value
+    return validate(cfg)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+    def norm(x):
+        if isinstance(x, dict):
+            return {k: norm(v) for k, v in sorted(x.items())}
+        if isinstance(x, (list, tuple)):
+            return [norm(v) for v in x]
+        return x
+    return json.dumps(norm(cfg.to_dict()), indent=1, sort_keys=True)
+
+
+def config_hash(cfg: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:12]

@@ -1,0 +1,94 @@
+"""BN recalibration and dataset-wide evaluation (SPEC §2.2 step 3-4).
+
+``recalibrate`` resets BN and recomputes every layer's running statistics on a dataset in order,
+without augmentation, as the reference does: the size-weighted average over batches of the
+per-batch means and of the per-batch *unbiased* variances (its cumulative-average momentum
+b_k / (n_seen + b_k) gives exactly that). Batches are processed ``chunk_batches`` at a time by one
+vmapped call (shared parameters, so the vmap is just a bigger batch), the last partial batch by a
+second call.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from tr_jax import models
+from tr_jax.data.augment import normalize
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
+def _collect_sums(model: nn.Module, variables: dict, x: jnp.ndarray, mean: tuple, std: tuple):
+    """Sum over batches of b * (batch mean, unbiased batch var): x uint8 [nb, b, H, W, C]."""
+    b = x.shape[1]
+
+    def one(xb):
+        return models.apply(model, variables, normalize(xb, mean, std), mode="collect")[1]
+
+    stats = jax.vmap(one)(x)
+    return jax.tree.map(lambda s: b * jnp.sum(s, axis=0), stats)
+
+
+def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Sequence[float],
+                std: Sequence[float], batch_size: int = 64, chunk_batches: int = 16) -> dict:
+    """Variables with ``batch_stats`` recomputed on ``images`` (uint8 [N, H, W, C], in order)."""
+    mean, std = tuple(map(float, mean)), tuple(map(float, std))
+    n = images.shape[0]
+    n_full, rem = divmod(n, batch_size)
+    sums = None
+    step = chunk_batches * batch_size
+    pieces = []
+    for s in range(0, n_full * batch_size, step):
+        e = min(s + step, n_full * batch_size)
+        pieces.append(images[s:e].reshape(-1, batch_size, *images.shape[1:]))
+    if rem:
+        pieces.append(images[n_full * batch_size:][None])
+    for x in pieces:
+        part = _collect_sums(model, variables, x, mean, std)
+        sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+    stats = jax.tree.map(lambda s: s / n, sums)
+    return {"params": variables["params"], "batch_stats": stats}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
+def _eval_batch(model, variables, x, y, valid, mean, std):
+    logits = models.apply(model, variables, normalize(x, mean, std))
+    wrong = (jnp.argmax(logits, -1) != y) & valid
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y) * valid
+    return jnp.sum(wrong), jnp.sum(loss), logits
+
+
+def _batches(n: int, batch: int):
+    for s in range(0, n, batch):
+        yield s, min(s + batch, n)
+
+
+def _padded(a: jnp.ndarray, size: int) -> jnp.ndarray:
+    if a.shape[0] == size:
+        return a
+    return jnp.concatenate([a, jnp.zeros((size - a.shape[0], *a.shape[1:]), a.dtype)])
+
+
+def evaluate(model: nn.Module, variables: dict, images: jnp.ndarray, labels: jnp.ndarray,
+             mean: Sequence[float], std: Sequence[float], batch_size: int = 500,
+             return_logits: bool = False) -> dict[str, Any]:
+    """Eval-mode error (fraction) and mean cross-entropy on a dataset; optionally the logits."""
+    mean, std = tuple(map(float, mean)), tuple(map(float, std))
+    n = images.shape[0]
+    b = min(batch_size, n)
+    wrong, loss, logits = 0, 0.0, []
+    for s, e in _batches(n, b):
+        valid = jnp.arange(b) < (e - s)
+        w, ls, lg = _eval_batch(model, variables, _padded(images[s:e], b),
+                                _padded(labels[s:e], b), valid, mean, std)
+        wrong, loss = wrong + w, loss + ls
+        if return_logits:
+            logits.append(lg[: e - s])
+    out = {"error": wrong / n, "loss": loss / n}
+    if return_logits:
+        out["logits"] = jnp.concatenate(logits)
+    return out

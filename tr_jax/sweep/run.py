@@ -1,0 +1,299 @@
+"""The whole pipeline for one config: dense -> prune -> retrain -> measure -> regimes -> figures.
+
+Members (DESIGN.md): dense members are the dense seeds (the epochs knob takes its temperatures as
+checkpoints of one full-schedule run per seed, SPEC §1.4); retrain members are every
+(dense seed, temperature, density, retrain seed), all stacked in one program (one shape group);
+pairs of retrain seeds of a cell feed LMC and CKA. Member keys are folded from the root key and the
+member's coordinates only, so a member's numbers do not depend on the other members of its program.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from tr_jax import __version__, landscape, models, plots, pruning, regimes
+from tr_jax.config import config_hash, to_json
+from tr_jax.data.datasets import load_dataset
+from tr_jax.sweep.store import Workdir, atomic_write_csv, atomic_write_text
+from tr_jax.training import StepConfig, Trainer, init_state
+
+DENSE, RETRAIN = 0, 1  # first fold of the root key per stage
+
+
+def member_key(root: jax.Array, *coords: int) -> jax.Array:
+    """fold_in(... fold_in(root, c0) ..., cn): the key of the member at these coordinates."""
+    k = root
+    for c in coords:
+        k = jax.random.fold_in(k, int(c))
+    return k
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=True, dynamic_ncols=True)
+
+
+class Pipeline:
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
+                 echo: Callable[[str], None] = print):
+        self.cfg, self.progress, self.echo = cfg, progress, echo
+        self.hash = config_hash(cfg)
+        self.wd = Workdir(workdir, to_json(cfg))
+        self.ds = load_dataset(cfg.dataset, cfg.data_dir or None)
+        self.model = models.build(cfg.model.arch, depth=cfg.model.depth,
+                                  num_classes=self.ds.num_classes, width=cfg.model.width)
+        self.X, self.Y = jnp.asarray(self.ds.train_images), jnp.asarray(self.ds.train_labels)
+        self.Xt, self.Yt = jnp.asarray(self.ds.test_images), jnp.asarray(self.ds.test_labels)
+        self.root = jax.random.key(cfg.seed)
+        self.strategy = cfg.run.members_strategy
+        self.temps = tuple(int(t) for t in cfg.temperatures)
+        self.densities = tuple(float(d) for d in cfg.prune.densities)
+
+    def say(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        self.echo(line)
+        self.wd.log(line)
+
+    def _trainer(self, section: ml_collections.ConfigDict) -> Trainer:
+        c = self.cfg
+        step = StepConfig(mean=tuple(self.ds.mean), std=tuple(self.ds.std),
+                          batch_size=section.batch_size, pad=c.augment.pad, flip=c.augment.flip,
+                          momentum=section.momentum)
+        return Trainer(self.model, step, self.strategy, chunk_steps=c.run.chunk_steps,
+                       eval_batch_size=c.run.eval_batch_size, milestones=tuple(section.milestones),
+                       gamma=section.gamma)
+
+    # -- stage 1: dense training, checkpoints at the temperature grid ---------------------------
+    def dense(self) -> dict:
+        if self.wd.has("dense"):
+            self.say("dense: done before, loaded")
+            return self.wd.load("dense")
+        c = self.cfg
+        seeds = tuple(c.dense.seeds)
+        states = []
+        for s in seeds:
+            k = member_key(self.root, DENSE, s)
+            v = models.init(self.model, jax.random.fold_in(k, 0), self.ds.image_shape)
+            ones = jax.tree.map(jnp.ones_like, v["params"])
+            states.append(init_state(v, ones, jax.random.fold_in(k, 1), c.dense.lr,
+                                     c.dense.weight_decay, c.dense.momentum))
+        from tr_jax.training import stack
+        state = stack(states)
+        snaps: dict[int, Any] = {}
+
+        def on_epoch(epoch: int, get_state) -> None:
+            if epoch in self.temps:
+                st = get_state()
+                snaps[epoch] = jax.tree.map(np.asarray, {"params": st.params,
+                                                         "batch_stats": st.batch_stats})
+
+        trainer = self._trainer(c.dense)
+        self.say(f"dense: {len(seeds)} member(s) x {c.dense.epochs} epochs "
+                 f"({self.ds.num_train} images, strategy {trainer.strategy})")
+        t0 = time.time()
+        with _progress(c.dense.epochs, "dense training (epochs)", self.progress) as bar:
+            _, hist = trainer.fit(state, self.X, self.Y, max(self.temps), test=(self.Xt, self.Yt),
+                                  eval_epochs=self.temps, on_epoch=on_epoch, progress=bar.update)
+        # variables stacked [S, T, ...]; test error [S, T]
+        out = {
+            "variables": jax.tree.map(lambda *xs: np.stack(xs, axis=1), *[snaps[t] for t in self.temps]),
+            "test_error": np.stack([hist[t] for t in self.temps], axis=1),
+        }
+        self.say(f"dense: done in {time.time() - t0:.1f}s; test accuracy at "
+                 + ", ".join(f"epoch {t}: {100 * (1 - out['test_error'][:, i].mean()):.2f}%"
+                             for i, t in enumerate(self.temps)))
+        self.wd.save("dense", out)
+        return out
+
+    # -- stage 2+3: prune every checkpoint to every density, retrain with masks ------------------
+    def members(self) -> list[tuple[int, int, float, int]]:
+        c = self.cfg
+        return list(itertools.product(c.dense.seeds, self.temps, self.densities, c.retrain.seeds))
+
+    def retrain(self, dense: dict) -> dict:
+        if self.wd.has("retrain"):
+            self.say("retrain: done before, loaded")
+            return self.wd.load("retrain")
+        c = self.cfg
+        S, T, D, R = len(c.dense.seeds), len(self.temps), len(self.densities), len(c.retrain.seeds)
+        M = S * T * D * R
+        self.say(f"prune: {S * T} dense checkpoint(s) x {D} densities ({c.prune.scope} magnitude)")
+        dens = jnp.asarray(self.densities, jnp.float32)
+        masks_fn = jax.jit(jax.vmap(lambda p, d: pruning.magnitude_masks(p, d, c.prune.scope),
+                                    in_axes=(None, 0)))
+        masks = []  # [S, T] of [D, ...]
+        with _progress(S * T, "prune (checkpoints)", self.progress) as bar:
+            for si in range(S):
+                for ti in range(T):
+                    params = jax.tree.map(lambda x: x[si, ti], dense["variables"]["params"])
+                    masks.append(masks_fn(params, dens))
+                    bar.update(1)
+
+        def expand(x):  # [S, T, ...] -> [S, T, D, R, ...] -> [M, ...]
+            x = jnp.asarray(x)
+            x = jnp.broadcast_to(x[:, :, None, None], (S, T, D, R, *x.shape[2:]))
+            return x.reshape(M, *x.shape[4:])
+
+        variables = jax.tree.map(expand, dense["variables"])
+        mask_st = jax.tree.map(lambda *xs: jnp.stack(xs).reshape(S, T, D, *xs[0].shape[1:]), *masks)
+        mask_m = jax.tree.map(
+            lambda x: jnp.broadcast_to(x[:, :, :, None], (S, T, D, R, *x.shape[3:])).reshape(
+                M, *x.shape[3:]), mask_st)
+        keys = jnp.stack([jax.random.key_data(member_key(self.root, RETRAIN, s, r))
+                          for s, _, _, r in self.members()])
+        rc = c.retrain
+        state = jax.vmap(lambda v, m, k: init_state(v, m, k, rc.lr, rc.weight_decay, rc.momentum))(
+            variables, mask_m, keys)
+        last = c.measure.test_error_last_epochs
+        eval_epochs = range(max(1, rc.epochs - last + 1), rc.epochs + 1)
+        trainer = self._trainer(rc)
+        self.say(f"retrain: {M} members ({S} dense seed(s) x {T} temperatures x {D} densities x "
+                 f"{R} retrain seeds) x {rc.epochs} epochs, strategy {trainer.strategy}")
+        t0 = time.time()
+        with _progress(rc.epochs, "retrain (epochs)", self.progress) as bar:
+            final, hist = trainer.fit(state, self.X, self.Y, rc.epochs, test=(self.Xt, self.Yt),
+                                      eval_epochs=eval_epochs, progress=bar.update)
+        test_err = np.stack([hist[e] for e in eval_epochs], axis=1)  # [M, last]
+        pruned_zero = jax.tree.map(lambda p, m: jnp.all(jnp.where(m == 0, p == 0, True)),
+                                   final.params, final.mask)
+        if not all(bool(x) for x in jax.tree.leaves(pruned_zero)):
+            raise AssertionError("a pruned weight moved away from 0 during retraining")
+        out = {"variables": jax.tree.map(np.asarray, {"params": final.params,
+                                                      "batch_stats": final.batch_stats}),
+               "density": np.asarray(pruning.mask_density_stacked(final.mask)),
+               "test_error": test_err}
+        self.say(f"retrain: done in {time.time() - t0:.1f}s")
+        self.wd.save("retrain", out)
+        return out
+
+    # -- stage 4: LMC and CKA per pair of retrain seeds ------------------------------------------
+    def pairs(self) -> list[tuple[int, int]]:
+        """(member index a, member index b) of every pair of retrain seeds of every cell."""
+        R = len(self.cfg.retrain.seeds)
+        n_cells = len(self.members()) // R
+        return [(cell * R + i, cell * R + j) for cell in range(n_cells)
+                for i, j in itertools.combinations(range(R), 2)]
+
+    def measure(self, retrained: dict) -> dict:
+        if self.wd.has("measure"):
+            self.say("measure: done before, loaded")
+            return self.wd.load("measure")
+        c = self.cfg
+        pairs = self.pairs()
+        ts = np.linspace(0.0, 1.0, c.measure.lmc_points)
+        V = retrained["variables"]
+        member = lambda i: jax.tree.map(lambda x: jnp.asarray(x[i]), V)  # noqa: E731
+        n_cka = min(c.measure.cka_images, self.ds.num_train)
+        self.say(f"measure: LMC ({len(ts)} points, BN recalibrated on {self.ds.num_train} images) "
+                 f"and CKA ({n_cka} images) for {len(pairs)} pairs")
+        t0 = time.time()
+        M = len(self.members())
+        logits = []
+        with _progress(M, "outputs for CKA (members)", self.progress) as bar:
+            for i in range(M):
+                logits.append(landscape.evaluate(self.model, member(i), self.X[:n_cka],
+                                                 self.Y[:n_cka], self.ds.mean, self.ds.std,
+                                                 c.run.eval_batch_size, return_logits=True)["logits"])
+                bar.update(1)
+        logits = jnp.stack(logits)
+        probs = jax.nn.softmax(logits, axis=-1)
+        ia = np.asarray([a for a, _ in pairs])
+        ib = np.asarray([b for _, b in pairs])
+        out = {"cka_softmax": np.asarray(landscape.cka(probs[ia], probs[ib])),
+               "cka_logits": np.asarray(landscape.cka(logits[ia], logits[ib]))}
+        curves: dict[str, list] = {}
+        with _progress(len(pairs), "LMC (pairs)", self.progress) as bar:
+            for a, b in pairs:
+                cur = landscape.interpolation_errors(
+                    self.model, member(a), member(b), self.X, self.Y, mean=self.ds.mean,
+                    std=self.ds.std, ts=ts, bn_batch_size=c.measure.bn_batch_size,
+                    test=(self.Xt, self.Yt), eval_batch_size=c.run.eval_batch_size)
+                for k in ("train_error", "train_loss", "test_error", "test_loss"):
+                    curves.setdefault(k, []).append(cur[k])
+                bar.update(1)
+        for k, v in curves.items():
+            out[f"curve_{k}"] = np.stack(v)
+        out["lmc"] = np.asarray(landscape.lmc(out["curve_train_error"]))
+        out["ts"] = ts
+        self.say(f"measure: done in {time.time() - t0:.1f}s")
+        self.wd.save("measure", out)
+        return out
+
+    # -- stage 5: tables, regimes, figures --------------------------------------------------------
+    def tables(self, dense: dict, retrained: dict, measured: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+        c = self.cfg
+        base = {"config_hash": self.hash, "tr_jax_version": __version__, "knob": c.knob}
+        rows = []
+        for si, s in enumerate(c.dense.seeds):
+            for ti, t in enumerate(self.temps):
+                rows.append({**base, "stage": "dense", "temperature": t, "dense_seed": s,
+                             "density": 1.0, "retrain_seed": np.nan, "pair": "",
+                             "metric": "test_error", "value": float(dense["test_error"][si, ti])})
+        mem = self.members()
+        for i, (s, t, d, r) in enumerate(mem):
+            coords = {**base, "stage": "retrain", "temperature": t, "dense_seed": s, "density": d,
+                      "retrain_seed": r, "pair": ""}
+            rows.append({**coords, "metric": "test_error",
+                         "value": float(np.mean(retrained["test_error"][i]))})
+            rows.append({**coords, "metric": "measured_density",
+                         "value": float(retrained["density"][i])})
+        for p, (a, b) in enumerate(self.pairs()):
+            s, t, d, ra = mem[a]
+            rb = mem[b][3]
+            coords = {**base, "stage": "pair", "temperature": t, "dense_seed": s, "density": d,
+                      "retrain_seed": np.nan, "pair": f"{ra}-{rb}"}
+            for metric, key in (("lmc", "lmc"), ("cka", "cka_softmax"), ("cka_logits", "cka_logits")):
+                rows.append({**coords, "metric": metric, "value": float(measured[key][p])})
+            curve = measured["curve_train_loss"][p]
+            line = np.linspace(curve[0], curve[-1], curve.size)
+            rows.append({**coords, "metric": "loss_barrier", "value": float(np.max(curve - line))})
+        results = pd.DataFrame(rows)
+        keys = ["knob", "temperature", "density"]
+        wide = (results[results.stage != "dense"]
+                .pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
+                .reset_index())
+        dense_err = (results[results.stage == "dense"].groupby("temperature")["value"].mean())
+        cells = pd.DataFrame({
+            "knob": wide["knob"], "temperature": wide["temperature"], "density": wide["density"],
+            "test_error": wide["test_error"], "lmc": wide["lmc"], "cka": wide["cka"],
+            "cka_logits": wide["cka_logits"], "loss_barrier": wide["loss_barrier"],
+            "dense_test_error": wide["temperature"].map(dense_err).to_numpy(),
+        })
+        cells["normalized_test_error"] = regimes.normalized_test_error(cells)
+        cells["regime"] = regimes.classify(cells, c.regimes.to_dict())
+        cells["advice"] = cells["regime"].map(regimes.advice)
+        cells["config_hash"] = self.hash
+        return cells, results
+
+    def run(self) -> dict:
+        t0 = time.time()
+        self.say(f"tr_jax {__version__}: config {self.cfg.name!r} (hash {self.hash}) on "
+                 f"{jax.default_backend()} ({jax.device_count()} device(s)); workdir {self.wd.path}")
+        dense = self.dense()
+        retrained = self.retrain(dense)
+        measured = self.measure(retrained)
+        cells, results = self.tables(dense, retrained, measured)
+        atomic_write_csv(self.wd.path / "results.csv", results)
+        atomic_write_csv(self.wd.path / "cells.csv", cells)
+        figures = plots.figure2(cells, self.wd.path / "figures")
+        summary = regimes.summary_table(cells)
+        atomic_write_text(self.wd.path / "summary.txt", summary + "\n")
+        acc = 100 * (1 - dense["test_error"][:, -1].mean())
+        self.say(f"dense model test accuracy after {self.temps[-1]} epochs: {acc:.2f}%")
+        self.echo(summary)
+        self.say(f"wrote cells.csv, results.csv, {len(figures)} figures in {self.wd.path}; "
+                 f"total {time.time() - t0:.1f}s")
+        return {"cells": cells, "results": results, "figures": figures, "summary": summary}
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
+        echo: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the pipeline of a validated config in ``workdir``."""
+    return Pipeline(cfg, workdir, progress, echo).run()
