@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from tr_jax import models
 from tr_jax.data.augment import normalize
+from tr_jax.training.steps import batch_metrics
 
 
 @functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
@@ -54,12 +54,7 @@ def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Se
     return {"params": variables["params"], "batch_stats": stats}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
-def _eval_batch(model, variables, x, y, valid, mean, std):
-    logits = models.apply(model, variables, normalize(x, mean, std))
-    wrong = (jnp.argmax(logits, -1) != y) & valid
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y) * valid
-    return jnp.sum(wrong), jnp.sum(loss), logits
+_eval_batch = jax.jit(batch_metrics, static_argnames=("model", "mean", "std"))
 
 
 def _batches(n: int, batch: int):

@@ -32,6 +32,21 @@ def epoch_chunks(num_train: int, batch_size: int, chunk_steps: int,
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_train(model: nn.Module, cfg: StepConfig, strategy: str, n_steps: int,
+                    batch_size: int) -> Callable:
+    """The jitted group step, built once per (model, settings, strategy, chunk shape) per process,
+    so every Trainer of a run (dense, retrain) and every run in a process shares the compile."""
+    fn = functools.partial(train_steps, model, cfg, n_steps=n_steps, batch_size=batch_size)
+    return mem.over_members(fn, strategy, (0, None, None, None, None, None), donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_eval(model: nn.Module, cfg: StepConfig, strategy: str) -> Callable:
+    fn = functools.partial(eval_batch, model, cfg)
+    return mem.over_members(fn, strategy, (0, 0, 0, None, None, None))
+
+
 class Trainer:
     """Advances a stack of members (a ``TrainState`` with a leading [M] axis) together."""
 
@@ -43,23 +58,13 @@ class Trainer:
         self.strategy = mem.resolve(strategy)
         self.chunk_steps, self.drop_last = chunk_steps, drop_last
         self.eval_batch_size = eval_batch_size
-        self.compiles: dict[Any, Callable] = {}
 
     # -- compiled functions, cached per static shape --------------------------------------
     def _train_fn(self, n_steps: int, batch_size: int) -> Callable:
-        k = ("train", n_steps, batch_size)
-        if k not in self.compiles:
-            fn = functools.partial(train_steps, self.model, self.cfg, n_steps=n_steps,
-                                   batch_size=batch_size)
-            self.compiles[k] = mem.over_members(fn, self.strategy, (0, None, None, None, None, None),
-                                                donate_argnums=(0,))
-        return self.compiles[k]
+        return _compiled_train(self.model, self.cfg, self.strategy, n_steps, batch_size)
 
     def _eval_fn(self) -> Callable:
-        if "eval" not in self.compiles:
-            fn = functools.partial(eval_batch, self.model, self.cfg)
-            self.compiles["eval"] = mem.over_members(fn, self.strategy, (0, 0, 0, None, None, None))
-        return self.compiles["eval"]
+        return _compiled_eval(self.model, self.cfg, self.strategy)
 
     # -- public -----------------------------------------------------------------------------
     def train_epoch(self, groups: list[TrainState], images: jnp.ndarray, labels: jnp.ndarray,

@@ -115,13 +115,21 @@ def train_steps(model: nn.Module, cfg: StepConfig, state: TrainState, images: jn
     return state, jnp.stack(losses)
 
 
+def batch_metrics(model: nn.Module, variables: dict, images: jnp.ndarray, labels: jnp.ndarray,
+                  valid: jnp.ndarray, mean: tuple, std: tuple):
+    """Eval-mode (#errors, summed loss, logits) on uint8 images [B, H, W, C]; ``valid`` [B] masks
+    padding rows out of the counts."""
+    logits = models.apply(model, variables, normalize(images, mean, std))
+    wrong = (jnp.argmax(logits, -1) != labels) & valid
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(wrong), jnp.sum(jnp.where(valid, loss, 0.0)), logits
+
+
 def eval_batch(model: nn.Module, cfg: StepConfig, params: Any, batch_stats: Any, mask: Any,
                images: jnp.ndarray, labels: jnp.ndarray,
                valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(#errors, summed loss) of one member in eval mode on a batch; ``valid`` [B] masks padding."""
+    """(#errors, summed loss) of one (masked) member in eval mode on a batch."""
     eff = jax.tree.map(lambda p, m: p * m, params, mask)
-    logits = models.apply(model, {"params": eff, "batch_stats": batch_stats},
-                          normalize(images, cfg.mean, cfg.std))
-    wrong = (jnp.argmax(logits, -1) != labels) & valid
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels) * valid
-    return jnp.sum(wrong), jnp.sum(loss)
+    wrong, loss, _ = batch_metrics(model, {"params": eff, "batch_stats": batch_stats}, images,
+                                   labels, valid, cfg.mean, cfg.std)
+    return wrong, loss

@@ -1,0 +1,37 @@
+"""Test set-up: fast CPU compiles, strict numerics, shared tiny fixtures."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# Flax examples do this in tests: compiles are several times faster; numbers stay float32-exact
+# enough for every tolerance used here. Benchmarks and the main job keep full optimisation.
+jax.config.update("jax_disable_most_optimizations", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def fidelity():
+    """Reference test vectors (PyTorch semantics), see tests/data/README.md."""
+    return {name: dict(np.load(DATA / f"{name}.npz"))
+            for name in ("preresnet20", "prune", "lmc", "cka", "sgd")}
+
+
+def torch_state_dict(d: dict, prefix: str = "") -> dict:
+    """Entries of a fidelity npz that are reference state_dict tensors (optionally under prefix/)."""
+    out = {}
+    for k, v in d.items():
+        if prefix:
+            if k.startswith(prefix + "/"):
+                out[k[len(prefix) + 1:]] = v
+        elif "/" not in k and "." in k:
+            out[k] = v
+    return out

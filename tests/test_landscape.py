@@ -1,0 +1,91 @@
+"""LMC and CKA (SPEC §2.2, §2.4) against the reference and their defining properties."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tr_jax as tj
+from tr_jax.models.torch_import import from_torch
+from conftest import torch_state_dict
+
+ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+
+def _lmc_endpoints(fidelity):
+    d = fidelity["lmc"]
+    m = tj.models.preresnet(20, 10)
+    template = tj.models.init(m, jax.random.key(0), (32, 32, 3))["batch_stats"]
+    a, b = (from_torch(torch_state_dict(d, k)) for k in ("A", "B"))
+    a["batch_stats"] = b["batch_stats"] = template
+    # the vectors are already normalised: feed x * 255 with mean 0 / std 1 (normalize divides by 255)
+    x = jnp.asarray(d["x"].transpose(0, 2, 3, 1) * 255.0)
+    return m, a, b, x, jnp.asarray(d["y"], jnp.int32), d
+
+
+def test_interpolation_curve_matches_reference(fidelity):
+    m, a, b, x, y, d = _lmc_endpoints(fidelity)
+    curve = tj.landscape.interpolation_errors(m, a, b, x, y, mean=ZERO, std=ONE, ts=d["ts"])
+    # allow a flip only where the reference's top-2 margin is tiny
+    tol = (np.abs(d["margins"]) < 1e-4).sum(1) / 256
+    assert np.all(np.abs(curve["train_error"] - d["train_err"]) <= tol + 1e-9)
+    assert abs(float(tj.landscape.lmc(curve["train_error"])) - float(d["lmc"])) <= tol.max() + 1e-9
+    v = tj.landscape.recalibrate(m, {"params": tj.landscape.lerp(0.5, a["params"], b["params"]),
+                                     "batch_stats": a["batch_stats"]}, x, ZERO, ONE)
+    for key in ("layer1_0/bn1", "layer3_2/bn2", "bn"):
+        node = v["batch_stats"]
+        for p in key.split("/"):
+            node = node[p]
+        t = key.replace("_", ".").replace("/", ".")
+        np.testing.assert_allclose(node["mean"], d[f"recal_t0.5/{t}.running_mean"], atol=2e-5)
+        np.testing.assert_allclose(node["var"], d[f"recal_t0.5/{t}.running_var"], rtol=2e-4)
+
+
+def test_lmc_of_a_model_with_itself_is_zero_and_endpoints_reproduce(fidelity):
+    m, a, b, x, y, d = _lmc_endpoints(fidelity)
+    x, y = x[:128], y[:128]
+    curve = tj.landscape.interpolation_errors(m, a, a, x, y, mean=ZERO, std=ONE,
+                                              ts=np.linspace(0, 1, 3), test=(x, y))
+    assert float(tj.landscape.lmc(curve["train_error"])) == 0.0
+    np.testing.assert_allclose(curve["train_error"], curve["train_error"][0])
+    # endpoint t=1 equals the model B evaluated alone after the same recalibration
+    cb = tj.landscape.interpolation_errors(m, a, b, x, y, mean=ZERO, std=ONE, ts=[1.0])
+    vb = tj.landscape.recalibrate(m, b, x, ZERO, ONE)
+    assert cb["train_error"][0] == pytest.approx(
+        float(tj.landscape.evaluate(m, vb, x, y, ZERO, ONE)["error"]))
+
+
+def test_lmc_sign_convention():
+    barrier = np.asarray([0.1, 0.3, 0.6, 0.3, 0.1])       # worse in the middle
+    dip = np.asarray([0.3, 0.2, 0.1, 0.2, 0.3])           # better in the middle
+    flat = np.asarray([0.2, 0.2, 0.2, 0.2, 0.2])
+    out = tj.landscape.lmc(np.stack([barrier, dip, flat]))
+    np.testing.assert_allclose(out, [-0.5, 0.2, 0.0], atol=1e-7)
+    # argmax of |deviation| keeps its sign: a small dip next to a large barrier -> barrier
+    np.testing.assert_allclose(tj.landscape.lmc(np.asarray([0.2, 0.15, 0.5, 0.2])), -0.3, atol=1e-7)
+
+
+def test_cka_matches_reference(fidelity):
+    c = fidelity["cka"]
+    np.testing.assert_allclose(tj.landscape.cka(c["softmax1"], c["softmax2"]), c["cka_softmax"],
+                               atol=1e-5)
+    np.testing.assert_allclose(tj.landscape.cka(c["logits1"], c["logits2"]), c["cka_logits"],
+                               atol=1e-5)
+
+
+def test_cka_properties():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 10)).astype(np.float32)
+    y = (x @ rng.normal(size=(10, 10)) + rng.normal(size=(300, 10))).astype(np.float32)
+    q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    assert float(tj.landscape.cka(x, x)) == pytest.approx(1.0, abs=1e-6)
+    base = float(tj.landscape.cka(x, y))
+    assert 0.0 < base < 0.999
+    assert float(tj.landscape.cka(x @ q.astype(np.float32), y)) == pytest.approx(base, abs=1e-5)
+    assert float(tj.landscape.cka(3.7 * x, y)) == pytest.approx(base, abs=1e-5)
+    assert float(tj.landscape.cka(x + 5.0, y)) == pytest.approx(base, abs=1e-5)  # centring
+    # independent features -> CKA near 0
+    z = rng.normal(size=(300, 10)).astype(np.float32)
+    assert float(tj.landscape.cka(x, z)) < 0.1
+    # batched: all pairs in one call
+    both = tj.landscape.cka(np.stack([x, x]), np.stack([x, y]))
+    np.testing.assert_allclose(both, [1.0, base], atol=1e-5)
