@@ -35,3 +35,15 @@ def torch_state_dict(d: dict, prefix: str = "") -> dict:
         elif "/" not in k and "." in k:
             out[k] = v
     return out
+
+
+def assert_bn_stats(batch_stats: dict, reference: dict, prefix: str, layers, atol=1e-5, rtol=1e-5):
+    """Compare running stats of BN layers given as flax paths ('layer1_0/bn1') with the reference's
+    ``{prefix}/{torch key}.running_mean|running_var`` entries."""
+    for key in layers:
+        node = batch_stats
+        for p in key.split("/"):
+            node = node[p]
+        t = key.replace("_", ".").replace("/", ".")
+        np.testing.assert_allclose(node["mean"], reference[f"{prefix}/{t}.running_mean"], atol=atol)
+        np.testing.assert_allclose(node["var"], reference[f"{prefix}/{t}.running_var"], rtol=rtol)

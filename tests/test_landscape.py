@@ -6,7 +6,7 @@ import pytest
 
 import tr_jax as tj
 from tr_jax.models.torch_import import from_torch
-from conftest import torch_state_dict
+from conftest import assert_bn_stats, torch_state_dict
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 
@@ -31,14 +31,8 @@ def test_interpolation_curve_matches_reference(fidelity):
     assert abs(float(tj.landscape.lmc(curve["train_error"])) - float(d["lmc"])) <= tol.max() + 1e-9
     v = tj.landscape.recalibrate(m, {"params": tj.landscape.lerp(0.5, a["params"], b["params"]),
                                      "batch_stats": a["batch_stats"]}, x, ZERO, ONE)
-    for key in ("layer1_0/bn1", "layer3_2/bn2", "bn"):
-        node = v["batch_stats"]
-        for p in key.split("/"):
-            node = node[p]
-        t = key.replace("_", ".").replace("/", ".")
-        np.testing.assert_allclose(node["mean"], d[f"recal_t0.5/{t}.running_mean"], atol=2e-5)
-        np.testing.assert_allclose(node["var"], d[f"recal_t0.5/{t}.running_var"], rtol=2e-4)
-
+    assert_bn_stats(v["batch_stats"], d, "recal_t0.5", ("layer1_0/bn1", "layer3_2/bn2", "bn"),
+                    atol=2e-5, rtol=2e-4)
 
 def test_lmc_of_a_model_with_itself_is_zero_and_endpoints_reproduce(fidelity):
     m, a, b, x, y, d = _lmc_endpoints(fidelity)

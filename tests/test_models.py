@@ -6,7 +6,7 @@ import pytest
 
 import tr_jax as tj
 from tr_jax.models.torch_import import from_torch
-from conftest import torch_state_dict
+from conftest import assert_bn_stats, torch_state_dict
 
 
 def _conv_count(params):
@@ -55,14 +55,7 @@ def test_forward_matches_reference(fidelity):
     logits, v2 = tj.models.apply(m, v, x, train=True)
     np.testing.assert_allclose(logits, d["logits_train"], atol=1e-4)
     # running stats: 0.9 old + 0.1 batch, unbiased batch variance (PyTorch)
-    for key in ("layer1_0/bn1", "layer2_0/bn2", "bn"):
-        node = v2["batch_stats"]
-        for p in key.split("/"):
-            node = node[p]
-        tkey = key.replace("_", ".").replace("/", ".")
-        np.testing.assert_allclose(node["mean"], d[f"after_train/{tkey}.running_mean"], atol=1e-5)
-        np.testing.assert_allclose(node["var"], d[f"after_train/{tkey}.running_var"], rtol=1e-5)
-
+    assert_bn_stats(v2["batch_stats"], d, "after_train", ("layer1_0/bn1", "layer2_0/bn2", "bn"))
 
 def test_bn_modes(fidelity):
     d = fidelity["preresnet20"]

@@ -113,7 +113,8 @@ def test_phase_diagram_axes_and_nan():
     # one annotation per finite cell
     assert len(ax.texts) == 15
     # light (0) vs dark (barrier) for LMC
-    lum = lambda rgba: 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
+    def lum(rgba):
+        return 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
     assert lum(im.cmap(im.norm(0.0))) > lum(im.cmap(im.norm(-0.4)))
 
 

@@ -22,7 +22,7 @@ from tr_jax import __version__, landscape, models, plots, pruning, regimes
 from tr_jax.config import config_hash, to_json
 from tr_jax.data.datasets import load_dataset
 from tr_jax.sweep.store import Workdir, atomic_write_csv, atomic_write_text
-from tr_jax.training import StepConfig, Trainer, init_state
+from tr_jax.training import StepConfig, Trainer, init_state, stack
 
 DENSE, RETRAIN = 0, 1  # first fold of the root key per stage
 
@@ -63,10 +63,14 @@ class Pipeline:
 
     def _trainer(self, section: ml_collections.ConfigDict) -> Trainer:
         c = self.cfg
+        chunk, unroll = c.run.chunk_steps, True
+        if chunk == 0:  # auto: unrolled chunks of 4 on CPU, a whole epoch as one rolled scan elsewhere
+            cpu = jax.default_backend() == "cpu"
+            chunk, unroll = (4, True) if cpu else (-(-self.ds.num_train // section.batch_size), False)
         step = StepConfig(mean=tuple(self.ds.mean), std=tuple(self.ds.std),
                           batch_size=section.batch_size, pad=c.augment.pad, flip=c.augment.flip,
-                          momentum=section.momentum)
-        return Trainer(self.model, step, self.strategy, chunk_steps=c.run.chunk_steps,
+                          momentum=section.momentum, unroll=unroll)
+        return Trainer(self.model, step, self.strategy, chunk_steps=chunk,
                        eval_batch_size=c.run.eval_batch_size, milestones=tuple(section.milestones),
                        gamma=section.gamma)
 
@@ -84,7 +88,6 @@ class Pipeline:
             ones = jax.tree.map(jnp.ones_like, v["params"])
             states.append(init_state(v, ones, jax.random.fold_in(k, 1), c.dense.lr,
                                      c.dense.weight_decay, c.dense.momentum))
-        from tr_jax.training import stack
         state = stack(states)
         snaps: dict[int, Any] = {}
 
@@ -95,10 +98,10 @@ class Pipeline:
                                                          "batch_stats": st.batch_stats})
 
         trainer = self._trainer(c.dense)
-        self.say(f"dense: {len(seeds)} member(s) x {c.dense.epochs} epochs "
+        self.say(f"dense: {len(seeds)} member(s) x {max(self.temps)} epochs "
                  f"({self.ds.num_train} images, strategy {trainer.strategy})")
         t0 = time.time()
-        with _progress(c.dense.epochs, "dense training (epochs)", self.progress) as bar:
+        with _progress(max(self.temps), "dense training (epochs)", self.progress) as bar:
             _, hist = trainer.fit(state, self.X, self.Y, max(self.temps), test=(self.Xt, self.Yt),
                                   eval_epochs=self.temps, on_epoch=on_epoch, progress=bar.update)
         # variables stacked [S, T, ...]; test error [S, T]

@@ -8,10 +8,9 @@ the device: every call gets the same device arrays.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
