@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -35,7 +36,16 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
 
 
 def init(model: nn.Module, key: jax.Array, input_shape: tuple[int, int, int]) -> dict:
-    """Fresh variables ``{'params', 'batch_stats'}`` for inputs of shape [H, W, C]."""
+    """Fresh variables ``{'params', 'batch_stats'}`` for inputs of shape [H, W, C].
+
+    Jitted (one compile per model and shape): Flax's eager init dispatches every initializer op
+    separately, 8 s for PreResNet-8 on a 2-core CPU against ~1 s compiled. Also vmappable over keys.
+    """
+    return _init(model, key, tuple(input_shape))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> dict:
     variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32), mode="eval")
     return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
