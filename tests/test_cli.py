@@ -108,3 +108,38 @@ def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "tr_jax.cli", "run", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--workdir" in out.stdout
+
+
+@pytest.mark.parametrize("crash_epoch, stage", [(1, "dense"), (2, "retrain")])
+def test_crash_inside_a_stage_resumes_to_the_same_result(crash_epoch, stage, tmp_path, monkeypatch,
+                                                         capsys):
+    """Kill a run at the start of 0-indexed epoch ``crash_epoch`` (the first such epoch is in the
+    named stage; progress checkpoint every epoch), rerun: the tables equal those of an
+    uninterrupted run, and finished work is not redone."""
+    from tr_jax.training import loop
+    args = ["run", TINY, "--no-progress", "--set", "run.checkpoint_every=1",
+            "--set", "retrain.epochs=3"]
+    assert cli.main([*args, "--workdir", str(tmp_path / "whole")]) == 0
+
+    real = loop.Trainer.train_epoch
+    calls = {"n": 0}
+
+    def dying(self, groups, images, labels, epoch):
+        if epoch == crash_epoch and calls["n"] == 0:
+            calls["n"] += 1
+            raise KeyboardInterrupt("simulated crash")
+        return real(self, groups, images, labels, epoch)
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", dying)
+    wd = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([*args, "--workdir", str(wd)])
+    assert (wd / "stages" / f"{stage}_progress").is_dir() and not (wd / "cells.csv").exists()
+    capsys.readouterr()
+    assert cli.main([*args, "--workdir", str(wd)]) == 0
+    out = capsys.readouterr().out
+    assert f"{stage}: resuming from the checkpoint after epoch {crash_epoch}" in out
+    assert stage == "dense" or "dense: done before" in out
+    assert not (wd / "stages" / f"{stage}_progress").exists()
+    for name in ("cells.csv", "results.csv"):
+        assert (wd / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()

@@ -45,7 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
         lmc_points=11, bn_batch_size=64, cka_images=6464, test_error_last_epochs=5))
     c.regimes = ml_collections.ConfigDict(RegimeRule().to_dict())
     c.run = ml_collections.ConfigDict(dict(
-        members_strategy="auto", chunk_steps=0, eval_batch_size=500))
+        members_strategy="auto", chunk_steps=0, eval_batch_size=500, checkpoint_every=5))
+    # checkpoint_every: epochs between progress checkpoints inside the dense and retrain stages
+    # (a killed run resumes from the last one; 0 = only at the end of a stage).
     # chunk_steps: train steps per jitted call; 0 = auto (4 Python-unrolled steps on CPU, where a
     # rolled loop of conv steps is slow; a whole epoch as one lax.scan on GPU/TPU).
     return c
@@ -108,6 +110,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError("dense.seeds is empty")
     if merged.run.chunk_steps < 0:
         raise ValueError(f"run.chunk_steps={merged.run.chunk_steps} must be >= 0 (0 = auto)")
+    if merged.run.checkpoint_every < 0:
+        raise ValueError(f"run.checkpoint_every={merged.run.checkpoint_every} must be >= 0")
     if merged.measure.lmc_points < 2:
         raise ValueError(f"measure.lmc_points={merged.measure.lmc_points} must be >= 2")
     RegimeRule.from_dict(merged.regimes.to_dict())

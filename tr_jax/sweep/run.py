@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,12 @@ from tr_jax.sweep.store import Workdir, atomic_write_csv, atomic_write_text
 from tr_jax.training import StepConfig, Trainer, init_state, stack
 
 DENSE, RETRAIN = 0, 1  # first fold of the root key per stage
+
+
+def _set(a: np.ndarray, i: int, x) -> np.ndarray:
+    a = np.array(a)
+    a[i] = np.asarray(x)
+    return a
 
 
 def member_key(root: jax.Array, *coords: int) -> jax.Array:
@@ -74,6 +80,59 @@ class Pipeline:
                        eval_batch_size=c.run.eval_batch_size, milestones=tuple(section.milestones),
                        gamma=section.gamma)
 
+    def _fit(self, stage: str, trainer: Trainer, state, epochs: int, eval_epochs, desc: str,
+             keep_epochs: tuple[int, ...] = ()):
+        """``trainer.fit`` that commits a progress checkpoint every ``run.checkpoint_every`` epochs
+        and resumes from it: state, test-error history and kept snapshots (variables at
+        ``keep_epochs``). Data order and augmentation depend on (member key, epoch, step) only, so a
+        resumed run reproduces the uninterrupted one.
+
+        Returns (final stacked state, {epoch: test errors [M]}, {epoch: variables [M, ...]}).
+        """
+        name, every = f"{stage}_progress", self.cfg.run.checkpoint_every
+        eval_epochs, keep = tuple(eval_epochs), tuple(keep_epochs)
+        M = jax.tree.leaves(state)[0].shape[0]
+        variables = lambda st: {"params": st.params, "batch_stats": st.batch_stats}  # noqa: E731
+        # fixed-shape progress record (restorable into a known structure)
+        record = {"state": state, "epoch": np.int32(0),
+                  "hist": np.full((len(eval_epochs), M), np.nan, np.float64)}
+        if keep:
+            record["snaps"] = jax.tree.map(lambda x: np.zeros((len(keep), *x.shape), x.dtype),
+                                           variables(state))
+        start, hist, snaps = 0, {}, {}
+        if self.wd.has(name):
+            record = self.wd.load(name, like=record)
+            state, start = jax.tree.map(jnp.asarray, record["state"]), int(record["epoch"])
+            hist = {e: record["hist"][i] for i, e in enumerate(eval_epochs) if e <= start}
+            snaps = {e: jax.tree.map(lambda x, i=i: x[i], record["snaps"])
+                     for i, e in enumerate(keep) if e <= start}
+            self.say(f"{stage}: resuming from the checkpoint after epoch {start}")
+
+        def on_epoch(epoch: int, get_state) -> None:
+            save = every and epoch % every == 0 and epoch < epochs
+            if epoch not in keep and not save:
+                return
+            st = get_state()
+            if epoch in keep:
+                snaps[epoch] = jax.tree.map(np.asarray, variables(st))
+            if save:
+                record.update(state=st, epoch=np.int32(epoch))
+                for i, e in enumerate(eval_epochs):
+                    if e in hist:
+                        record["hist"][i] = hist[e]
+                for i, e in enumerate(keep):
+                    if e in snaps:
+                        record["snaps"] = jax.tree.map(lambda r, x, i=i: _set(r, i, x),
+                                                       record["snaps"], snaps[e])
+                self.wd.save(name, record)
+
+        with _progress(epochs, desc, self.progress) as bar:
+            bar.update(start)
+            final, hist = trainer.fit(state, self.X, self.Y, epochs, test=(self.Xt, self.Yt),
+                                      eval_epochs=eval_epochs, on_epoch=on_epoch,
+                                      progress=bar.update, start_epoch=start, history=hist)
+        return final, hist, snaps
+
     # -- stage 1: dense training, checkpoints at the temperature grid ---------------------------
     def dense(self) -> dict:
         if self.wd.has("dense"):
@@ -89,21 +148,12 @@ class Pipeline:
             states.append(init_state(v, ones, jax.random.fold_in(k, 1), c.dense.lr,
                                      c.dense.weight_decay, c.dense.momentum))
         state = stack(states)
-        snaps: dict[int, Any] = {}
-
-        def on_epoch(epoch: int, get_state) -> None:
-            if epoch in self.temps:
-                st = get_state()
-                snaps[epoch] = jax.tree.map(np.asarray, {"params": st.params,
-                                                         "batch_stats": st.batch_stats})
-
         trainer = self._trainer(c.dense)
         self.say(f"dense: {len(seeds)} member(s) x {max(self.temps)} epochs "
                  f"({self.ds.num_train} images, strategy {trainer.strategy})")
         t0 = time.time()
-        with _progress(max(self.temps), "dense training (epochs)", self.progress) as bar:
-            _, hist = trainer.fit(state, self.X, self.Y, max(self.temps), test=(self.Xt, self.Yt),
-                                  eval_epochs=self.temps, on_epoch=on_epoch, progress=bar.update)
+        _, hist, snaps = self._fit("dense", trainer, state, max(self.temps), self.temps,
+                                   "dense training (epochs)", keep_epochs=self.temps)
         # variables stacked [S, T, ...]; test error [S, T]
         out = {
             "variables": jax.tree.map(lambda *xs: np.stack(xs, axis=1), *[snaps[t] for t in self.temps]),
@@ -113,6 +163,7 @@ class Pipeline:
                  + ", ".join(f"epoch {t}: {100 * (1 - out['test_error'][:, i].mean()):.2f}%"
                              for i, t in enumerate(self.temps)))
         self.wd.save("dense", out)
+        self.wd.remove("dense_progress")
         return out
 
     # -- stage 2+3: prune every checkpoint to every density, retrain with masks ------------------
@@ -160,9 +211,8 @@ class Pipeline:
         self.say(f"retrain: {M} members ({S} dense seed(s) x {T} temperatures x {D} densities x "
                  f"{R} retrain seeds) x {rc.epochs} epochs, strategy {trainer.strategy}")
         t0 = time.time()
-        with _progress(rc.epochs, "retrain (epochs)", self.progress) as bar:
-            final, hist = trainer.fit(state, self.X, self.Y, rc.epochs, test=(self.Xt, self.Yt),
-                                      eval_epochs=eval_epochs, progress=bar.update)
+        final, hist, _ = self._fit("retrain", trainer, state, rc.epochs, eval_epochs,
+                                   "retrain (epochs)")
         test_err = np.stack([hist[e] for e in eval_epochs], axis=1)  # [M, last]
         pruned_zero = jax.tree.map(lambda p, m: jnp.all(jnp.where(m == 0, p == 0, True)),
                                    final.params, final.mask)
@@ -174,6 +224,7 @@ class Pipeline:
                "test_error": test_err}
         self.say(f"retrain: done in {time.time() - t0:.1f}s")
         self.wd.save("retrain", out)
+        self.wd.remove("retrain_progress")
         return out
 
     # -- stage 4: LMC and CKA per pair of retrain seeds ------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import Any
 
@@ -53,13 +54,23 @@ class Workdir:
         return d.is_dir() and (d / "_CHECKPOINT_METADATA").exists()
 
     def save(self, name: str, tree: Any) -> None:
-        tree = {k: np.asarray(v) if not isinstance(v, dict) else v for k, v in tree.items()}
-        self._ckpt.save(self.stage_dir(name), tree, force=True)
+        """Commit ``tree`` (any pytree of arrays) as checkpoint ``name`` (atomic: orbax renames a
+        finished temporary folder)."""
+        import jax
+        self._ckpt.save(self.stage_dir(name), jax.tree.map(np.asarray, tree), force=True)
         self._ckpt.wait_until_finished()
 
-    def load(self, name: str) -> Any:
+    def load(self, name: str, like: Any = None) -> Any:
+        """Checkpoint ``name`` as numpy arrays; with ``like`` (a pytree of the same structure) the
+        containers (NamedTuples, optimiser states) are rebuilt too."""
         import jax
-        return jax.tree.map(np.asarray, self._ckpt.restore(self.stage_dir(name)))
+        d = self.stage_dir(name)
+        if like is None:
+            return jax.tree.map(np.asarray, self._ckpt.restore(d))
+        return jax.tree.map(np.asarray, self._ckpt.restore(d, jax.tree.map(np.asarray, like)))
+
+    def remove(self, name: str) -> None:
+        shutil.rmtree(self.stage_dir(name), ignore_errors=True)
 
     def log(self, line: str) -> None:
         with open(self.path / "log.txt", "a") as f:

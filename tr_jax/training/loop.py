@@ -109,17 +109,19 @@ class Trainer:
     def fit(self, state: TrainState, images: jnp.ndarray, labels: jnp.ndarray, epochs: int,
             test: tuple[jnp.ndarray, jnp.ndarray] | None = None, eval_epochs: Iterable[int] = (),
             on_epoch: Callable[[int, Callable[[], TrainState]], None] | None = None,
-            progress: Callable[[int], None] | None = None, start_epoch: int = 0):
+            progress: Callable[[int], None] | None = None, start_epoch: int = 0,
+            history: dict[int, np.ndarray] | None = None):
         """Train the stacked members for epochs ``start_epoch .. epochs - 1``.
 
         ``eval_epochs``: 1-indexed epochs after which the test error of every member is recorded.
         ``on_epoch(epoch_done, get_state)`` is called after every epoch (1-indexed) with a thunk
         that joins the groups into a stacked state (only built when asked for).
-        Returns the stacked final state and ``{epoch: test errors [M]}``.
+        Returns the stacked final state and ``{epoch: test errors [M]}`` (filled into ``history``
+        when given, so a callback sees it as it grows).
         """
         eval_epochs = set(eval_epochs)
         groups = mem.split_groups(state, self.strategy)
-        history: dict[int, np.ndarray] = {}
+        history = {} if history is None else history
         for epoch in range(start_epoch, epochs):
             groups, _ = self.train_epoch(groups, images, labels, epoch)
             if test is not None and epoch + 1 in eval_epochs:
