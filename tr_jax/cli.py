@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         from tr_jax.sweep import run
         run(cfg, args.workdir, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"tr-jax: error: {e}", file=sys.stderr)
         return 2
     return 0
