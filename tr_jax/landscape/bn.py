@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from tr_jax import models
 from tr_jax.data.augment import normalize
-from tr_jax.training.steps import batch_metrics
+from tr_jax.training.steps import batch_metrics, padded_batches
 
 
 @functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
@@ -57,33 +57,19 @@ def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Se
 _eval_batch = jax.jit(batch_metrics, static_argnames=("model", "mean", "std"))
 
 
-def _batches(n: int, batch: int):
-    for s in range(0, n, batch):
-        yield s, min(s + batch, n)
-
-
-def _padded(a: jnp.ndarray, size: int) -> jnp.ndarray:
-    if a.shape[0] == size:
-        return a
-    return jnp.concatenate([a, jnp.zeros((size - a.shape[0], *a.shape[1:]), a.dtype)])
-
-
 def evaluate(model: nn.Module, variables: dict, images: jnp.ndarray, labels: jnp.ndarray,
              mean: Sequence[float], std: Sequence[float], batch_size: int = 500,
              return_logits: bool = False) -> dict[str, Any]:
     """Eval-mode error (fraction) and mean cross-entropy on a dataset; optionally the logits."""
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
     n = images.shape[0]
-    b = min(batch_size, n)
     wrong, loss, logits = 0, 0.0, []
-    for s, e in _batches(n, b):
-        valid = jnp.arange(b) < (e - s)
-        w, ls, lg = _eval_batch(model, variables, _padded(images[s:e], b),
-                                _padded(labels[s:e], b), valid, mean, std)
+    for x, y, valid in padded_batches(images, labels, batch_size):
+        w, ls, lg = _eval_batch(model, variables, x, y, valid, mean, std)
         wrong, loss = wrong + w, loss + ls
         if return_logits:
-            logits.append(lg[: e - s])
+            logits.append(lg)
     out = {"error": wrong / n, "loss": loss / n}
     if return_logits:
-        out["logits"] = jnp.concatenate(logits)
+        out["logits"] = jnp.concatenate(logits)[:n]
     return out

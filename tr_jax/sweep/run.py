@@ -190,16 +190,14 @@ class Pipeline:
                     masks.append(masks_fn(params, dens))
                     bar.update(1)
 
-        def expand(x):  # [S, T, ...] -> [S, T, D, R, ...] -> [M, ...]
+        def to_members(x, lead):  # [S, T(, D), ...] -> [S, T, D, R, ...] -> [M, ...]
             x = jnp.asarray(x)
-            x = jnp.broadcast_to(x[:, :, None, None], (S, T, D, R, *x.shape[2:]))
-            return x.reshape(M, *x.shape[4:])
+            x = x.reshape(*x.shape[:lead], *(1,) * (4 - lead), *x.shape[lead:])
+            return jnp.broadcast_to(x, (S, T, D, R, *x.shape[4:])).reshape(M, *x.shape[4:])
 
-        variables = jax.tree.map(expand, dense["variables"])
-        mask_st = jax.tree.map(lambda *xs: jnp.stack(xs).reshape(S, T, D, *xs[0].shape[1:]), *masks)
+        variables = jax.tree.map(lambda x: to_members(x, 2), dense["variables"])
         mask_m = jax.tree.map(
-            lambda x: jnp.broadcast_to(x[:, :, :, None], (S, T, D, R, *x.shape[3:])).reshape(
-                M, *x.shape[3:]), mask_st)
+            lambda *xs: to_members(jnp.stack(xs).reshape(S, T, D, *xs[0].shape[1:]), 3), *masks)
         keys = jnp.stack([jax.random.key_data(member_key(self.root, RETRAIN, s, r))
                           for s, _, _, r in self.members()])
         rc = c.retrain

@@ -16,7 +16,8 @@ import numpy as np
 
 from tr_jax.training import members as mem
 from tr_jax.training.optim import step_decay
-from tr_jax.training.steps import StepConfig, TrainState, eval_batch, train_steps
+from tr_jax.training.steps import (StepConfig, TrainState, eval_batch, padded_batches,
+                                   train_steps)
 
 
 def epoch_chunks(num_train: int, batch_size: int, chunk_steps: int,
@@ -87,19 +88,11 @@ class Trainer:
                  labels: jnp.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Eval-mode (error, mean loss) of every member, each shaped [M] (groups joined)."""
         n = images.shape[0]
-        b = min(self.eval_batch_size, n)
         fn = self._eval_fn()
         errs, losses = [], []
         for g in groups:
             wrong, loss = 0, 0.0
-            for s in range(0, n, b):
-                x, y = images[s:s + b], labels[s:s + b]
-                valid = jnp.ones((b,), bool)
-                if x.shape[0] < b:  # pad the last batch to the compiled shape
-                    pad = b - x.shape[0]
-                    valid = jnp.arange(b) < x.shape[0]
-                    x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-                    y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+            for x, y, valid in padded_batches(images, labels, self.eval_batch_size):
                 w, lsum = fn(g.params, g.batch_stats, g.mask, x, y, valid)
                 wrong, loss = wrong + w, loss + lsum
             errs.append(np.atleast_1d(np.asarray(wrong) / n))

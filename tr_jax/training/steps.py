@@ -115,6 +115,20 @@ def train_steps(model: nn.Module, cfg: StepConfig, state: TrainState, images: jn
     return state, jnp.stack(losses)
 
 
+def padded_batches(images: jnp.ndarray, labels: jnp.ndarray, batch_size: int):
+    """Yield ``(x, y, valid)`` of one fixed shape [b, ...] over a dataset in order: the last batch
+    is zero-padded and ``valid`` [b] marks its real rows (one compile for every batch)."""
+    n = images.shape[0]
+    b = min(batch_size, n)
+    for s in range(0, n, b):
+        x, y = images[s:s + b], labels[s:s + b]
+        pad = b - x.shape[0]
+        if pad:
+            x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+            y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+        yield x, y, jnp.arange(b) < b - pad
+
+
 def batch_metrics(model: nn.Module, variables: dict, images: jnp.ndarray, labels: jnp.ndarray,
                   valid: jnp.ndarray, mean: tuple, std: tuple):
     """Eval-mode (#errors, summed loss, logits) on uint8 images [B, H, W, C]; ``valid`` [B] masks
