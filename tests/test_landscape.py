@@ -83,3 +83,35 @@ def test_cka_properties():
     # batched: all pairs in one call
     both = tj.landscape.cka(np.stack([x, x]), np.stack([x, y]))
     np.testing.assert_allclose(both, [1.0, base], atol=1e-5)
+
+
+def test_pair_curves_batched_equals_one_point_per_call_and_single_pairs():
+    """Two pairs x 5 points in calls of 3 points (padded last call) == one point per call ==
+    each pair alone; the endpoints reproduce each endpoint model after recalibration."""
+    ds = tj.data.load_dataset("digits")
+    m = tj.models.preresnet(8, 10, width=0.25)
+    keys = jax.random.split(jax.random.key(3), 4)
+    vs = [tj.models.init(m, k, ds.image_shape) for k in keys]
+    pa = jax.tree.map(lambda *x: jnp.stack(x), vs[0]["params"], vs[2]["params"])
+    pb = jax.tree.map(lambda *x: jnp.stack(x), vs[1]["params"], vs[3]["params"])
+    X, Y = jnp.asarray(ds.train_images[:200]), jnp.asarray(ds.train_labels[:200])
+    kw = dict(mean=ds.mean, std=ds.std, ts=np.linspace(0, 1, 5), bn_batch_size=64,
+              test=(X[:50], Y[:50]), eval_batch_size=64)
+    bs = vs[0]["batch_stats"]
+    batched = tj.landscape.pair_curves(m, pa, pb, bs, X, Y, points_per_call=3, **kw)
+    looped = tj.landscape.pair_curves(m, pa, pb, bs, X, Y, points_per_call=1, **kw)
+    assert batched["train_error"].shape == (2, 5)
+    for k in ("train_error", "train_loss", "test_error", "test_loss"):
+        np.testing.assert_allclose(batched[k], looped[k], rtol=1e-5, atol=1e-6)
+    one = tj.landscape.interpolation_errors(m, vs[2], vs[3], X, Y, **kw)
+    np.testing.assert_allclose(one["train_loss"], batched["train_loss"][1], rtol=1e-5)
+    for end, v in ((0, vs[2]), (-1, vs[3])):
+        own = tj.landscape.evaluate(m, tj.landscape.recalibrate(m, v, X, ds.mean, ds.std), X, Y,
+                                    ds.mean, ds.std)
+        assert batched["train_error"][1, end] == pytest.approx(float(own["error"]), abs=1e-7)
+        assert batched["train_loss"][1, end] == pytest.approx(float(own["loss"]), rel=1e-5)
+
+
+def test_loss_barrier():
+    curves = np.asarray([[1.0, 2.0, 3.0, 2.0, 1.0], [1.0, 1.5, 2.0, 2.5, 3.0], [2.0, 1.0, 0.5, 1.0, 2.0]])
+    np.testing.assert_allclose(tj.landscape.loss_barrier(curves), [2.0, 0.0, 0.0], atol=1e-12)

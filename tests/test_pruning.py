@@ -71,3 +71,58 @@ def test_density_vmapped_equals_loop():
 def test_bad_density_names_value(bad):
     with pytest.raises(ValueError, match=f"got {bad}"):
         tj.pruning.magnitude_masks({"w": jnp.ones((1, 1, 1, 4))}, bad)
+
+
+def test_lamp_scores_hand_computed():
+    w = jnp.asarray([0.1, 0.9, -0.2, 0.5], jnp.float32)
+    # sorted squares 0.01, 0.04, 0.25, 0.81; tails 1.11, 1.10, 1.06, 0.81
+    expected = [0.01 / 1.11, 0.81 / 0.81, 0.04 / 1.10, 0.25 / 1.06]
+    np.testing.assert_allclose(tj.pruning.lamp_scores(w), expected, rtol=1e-6)
+
+
+def test_lamp_masks_global_count_and_no_empty_layer():
+    params = {"a": {"kernel": jnp.asarray(np.linspace(-1, 1, 36), jnp.float32).reshape(3, 3, 1, 4)},
+              "b": {"kernel": 10.0 * jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 4, 8)),
+                                                 jnp.float32)},
+              "fc": {"kernel": jnp.ones((8, 10)), "bias": jnp.zeros((10,))}}
+    for d in (0.02, 0.1, 0.5):
+        masks = tj.pruning.magnitude_masks(params, d, "lamp")
+        total = 36 + 288
+        kept = int(masks["a"]["kernel"].sum() + masks["b"]["kernel"].sum())
+        assert kept == total - int(round((1 - d) * total))
+        assert masks["a"]["kernel"].sum() >= 1 and masks["b"]["kernel"].sum() >= 1
+        assert bool(jnp.all(masks["fc"]["kernel"] == 1))
+        # within a layer, LAMP keeps the largest magnitudes
+        for k in ("a", "b"):
+            w, m = np.abs(np.asarray(params[k]["kernel"])).ravel(), np.asarray(masks[k]["kernel"]).ravel()
+            if 0 < m.sum() < m.size:
+                assert w[m == 1].min() >= w[m == 0].max()
+
+
+def test_erk_densities_budget_and_capping():
+    small = jnp.ones((3, 3, 1, 4))      # raw = 11/36, would exceed 1 at 50 %
+    big = jnp.ones((3, 3, 64, 64))      # raw = 134/36864
+    mid = jnp.ones((1, 1, 32, 64))
+    ks = [small, big, mid]
+    n = np.asarray([x.size for x in ks], np.float64)
+    for d in (0.05, 0.5):
+        dl = np.asarray([float(x) for x in tj.pruning.erk_densities(ks, jnp.float32(d))])
+        assert np.all(dl <= 1.0) and np.all(dl > 0)
+        np.testing.assert_allclose((dl * n).sum(), d * n.sum(), rtol=1e-5)
+        raw = np.asarray([sum(x.shape) / x.size for x in ks])
+        free = dl < 1.0
+        np.testing.assert_allclose(dl[free] / raw[free], (dl[free] / raw[free])[0], rtol=1e-5)
+    assert float(tj.pruning.erk_densities(ks, jnp.float32(0.5))[0]) == 1.0
+
+
+@pytest.mark.parametrize("scope", ["lamp", "erk"])
+def test_new_scopes_are_vmappable_over_densities(scope):
+    m = tj.models.preresnet(8, 10, width=0.5)
+    params = tj.models.init(m, jax.random.key(1), (8, 8, 1))["params"]
+    dens = jnp.asarray([0.05, 0.3], jnp.float32)
+    stacked = jax.vmap(lambda d: tj.pruning.magnitude_masks(params, d, scope))(dens)
+    for i, d in enumerate((0.05, 0.3)):
+        one = tj.pruning.magnitude_masks(params, d, scope)
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(stacked)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b[i]))
+        assert float(tj.pruning.mask_density(one)) == pytest.approx(d, abs=0.01)

@@ -18,7 +18,8 @@ import ml_collections
 from tr_jax.data.datasets import DATASETS
 from tr_jax.regimes import RegimeRule
 
-KNOBS = ("epochs",)  # temperature knobs the sweep runs so far (batch_size, sam_rho, lr: planned)
+KNOBS = ("epochs",)
+RETRAIN_MODES = ("lr_rewinding", "finetune", "weight_rewinding")  # temperature knobs the sweep runs so far (batch_size, sam_rho, lr: planned)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,7 +41,11 @@ def default_config() -> ml_collections.ConfigDict:
         densities=(0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80), scope="uniform"))
     c.retrain = ml_collections.ConfigDict(dict(
         mode="lr_rewinding", epochs=160, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4,
-        milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3)))
+        milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3), finetune_lr=0.001, rewind_epoch=2))
+    # retrain.mode (SPEC §1.6, §8.3): lr_rewinding (the reference: pruned trained weights, the
+    # retrain schedule lr/milestones re-run), finetune (pruned trained weights, constant
+    # finetune_lr, no milestones), weight_rewinding (weights and BN of the dense run at
+    # rewind_epoch, masked by the mask of the trained checkpoint, then the retrain schedule).
     c.measure = ml_collections.ConfigDict(dict(
         lmc_points=11, bn_batch_size=64, cka_images=6464, test_error_last_epochs=5))
     c.regimes = ml_collections.ConfigDict(RegimeRule().to_dict())
@@ -104,8 +109,14 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if len(set(merged.retrain.seeds)) < 2:
         raise ValueError(f"retrain.seeds={tuple(merged.retrain.seeds)!r}: LMC and CKA need at "
                          "least 2 distinct retrain seeds")
-    if merged.retrain.mode != "lr_rewinding":
-        raise ValueError(f"retrain.mode {merged.retrain.mode!r}: only 'lr_rewinding' so far")
+    if merged.retrain.mode not in RETRAIN_MODES:
+        raise ValueError(f"retrain.mode {merged.retrain.mode!r} is not one of {RETRAIN_MODES}."
+                         f"{_did_you_mean(merged.retrain.mode, RETRAIN_MODES)}")
+    if merged.retrain.mode == "weight_rewinding":
+        rw = merged.retrain.rewind_epoch
+        if int(rw) != rw or not 0 <= rw < min(temps):
+            raise ValueError(f"retrain.rewind_epoch={rw!r} must be an integer epoch of the dense "
+                             f"run before the first temperature ({min(temps)}); 0 = initialisation")
     if not merged.dense.seeds:
         raise ValueError("dense.seeds is empty")
     if merged.run.chunk_steps < 0:

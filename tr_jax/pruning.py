@@ -8,6 +8,16 @@ that is not prunable (classifier, BN, biases: see ``tr_jax.models.is_prunable``)
   ``l1_unstructured`` count; ``jnp.round`` is half-to-even like Python's ``round``).
 * ``scope="global"``: one magnitude ranking over the concatenation of all conv weights.
 
+Beyond the reference (layer-wise sparsity allocations from the literature):
+
+* ``scope="lamp"`` (Lee et al., ICLR 2021): each weight's LAMP score w_u^2 / sum_{|w_v| >= |w_u|}
+  w_v^2 within its layer (weights sorted by magnitude), then one global ranking of the scores.
+  The largest weight of every layer scores 1, so no layer is ever emptied.
+* ``scope="erk"`` (Erdos-Renyi-Kernel, Evci et al., ICML 2020): layer density proportional to
+  (sum of the kernel's dimensions) / (its number of weights), scaled so that the conv weights as a
+  whole keep ``density``; layers that would exceed 1 are kept dense and the rest rescaled. Within
+  a layer, magnitude pruning as ``uniform``.
+
 Ties are broken by a stable sort (lower flat index pruned first). ``density`` may be a traced
 scalar, so masks can be ``vmap``-ed over a list of densities.
 """
@@ -15,10 +25,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tr_jax.models import is_prunable
 
-SCOPES = ("uniform", "global")
+SCOPES = ("uniform", "global", "lamp", "erk")
 
 
 def check_density(density: float) -> float:
@@ -38,6 +49,33 @@ def _keep_largest(scores: jnp.ndarray, density: jnp.ndarray) -> jnp.ndarray:
     return rank >= n_prune
 
 
+def lamp_scores(w: jnp.ndarray) -> jnp.ndarray:
+    """Flat LAMP scores of one layer: w_u^2 / sum of w_v^2 over the weights at least as large
+    (in the stable magnitude order), so that the largest weight scores exactly 1."""
+    sq = jnp.square(w.ravel())
+    order = jnp.argsort(sq, stable=True)
+    s = sq[order]
+    tail = jnp.cumsum(s[::-1])[::-1]  # sum over v >= u in the sorted order
+    return jnp.empty_like(sq).at[order].set(s / jnp.maximum(tail, jnp.finfo(sq.dtype).tiny))
+
+
+def erk_densities(kernels: list, density: jnp.ndarray) -> list[jnp.ndarray]:
+    """ERK layer densities of conv kernels [kh, kw, in, out] whose weighted mean is ``density``.
+
+    raw_l = (kh + kw + in + out) / (kh kw in out); d_l = min(1, eps * raw_l) with eps chosen so
+    that sum_l d_l n_l = density * sum_l n_l. The capping is resolved by a fixed number of
+    rescaling rounds (one per layer), so ``density`` may be traced."""
+    n = jnp.asarray([x.size for x in kernels], jnp.float32)
+    raw = jnp.asarray([sum(x.shape) / x.size for x in kernels], jnp.float32)
+    dense = jnp.zeros(n.shape, bool)
+    for _ in range(len(kernels)):
+        budget = density * jnp.sum(n) - jnp.sum(jnp.where(dense, n, 0.0))
+        eps = budget / jnp.maximum(jnp.sum(jnp.where(dense, 0.0, raw * n)), 1e-12)
+        dense = dense | (eps * raw > 1.0)
+    d = jnp.where(dense, 1.0, jnp.clip(eps * raw, 0.0, 1.0))
+    return [d[i] for i in range(len(kernels))]
+
+
 def magnitude_masks(params, density, scope: str = "uniform"):
     """Magnitude masks for ``params`` at ``density`` (Python float or traced scalar)."""
     if scope not in SCOPES:
@@ -48,19 +86,19 @@ def magnitude_masks(params, density, scope: str = "uniform"):
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     flags = [is_prunable(p, x) for p, x in paths_leaves]
     leaves = [x for _, x in paths_leaves]
+    pr = [x for x, f in zip(leaves, flags) if f]
     if scope == "uniform":
-        masks = [(_keep_largest(jnp.abs(x).ravel(), density).reshape(x.shape).astype(x.dtype)
-                  if f else jnp.ones_like(x)) for x, f in zip(leaves, flags)]
+        kept = [_keep_largest(jnp.abs(x).ravel(), density) for x in pr]
+    elif scope == "erk":
+        kept = [_keep_largest(jnp.abs(x).ravel(), d) for x, d in zip(pr, erk_densities(pr, density))]
     else:
-        pr = [x for x, f in zip(leaves, flags) if f]
-        keep = _keep_largest(jnp.concatenate([jnp.abs(x).ravel() for x in pr]), density)
-        masks, offset = [], 0
-        for x, f in zip(leaves, flags):
-            if f:
-                masks.append(keep[offset:offset + x.size].reshape(x.shape).astype(x.dtype))
-                offset += x.size
-            else:
-                masks.append(jnp.ones_like(x))
+        scores = [jnp.abs(x).ravel() if scope == "global" else lamp_scores(x) for x in pr]
+        keep = _keep_largest(jnp.concatenate(scores), density)
+        bounds = np.cumsum([0] + [x.size for x in pr])
+        kept = [keep[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    it = iter(kept)
+    masks = [next(it).reshape(x.shape).astype(x.dtype) if f else jnp.ones_like(x)
+             for x, f in zip(leaves, flags)]
     return jax.tree_util.tree_unflatten(treedef, masks)
 
 

@@ -21,8 +21,8 @@ from tr_jax.data.augment import normalize
 from tr_jax.training.steps import batch_metrics, padded_batches
 
 
-@functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
-def _collect_sums(model: nn.Module, variables: dict, x: jnp.ndarray, mean: tuple, std: tuple):
+def collect_sums(model: nn.Module, variables: dict, x: jnp.ndarray, mean: tuple,
+                 std: tuple) -> dict:
     """Sum over batches of b * (batch mean, unbiased batch var): x uint8 [nb, b, H, W, C]."""
     b = x.shape[1]
 
@@ -33,13 +33,22 @@ def _collect_sums(model: nn.Module, variables: dict, x: jnp.ndarray, mean: tuple
     return jax.tree.map(lambda s: b * jnp.sum(s, axis=0), stats)
 
 
-def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Sequence[float],
-                std: Sequence[float], batch_size: int = 64, chunk_batches: int = 16) -> dict:
-    """Variables with ``batch_stats`` recomputed on ``images`` (uint8 [N, H, W, C], in order)."""
-    mean, std = tuple(map(float, mean)), tuple(map(float, std))
-    n = images.shape[0]
-    n_full, rem = divmod(n, batch_size)
-    sums = None
+_collect_sums = jax.jit(collect_sums, static_argnames=("model", "mean", "std"))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
+def _collect_sums_points(model: nn.Module, params: Any, batch_stats: Any, x: jnp.ndarray,
+                         mean: tuple, std: tuple) -> dict:
+    """``collect_sums`` for K parameter points at once (params leaves [K, ...]): one pass over
+    the batches x for all points; the normalised batch is computed once and shared."""
+    return jax.vmap(lambda p: collect_sums(model, {"params": p, "batch_stats": batch_stats}, x,
+                                           mean, std))(params)
+
+
+def _batch_pieces(images: jnp.ndarray, batch_size: int, chunk_batches: int) -> list[jnp.ndarray]:
+    """The dataset in order as [nb, b, H, W, C] pieces of at most ``chunk_batches`` full batches,
+    then the last partial batch as its own piece [1, rem, ...] (the reference's batches)."""
+    n_full, rem = divmod(images.shape[0], batch_size)
     step = chunk_batches * batch_size
     pieces = []
     for s in range(0, n_full * batch_size, step):
@@ -47,11 +56,33 @@ def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Se
         pieces.append(images[s:e].reshape(-1, batch_size, *images.shape[1:]))
     if rem:
         pieces.append(images[n_full * batch_size:][None])
-    for x in pieces:
+    return pieces
+
+
+def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Sequence[float],
+                std: Sequence[float], batch_size: int = 64, chunk_batches: int = 16) -> dict:
+    """Variables with ``batch_stats`` recomputed on ``images`` (uint8 [N, H, W, C], in order)."""
+    mean, std = tuple(map(float, mean)), tuple(map(float, std))
+    sums = None
+    for x in _batch_pieces(images, batch_size, chunk_batches):
         part = _collect_sums(model, variables, x, mean, std)
         sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
-    stats = jax.tree.map(lambda s: s / n, sums)
+    stats = jax.tree.map(lambda s: s / images.shape[0], sums)
     return {"params": variables["params"], "batch_stats": stats}
+
+
+def recalibrate_points(model: nn.Module, params: Any, batch_stats: Any, images: jnp.ndarray,
+                       mean: Sequence[float], std: Sequence[float], batch_size: int = 64,
+                       chunk_batches: int = 16) -> Any:
+    """Recalibrated ``batch_stats`` (leaves [K, ...]) of K parameter points (params leaves
+    [K, ...]; ``batch_stats`` one member's tree, used for its structure only): one pass over the
+    data serves every point."""
+    mean, std = tuple(map(float, mean)), tuple(map(float, std))
+    sums = None
+    for x in _batch_pieces(images, batch_size, chunk_batches):
+        part = _collect_sums_points(model, params, batch_stats, x, mean, std)
+        sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+    return jax.tree.map(lambda s: s / images.shape[0], sums)
 
 
 _eval_batch = jax.jit(batch_metrics, static_argnames=("model", "mean", "std"))
@@ -73,3 +104,25 @@ def evaluate(model: nn.Module, variables: dict, images: jnp.ndarray, labels: jnp
     if return_logits:
         out["logits"] = jnp.concatenate(logits)[:n]
     return out
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
+def _eval_batch_points(model: nn.Module, variables: dict, x, y, valid, mean: tuple, std: tuple):
+    def one(v):
+        wrong, loss, _ = batch_metrics(model, v, x, y, valid, mean, std)
+        return wrong, loss
+    return jax.vmap(one)(variables)
+
+
+def evaluate_stacked(model: nn.Module, variables: dict, images: jnp.ndarray, labels: jnp.ndarray,
+                     mean: Sequence[float], std: Sequence[float],
+                     batch_size: int = 500) -> dict[str, jnp.ndarray]:
+    """``evaluate`` for K members at once (every leaf of ``variables`` [K, ...]): errors and mean
+    losses [K], one pass over the data for all of them."""
+    mean, std = tuple(map(float, mean)), tuple(map(float, std))
+    wrong, loss = 0, 0.0
+    for x, y, valid in padded_batches(images, labels, batch_size):
+        w, ls = _eval_batch_points(model, variables, x, y, valid, mean, std)
+        wrong, loss = wrong + w, loss + ls
+    n = images.shape[0]
+    return {"error": wrong / n, "loss": loss / n}

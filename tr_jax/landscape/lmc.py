@@ -1,21 +1,26 @@
-"""Linear mode connectivity (SPEC §2.2).
+"""Linear mode connectivity (SPEC §2.2), batched over t points and pairs.
 
 theta(t) = (1 - t) theta_a + t theta_b on *every* parameter (masked conv weights, BN affine, FC);
 at every t (endpoints included) BN is recalibrated on the full training set (no augmentation,
 fixed order, batch 64), then train (and test) error and loss are measured in eval mode.
 ``lmc(e)`` = e_bar - e(t*), e_bar = (e(0) + e(1)) / 2, t* = argmax_t |e(t) - e_bar|:
 negative = a barrier (poorly connected), ~0 = linearly connected.
+
+Every point of every pair is a *parameter point*; ``evaluate_points`` measures K points in one
+pass over the data per chunk of ``points_per_call`` points (vmapped over points: on accelerators
+the whole [pairs x t] grid is one program; on a 2-core CPU a grouped convolution is slower than a
+loop, so the CPU default is one point per call — see experiments/bench_landscape.py).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tr_jax.landscape.bn import evaluate, recalibrate
+from tr_jax.landscape.bn import evaluate_stacked, recalibrate_points
 
 
 def lerp(t, a, b):
@@ -23,35 +28,97 @@ def lerp(t, a, b):
     return jax.tree.map(lambda x, y: (1.0 - t) * x + t * y, a, b)
 
 
+def default_points_per_call() -> int:
+    """Points per compiled call: 1 on CPU (measured: vmapped convs lose to a loop there), 32
+    elsewhere (bounded so the activations of [points x batch] fit comfortably)."""
+    return 1 if jax.default_backend() == "cpu" else 32
+
+
+def _take(tree: Any, idx: np.ndarray) -> Any:
+    return jax.tree.map(lambda x: x[idx], tree)
+
+
+def evaluate_points(model: nn.Module, params: Any, batch_stats: Any, train_images: jnp.ndarray,
+                    train_labels: jnp.ndarray, *, mean: Sequence[float], std: Sequence[float],
+                    bn_batch_size: int = 64, test: tuple[jnp.ndarray, jnp.ndarray] | None = None,
+                    eval_batch_size: int = 500,
+                    points_per_call: int | None = None) -> dict[str, np.ndarray]:
+    """Errors and losses of K parameter points, BN recalibrated at each (SPEC §2.2 steps 3-4).
+
+    params: leaves [K, ...] (e.g. pairs x t flattened); batch_stats: one member's tree (structure
+    only: recalibration replaces it). Images uint8 [N, H, W, C] in dataset order. Points run
+    ``points_per_call`` at a time (the last call padded by repeating a point, so one compile).
+    Returns ``{'train_error', 'train_loss'[, 'test_error', 'test_loss']}``, each float64 [K].
+    """
+    K = jax.tree.leaves(params)[0].shape[0]
+    ppc = min(K, points_per_call or default_points_per_call())
+    out: dict[str, list] = {}
+    for s in range(0, K, ppc):
+        idx = np.minimum(np.arange(s, s + ppc), K - 1)
+        p = _take(params, idx)
+        stats = recalibrate_points(model, p, batch_stats, train_images, mean, std, bn_batch_size)
+        v = {"params": p, "batch_stats": stats}
+        sets = [("train", (train_images, train_labels))] + ([("test", test)] if test else [])
+        for name, (x, y) in sets:
+            r = evaluate_stacked(model, v, x, y, mean, std, eval_batch_size)
+            keep = min(ppc, K - s)
+            out.setdefault(f"{name}_error", []).append(np.asarray(r["error"])[:keep])
+            out.setdefault(f"{name}_loss", []).append(np.asarray(r["loss"])[:keep])
+    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
+
+
+def line_points(params_a: Any, params_b: Any, ts: jnp.ndarray) -> Any:
+    """theta(t) for every pair and t: params_a/b leaves [P, ...] -> leaves [P, T, ...]."""
+    return jax.vmap(lambda a, b: jax.vmap(lambda t: lerp(t, a, b))(ts))(params_a, params_b)
+
+
+def pair_curves(model: nn.Module, params_a: Any, params_b: Any, batch_stats: Any,
+                train_images: jnp.ndarray, train_labels: jnp.ndarray, points_fn=line_points, *,
+                mean: Sequence[float], std: Sequence[float], ts=None, bn_batch_size: int = 64,
+                test: tuple[jnp.ndarray, jnp.ndarray] | None = None, eval_batch_size: int = 500,
+                points_per_call: int | None = None) -> dict[str, np.ndarray]:
+    """Curves of P pairs (params_a/b leaves [P, ...]) at T points: each metric [P, T].
+
+    ``points_fn(params_a, params_b, ts) -> leaves [P, T, ...]`` says which path (default the
+    straight line; ``tr_jax.landscape.bezier`` passes its trained curve)."""
+    ts = jnp.asarray(np.linspace(0.0, 1.0, 11) if ts is None else ts, jnp.float32)
+    pts = points_fn(params_a, params_b, ts)
+    P, T = jax.tree.leaves(pts)[0].shape[:2]
+    flat = jax.tree.map(lambda x: x.reshape(P * T, *x.shape[2:]), pts)
+    res = evaluate_points(model, flat, batch_stats, train_images, train_labels, mean=mean,
+                          std=std, bn_batch_size=bn_batch_size, test=test,
+                          eval_batch_size=eval_batch_size, points_per_call=points_per_call)
+    out = {k: v.reshape(P, T) for k, v in res.items()}
+    out["t"] = np.asarray(ts, np.float64)
+    return out
+
+
 def interpolation_errors(model: nn.Module, variables_a: dict, variables_b: dict,
                          train_images: jnp.ndarray, train_labels: jnp.ndarray, *,
                          mean: Sequence[float], std: Sequence[float],
                          ts: Sequence[float] | jnp.ndarray | None = None, bn_batch_size: int = 64,
                          test: tuple[jnp.ndarray, jnp.ndarray] | None = None,
-                         eval_batch_size: int = 500) -> dict[str, np.ndarray]:
+                         eval_batch_size: int = 500,
+                         points_per_call: int | None = None) -> dict[str, np.ndarray]:
     """Errors and losses along the straight line between two members sharing a mask.
 
-    train_images: uint8 [N, H, W, C] in dataset order (no augmentation); labels int [N].
-    Returns ``{'t', 'train_error', 'train_loss'[, 'test_error', 'test_loss']}``, each [T].
+    One pair (variables without a pairs axis). Returns ``{'t', 'train_error', 'train_loss'[,
+    'test_error', 'test_loss']}``, each [T]. For many pairs at once use ``pair_curves``.
     """
-    ts = np.linspace(0.0, 1.0, 11) if ts is None else np.asarray(ts, np.float32)
-    out: dict[str, list] = {"train_error": [], "train_loss": []}
-    if test is not None:
-        out.update(test_error=[], test_loss=[])
-    for t in ts:
-        params = lerp(jnp.float32(t), variables_a["params"], variables_b["params"])
-        v = recalibrate(model, {"params": params, "batch_stats": variables_a["batch_stats"]},
-                        train_images, mean, std, batch_size=bn_batch_size)
-        tr = evaluate(model, v, train_images, train_labels, mean, std, eval_batch_size)
-        out["train_error"].append(tr["error"])
-        out["train_loss"].append(tr["loss"])
-        if test is not None:
-            te = evaluate(model, v, *test, mean, std, eval_batch_size)
-            out["test_error"].append(te["error"])
-            out["test_loss"].append(te["loss"])
-    res = {k: np.asarray(jnp.stack(v), np.float64) for k, v in out.items()}
-    res["t"] = np.asarray(ts, np.float64)
-    return res
+    add = lambda x: jnp.asarray(x)[None]  # noqa: E731
+    res = pair_curves(model, jax.tree.map(add, variables_a["params"]),
+                      jax.tree.map(add, variables_b["params"]), variables_a["batch_stats"],
+                      train_images, train_labels, mean=mean, std=std, ts=ts,
+                      bn_batch_size=bn_batch_size, test=test, eval_batch_size=eval_batch_size,
+                      points_per_call=points_per_call)
+    return {k: (v if k == "t" else v[0]) for k, v in res.items()}
+
+
+def loss_barrier(losses) -> np.ndarray:
+    """max_t [L(t) - ((1 - t) L(0) + t L(1))] of loss curves [..., T] on evenly spaced t."""
+    losses = np.asarray(losses, np.float64)
+    line = np.linspace(losses[..., 0], losses[..., -1], losses.shape[-1], axis=-1)
+    return np.max(losses - line, axis=-1)
 
 
 def lmc(errors) -> jnp.ndarray:

@@ -152,19 +152,36 @@ class Pipeline:
         self.say(f"dense: {len(seeds)} member(s) x {max(self.temps)} epochs "
                  f"({self.ds.num_train} images, strategy {trainer.strategy})")
         t0 = time.time()
+        rewind = self._rewind_epoch()
+        keep = tuple(sorted(set(self.temps) | ({rewind} if rewind else set())))
+        init_vars = jax.tree.map(np.asarray, {"params": state.params,  # before buffers are donated
+                                              "batch_stats": state.batch_stats})
         _, hist, snaps = self._fit("dense", trainer, state, max(self.temps), self.temps,
-                                   "dense training (epochs)", keep_epochs=self.temps)
+                                   "dense training (epochs)", keep_epochs=keep)
         # variables stacked [S, T, ...]; test error [S, T]
         out = {
             "variables": jax.tree.map(lambda *xs: np.stack(xs, axis=1), *[snaps[t] for t in self.temps]),
             "test_error": np.stack([hist[t] for t in self.temps], axis=1),
         }
+        if rewind is not None:  # weight rewinding: the dense weights at rewind_epoch, [S, ...]
+            out["rewind_variables"] = snaps[rewind] if rewind else init_vars
         self.say(f"dense: done in {time.time() - t0:.1f}s; test accuracy at "
                  + ", ".join(f"epoch {t}: {100 * (1 - out['test_error'][:, i].mean()):.2f}%"
                              for i, t in enumerate(self.temps)))
         self.wd.save("dense", out)
         self.wd.remove("dense_progress")
         return out
+
+    def _rewind_epoch(self) -> int | None:
+        r = self.cfg.retrain
+        return int(r.rewind_epoch) if r.mode == "weight_rewinding" else None
+
+    def _retrain_section(self) -> ml_collections.ConfigDict:
+        """The retrain settings as run: fine-tuning is a constant ``finetune_lr`` (SPEC §1.6)."""
+        rc = ml_collections.ConfigDict(self.cfg.retrain.to_dict())
+        if rc.mode == "finetune":
+            rc.lr, rc.milestones = rc.finetune_lr, ()
+        return rc
 
     # -- stage 2+3: prune every checkpoint to every density, retrain with masks ------------------
     def members(self) -> list[tuple[int, int, float, int]]:
@@ -186,7 +203,7 @@ class Pipeline:
         with _progress(S * T, "prune (checkpoints)", self.progress) as bar:
             for si in range(S):
                 for ti in range(T):
-                    params = jax.tree.map(lambda x: x[si, ti], dense["variables"]["params"])
+                    params = jax.tree.map(lambda x, si=si, ti=ti: x[si, ti], dense["variables"]["params"])
                     masks.append(masks_fn(params, dens))
                     bar.update(1)
 
@@ -195,19 +212,22 @@ class Pipeline:
             x = x.reshape(*x.shape[:lead], *(1,) * (4 - lead), *x.shape[lead:])
             return jnp.broadcast_to(x, (S, T, D, R, *x.shape[4:])).reshape(M, *x.shape[4:])
 
-        variables = jax.tree.map(lambda x: to_members(x, 2), dense["variables"])
+        if c.retrain.mode == "weight_rewinding":  # masks from the trained checkpoint, weights rewound
+            variables = jax.tree.map(lambda x: to_members(x, 1), dense["rewind_variables"])
+        else:
+            variables = jax.tree.map(lambda x: to_members(x, 2), dense["variables"])
         mask_m = jax.tree.map(
             lambda *xs: to_members(jnp.stack(xs).reshape(S, T, D, *xs[0].shape[1:]), 3), *masks)
         keys = jnp.stack([jax.random.key_data(member_key(self.root, RETRAIN, s, r))
                           for s, _, _, r in self.members()])
-        rc = c.retrain
+        rc = self._retrain_section()
         state = jax.vmap(lambda v, m, k: init_state(v, m, k, rc.lr, rc.weight_decay, rc.momentum))(
             variables, mask_m, keys)
         last = c.measure.test_error_last_epochs
         eval_epochs = range(max(1, rc.epochs - last + 1), rc.epochs + 1)
         trainer = self._trainer(rc)
-        self.say(f"retrain: {M} members ({S} dense seed(s) x {T} temperatures x {D} densities x "
-                 f"{R} retrain seeds) x {rc.epochs} epochs, strategy {trainer.strategy}")
+        self.say(f"retrain ({rc.mode}): {M} members ({S} dense seed(s) x {T} temperatures x {D} "
+                 f"densities x {R} retrain seeds) x {rc.epochs} epochs, strategy {trainer.strategy}")
         t0 = time.time()
         final, hist, _ = self._fit("retrain", trainer, state, rc.epochs, eval_epochs,
                                    "retrain (epochs)")
@@ -233,49 +253,78 @@ class Pipeline:
         return [(cell * R + i, cell * R + j) for cell in range(n_cells)
                 for i, j in itertools.combinations(range(R), 2)]
 
+    def _chunked_stage(self, name: str, n_items: int, chunk: int, record: dict, compute,
+                       desc: str) -> dict:
+        """Run ``compute(lo, hi) -> {key: array [hi - lo, ...]}`` over items in chunks, filling the
+        fixed-shape arrays of ``record`` and committing ``{name}_progress`` after every chunk, so a
+        killed stage resumes at its first unfinished chunk (nothing finished is recomputed)."""
+        prog = f"{name}_progress"
+        record = {**record, "done": np.int32(0)}
+        if self.wd.has(prog):
+            record = self.wd.load(prog, like=record)
+            self.say(f"{name}: resuming after {int(record['done'])}/{n_items} items")
+        with _progress(n_items, desc, self.progress) as bar:
+            bar.update(int(record["done"]))
+            for lo in range(int(record["done"]), n_items, chunk):
+                hi = min(lo + chunk, n_items)
+                for k, v in compute(lo, hi).items():
+                    record[k] = _set(record[k], slice(lo, hi), v)
+                record["done"] = np.int32(hi)
+                if hi < n_items:
+                    self.wd.save(prog, record)
+                bar.update(hi - lo)
+        record.pop("done")
+        return record
+
     def measure(self, retrained: dict) -> dict:
         if self.wd.has("measure"):
             self.say("measure: done before, loaded")
             return self.wd.load("measure")
         c = self.cfg
-        pairs = self.pairs()
+        pairs = np.asarray(self.pairs(), np.int64).reshape(-1, 2)
         ts = np.linspace(0.0, 1.0, c.measure.lmc_points)
         V = retrained["variables"]
-        member = lambda i: jax.tree.map(lambda x: jnp.asarray(x[i]), V)  # noqa: E731
+        take = lambda idx: jax.tree.map(lambda x: jnp.asarray(x[idx]), V)  # noqa: E731
         n_cka = min(c.measure.cka_images, self.ds.num_train)
-        self.say(f"measure: LMC ({len(ts)} points, BN recalibrated on {self.ds.num_train} images) "
-                 f"and CKA ({n_cka} images) for {len(pairs)} pairs")
+        M, P, T = len(self.members()), len(pairs), len(ts)
+        self.say(f"measure: LMC ({T} points, BN recalibrated on {self.ds.num_train} images) "
+                 f"and CKA ({n_cka} images) for {P} pairs")
         t0 = time.time()
-        M = len(self.members())
-        logits = []
-        with _progress(M, "outputs for CKA (members)", self.progress) as bar:
-            for i in range(M):
-                logits.append(landscape.evaluate(self.model, member(i), self.X[:n_cka],
-                                                 self.Y[:n_cka], self.ds.mean, self.ds.std,
-                                                 c.run.eval_batch_size, return_logits=True)["logits"])
-                bar.update(1)
-        logits = jnp.stack(logits)
+
+        def outputs(lo, hi):
+            return {"logits": np.stack([np.asarray(landscape.evaluate(
+                self.model, take(i), self.X[:n_cka], self.Y[:n_cka], self.ds.mean, self.ds.std,
+                c.run.eval_batch_size, return_logits=True)["logits"]) for i in range(lo, hi)])}
+
+        rec = self._chunked_stage("outputs", M, len(c.retrain.seeds),
+                                  {"logits": np.zeros((M, n_cka, self.ds.num_classes), np.float32)},
+                                  outputs, "outputs for CKA (members)")
+        logits = jnp.asarray(rec["logits"])
         probs = jax.nn.softmax(logits, axis=-1)
-        ia = np.asarray([a for a, _ in pairs])
-        ib = np.asarray([b for _, b in pairs])
-        out = {"cka_softmax": np.asarray(landscape.cka(probs[ia], probs[ib])),
-               "cka_logits": np.asarray(landscape.cka(logits[ia], logits[ib]))}
-        curves: dict[str, list] = {}
-        with _progress(len(pairs), "LMC (pairs)", self.progress) as bar:
-            for a, b in pairs:
-                cur = landscape.interpolation_errors(
-                    self.model, member(a), member(b), self.X, self.Y, mean=self.ds.mean,
-                    std=self.ds.std, ts=ts, bn_batch_size=c.measure.bn_batch_size,
-                    test=(self.Xt, self.Yt), eval_batch_size=c.run.eval_batch_size)
-                for k in ("train_error", "train_loss", "test_error", "test_loss"):
-                    curves.setdefault(k, []).append(cur[k])
-                bar.update(1)
-        for k, v in curves.items():
-            out[f"curve_{k}"] = np.stack(v)
+        out = {"cka_softmax": np.asarray(landscape.cka(probs[pairs[:, 0]], probs[pairs[:, 1]])),
+               "cka_logits": np.asarray(landscape.cka(logits[pairs[:, 0]], logits[pairs[:, 1]]))}
+
+        def curves(lo, hi):  # the pairs lo..hi-1, every t point, in one call
+            pa, pb = take(pairs[lo:hi, 0]), take(pairs[lo:hi, 1])
+            cur = landscape.pair_curves(
+                self.model, pa["params"], pb["params"], jax.tree.map(lambda x: x[0], pa["batch_stats"]),
+                self.X, self.Y, mean=self.ds.mean, std=self.ds.std, ts=ts,
+                bn_batch_size=c.measure.bn_batch_size, test=(self.Xt, self.Yt),
+                eval_batch_size=c.run.eval_batch_size)
+            return {f"curve_{k}": cur[k] for k in ("train_error", "train_loss", "test_error",
+                                                   "test_loss")}
+
+        per_cell = max(1, P // max(1, M // len(c.retrain.seeds)))
+        empty = {f"curve_{k}": np.full((P, T), np.nan) for k in
+                 ("train_error", "train_loss", "test_error", "test_loss")}
+        out.update(self._chunked_stage("lmc", P, per_cell, empty, curves, "LMC (pairs)"))
         out["lmc"] = np.asarray(landscape.lmc(out["curve_train_error"]))
+        out["loss_barrier"] = landscape.loss_barrier(out["curve_train_loss"])
         out["ts"] = ts
         self.say(f"measure: done in {time.time() - t0:.1f}s")
         self.wd.save("measure", out)
+        for name in ("outputs_progress", "lmc_progress"):
+            self.wd.remove(name)
         return out
 
     # -- stage 5: tables, regimes, figures --------------------------------------------------------
@@ -303,9 +352,8 @@ class Pipeline:
                       "retrain_seed": np.nan, "pair": f"{ra}-{rb}"}
             for metric, key in (("lmc", "lmc"), ("cka", "cka_softmax"), ("cka_logits", "cka_logits")):
                 rows.append({**coords, "metric": metric, "value": float(measured[key][p])})
-            curve = measured["curve_train_loss"][p]
-            line = np.linspace(curve[0], curve[-1], curve.size)
-            rows.append({**coords, "metric": "loss_barrier", "value": float(np.max(curve - line))})
+            rows.append({**coords, "metric": "loss_barrier",
+                         "value": float(measured["loss_barrier"][p])})
         results = pd.DataFrame(rows)
         keys = ["knob", "temperature", "density"]
         wide = (results[results.stage != "dense"]
