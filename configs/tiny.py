@@ -20,5 +20,13 @@ def get_config():
     c.retrain.seeds = (1, 2)
     c.measure.lmc_points = 3
     c.measure.test_error_last_epochs = 2
+    c.measure.bezier.enabled = False   # tests/test_cli.py switches both on in a test of its own
+    c.measure.hessian.enabled = False
+    c.measure.bezier.epochs = 1
+    c.measure.bezier.points = 3
+    c.measure.hessian.images = 64
+    c.measure.hessian.max_probes = 4
+    c.measure.hessian.chunk = 2
+    c.measure.hessian.eig_iters = 5
     c.run.chunk_steps = 8
     return c

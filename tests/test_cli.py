@@ -26,8 +26,9 @@ def test_run_writes_every_file(tiny_run, capsys):
     for name in ("cells.csv", "results.csv", "config.json", "log.txt", "summary.txt"):
         assert (wd / name).stat().st_size > 0, name
     figs = sorted(p.name for p in (wd / "figures").glob("*.png"))
-    assert figs == ["epochs_cka.png", "epochs_lmc.png", "epochs_normalized_test_error.png",
-                    "epochs_test_error.png"]
+    assert figs == ["curves_density_0.1.png", "curves_density_0.5.png", "epochs_cka.png",
+                    "epochs_cka_logits.png", "epochs_lmc.png", "epochs_loss_barrier.png",
+                    "epochs_normalized_test_error.png", "epochs_test_error.png"]
     cells = pd.read_csv(wd / "cells.csv")
     assert len(cells) == 2 * 2  # temperatures x densities
     for col in ("knob", "temperature", "density", "test_error", "lmc", "cka", "regime",
@@ -143,3 +144,26 @@ def test_crash_inside_a_stage_resumes_to_the_same_result(crash_epoch, stage, tmp
     assert not (wd / "stages" / f"{stage}_progress").exists()
     for name in ("cells.csv", "results.csv"):
         assert (wd / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_bezier_and_hessian_stages_land_in_the_tables(tmp_path, capsys):
+    wd = tmp_path / "bh"
+    args = ["run", TINY, "--workdir", str(wd), "--no-progress", "--set", "temperatures=(2,)",
+            "--set", "prune.densities=(0.3,)", "--set", "measure.bezier.enabled=True",
+            "--set", "measure.hessian.enabled=True"]
+    assert cli.main(args) == 0
+    cells = pd.read_csv(wd / "cells.csv")
+    for col in ("bezier_mc", "hessian_trace", "hessian_top_eigenvalue"):
+        assert np.all(np.isfinite(cells[col])), col
+    assert np.all(cells.hessian_trace > 0) and np.all(cells.hessian_top_eigenvalue > 0)
+    res = pd.read_csv(wd / "results.csv")
+    h = res[res.metric == "hessian_trace_probes"]
+    assert len(h) == 2 and np.all(h.value == 4)  # max_probes 4 in chunks of 2, tol not reached
+    assert (res.metric == "bezier_mc").sum() == 1
+    names = {p.name for p in (wd / "figures").glob("*.png")}
+    assert {"epochs_bezier_mc.png", "epochs_hessian_trace.png",
+            "epochs_hessian_top_eigenvalue.png"} <= names
+    capsys.readouterr()
+    assert cli.main(args) == 0  # rerun: every stage loads, nothing recomputed
+    out = capsys.readouterr().out
+    assert "bezier: done before" in out and "hessian: done before" in out

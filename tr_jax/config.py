@@ -6,6 +6,7 @@ mistyped key is an error that names it and suggests the closest known key.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import importlib.util
@@ -18,8 +19,8 @@ import ml_collections
 from tr_jax.data.datasets import DATASETS
 from tr_jax.regimes import RegimeRule
 
-KNOBS = ("epochs",)
-RETRAIN_MODES = ("lr_rewinding", "finetune", "weight_rewinding")  # temperature knobs the sweep runs so far (batch_size, sam_rho, lr: planned)
+KNOBS = ("epochs",)  # temperature knobs the sweep runs so far
+RETRAIN_MODES = ("lr_rewinding", "finetune", "weight_rewinding")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,7 +48,18 @@ def default_config() -> ml_collections.ConfigDict:
     # finetune_lr, no milestones), weight_rewinding (weights and BN of the dense run at
     # rewind_epoch, masked by the mask of the trained checkpoint, then the retrain schedule).
     c.measure = ml_collections.ConfigDict(dict(
-        lmc_points=11, bn_batch_size=64, cka_images=6464, test_error_last_epochs=5))
+        lmc_points=11, bn_batch_size=64, cka_images=6464, test_error_last_epochs=5,
+        points_per_call=0,
+        # trained quadratic Bezier curve per pair (SPEC §2.3): middle bend trained, masked
+        bezier=ml_collections.ConfigDict(dict(
+            enabled=True, epochs=50, batch_size=128, lr=0.01, weight_decay=5e-4, momentum=0.9,
+            points=5)),
+        # Hessian of every retrained member (SPEC §2.5): eval mode, first `images` training images
+        hessian=ml_collections.ConfigDict(dict(
+            enabled=True, images=200, max_probes=100, tol=1e-3, chunk=10, eig_iters=100,
+            restrict_to_mask=True))))
+    # measure.points_per_call: parameter points (pairs x t) per compiled LMC/Bezier evaluation;
+    # 0 = auto (1 on CPU, 32 on accelerators: see experiments/bench_landscape.py).
     c.regimes = ml_collections.ConfigDict(RegimeRule().to_dict())
     c.run = ml_collections.ConfigDict(dict(
         members_strategy="auto", chunk_steps=0, eval_batch_size=500, checkpoint_every=5))
@@ -123,6 +135,13 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"run.chunk_steps={merged.run.chunk_steps} must be >= 0 (0 = auto)")
     if merged.run.checkpoint_every < 0:
         raise ValueError(f"run.checkpoint_every={merged.run.checkpoint_every} must be >= 0")
+    b, h = merged.measure.bezier, merged.measure.hessian
+    if b.enabled and (b.epochs < 1 or b.points < 3):
+        raise ValueError(f"measure.bezier: epochs={b.epochs} must be >= 1 and points={b.points} "
+                         ">= 3 (or set measure.bezier.enabled=False)")
+    if h.enabled and not (1 <= h.images and 1 <= h.chunk <= h.max_probes):
+        raise ValueError(f"measure.hessian: images={h.images} must be >= 1 and 1 <= chunk="
+                         f"{h.chunk} <= max_probes={h.max_probes}")
     if merged.measure.lmc_points < 2:
         raise ValueError(f"measure.lmc_points={merged.measure.lmc_points} must be >= 2")
     RegimeRule.from_dict(merged.regimes.to_dict())
@@ -153,10 +172,10 @@ def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_c
             schema, node = schema[p], node[p]
         if parts[-1] not in schema:
             raise ValueError(f"unknown config key {key!r}.{_did_you_mean(parts[-1], schema.keys())}")
-        try:
-            value = json.loads(raw.replace("(", "[").replace(")", "]"))
-        except json.JSONDecodeError:
-            value = raw
+        try:  # Python literals: 0.1, (1, 2), 'uniform', True; anything else is a string
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = {"true": True, "false": False}.get(raw.lower(), raw)
         if isinstance(value, list):
             value = tuple(value)
         with node.unlocked() if hasattr(node, "unlocked") else _null():

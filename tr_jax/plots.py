@@ -39,6 +39,8 @@ from .regimes import (KNOB_LABELS, RegimeRule, classify, normalized_test_error,
 
 __all__ = [
     "PANELS",
+    "ALL_PANELS",
+    "curves_along_t",
     "METRIC_LABELS",
     "metric_grid",
     "phase_diagram",
@@ -55,14 +57,27 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
                               "test error above column best (% points)"),
     "lmc": ("LMC (mode connectivity)", "LMC, train-error fraction (< 0 = barrier)"),
     "cka": ("CKA similarity", "linear CKA of softmax outputs"),
+    "cka_logits": ("CKA similarity (logits)", "linear CKA of logits"),
+    "loss_barrier": ("Loss barrier (line)", "max over t of loss above the straight line"),
+    "bezier_mc": ("Bezier mode connectivity", "mc, train-error fraction (< 0 = barrier)"),
+    "hessian_trace": ("Hessian trace", "log10 Hutchinson trace (eval mode, 200 images)"),
+    "hessian_top_eigenvalue": ("Hessian top eigenvalue", "log10 top eigenvalue"),
 }
+
+#: every metric the sweep can measure, in the order figures are drawn
+ALL_PANELS: tuple[str, ...] = PANELS + ("bezier_mc", "loss_barrier", "cka_logits",
+                                        "hessian_trace", "hessian_top_eigenvalue")
 
 # lower error -> light; LMC: 0 light, negative (barrier) dark; CKA: high similarity light
 _DEFAULT_CMAPS = {"test_error": "magma_r", "normalized_test_error": "magma_r",
-                  "lmc": "viridis", "cka": "viridis"}
+                  "lmc": "viridis", "cka": "viridis", "bezier_mc": "viridis",
+                  "cka_logits": "viridis", "loss_barrier": "magma_r", "hessian_trace": "magma_r",
+                  "hessian_top_eigenvalue": "magma_r"}
+_LOG_METRICS = ("hessian_trace", "hessian_top_eigenvalue")
 _PERCENT_METRICS = ("test_error", "normalized_test_error")
 _FORMATS = {"test_error": "{:.1f}", "normalized_test_error": "{:.1f}", "lmc": "{:.3f}",
-            "cka": "{:.3f}"}
+            "cka": "{:.3f}", "bezier_mc": "{:.3f}", "cka_logits": "{:.3f}",
+            "loss_barrier": "{:.2f}", "hessian_trace": "{:.2f}", "hessian_top_eigenvalue": "{:.2f}"}
 _NAN_COLOR = "#d9d9d9"
 
 
@@ -183,6 +198,8 @@ def phase_diagram(ax, cells_for_one_knob: pd.DataFrame, metric: str, regimes: An
     vals = _metric_values(cells, metric)
     if metric in _PERCENT_METRICS:
         vals = vals * 100.0
+    if metric in _LOG_METRICS:
+        vals = np.log10(vals.where(vals > 0))
     temps, dens, grid = metric_grid(cells, vals, hotter_is_smaller=hotter_is_smaller)
 
     cmap_obj = matplotlib.colormaps[cmap or _DEFAULT_CMAPS.get(metric, "viridis")] \
@@ -191,7 +208,7 @@ def phase_diagram(ax, cells_for_one_knob: pd.DataFrame, metric: str, regimes: An
     finite = grid[np.isfinite(grid)]
     vmin = float(finite.min()) if finite.size else 0.0
     vmax = float(finite.max()) if finite.size else 1.0
-    if metric == "lmc":
+    if metric in ("lmc", "bezier_mc"):
         vmax = max(vmax, 0.0)  # 0 (connected) is the light end
     if metric == "normalized_test_error":
         vmin = 0.0
@@ -364,3 +381,25 @@ def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = 
             fig.savefig(path, dpi=dpi)
             paths.append(path)
     return paths
+
+
+def curves_along_t(curves: Mapping[str, np.ndarray], labels: Sequence[str],
+                   path: str | os.PathLike, *, title: str = "", dpi: int = 120,
+                   ylabel: str = "train error (%)") -> pathlib.Path:
+    """Error along t for chosen cells: ``curves`` maps a path name ('line', 'bezier') to
+    ``(ts [T], errors [n, T])``; one line per cell (``labels`` [n]), one panel per path."""
+    fig = Figure(figsize=(4.2 * len(curves), 3.4), dpi=dpi)
+    for k, (name, (ts, errs)) in enumerate(curves.items()):
+        ax = fig.add_subplot(1, len(curves), k + 1)
+        for lab, e in zip(labels, np.atleast_2d(errs)):
+            ax.plot(ts, 100.0 * np.asarray(e), marker="o", ms=3, label=str(lab))
+        ax.set_xlabel("t")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title} {name}".strip(), fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path

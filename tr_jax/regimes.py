@@ -385,7 +385,7 @@ def summary_table(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | No
         body = [[_fmt_num(t)] + [entry.get((t, d), "") for d in dens] for t in temps]
         widths = [max(len(r[j]) for r in [header] + body) for j in range(len(header))]
 
-        def line(r: list[str]) -> str:
+        def line(r: list[str], widths: list[int] = widths) -> str:
             return "  ".join(c.rjust(w) if j else c.ljust(w)
                              for j, (c, w) in enumerate(zip(r, widths))).rstrip()
 

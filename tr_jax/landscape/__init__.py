@@ -1,6 +1,13 @@
 """Loss-landscape measures of pruned models: LMC, CKA, BN recalibration (SPEC §2)."""
-from tr_jax.landscape.bn import evaluate, recalibrate
+from tr_jax.landscape.bezier import bezier, curve_errors, mode_connectivity, train_curves
+from tr_jax.landscape.bn import evaluate, evaluate_stacked, recalibrate, recalibrate_points
 from tr_jax.landscape.cka import cka
-from tr_jax.landscape.lmc import interpolation_errors, lerp, lmc
+from tr_jax.landscape.hessian import (hessian_trace, hvp, lanczos, member_hessian, member_loss,
+                                      top_eigenvalue)
+from tr_jax.landscape.lmc import (evaluate_points, interpolation_errors, lerp, line_points, lmc,
+                                  loss_barrier, pair_curves)
 
-__all__ = ["cka", "evaluate", "interpolation_errors", "lerp", "lmc", "recalibrate"]
+__all__ = ["bezier", "cka", "curve_errors", "evaluate", "evaluate_points", "evaluate_stacked",
+           "hessian_trace", "hvp", "interpolation_errors", "lanczos", "lerp", "line_points", "lmc",
+           "loss_barrier", "member_hessian", "member_loss", "mode_connectivity", "pair_curves", "recalibrate",
+           "recalibrate_points", "top_eigenvalue", "train_curves"]

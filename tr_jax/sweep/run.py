@@ -8,6 +8,7 @@ member's coordinates only, so a member's numbers do not depend on the other memb
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from typing import Callable
@@ -24,7 +25,7 @@ from tr_jax.data.datasets import load_dataset
 from tr_jax.sweep.store import Workdir, atomic_write_csv, atomic_write_text
 from tr_jax.training import StepConfig, Trainer, init_state, stack
 
-DENSE, RETRAIN = 0, 1  # first fold of the root key per stage
+DENSE, RETRAIN, BEZIER, HESSIAN = 0, 1, 2, 3  # first fold of the root key per stage
 
 
 def _set(a: np.ndarray, i: int, x) -> np.ndarray:
@@ -239,6 +240,7 @@ class Pipeline:
         out = {"variables": jax.tree.map(np.asarray, {"params": final.params,
                                                       "batch_stats": final.batch_stats}),
                "density": np.asarray(pruning.mask_density_stacked(final.mask)),
+               "mask": jax.tree.map(np.asarray, final.mask),
                "test_error": test_err}
         self.say(f"retrain: done in {time.time() - t0:.1f}s")
         self.wd.save("retrain", out)
@@ -310,7 +312,8 @@ class Pipeline:
                 self.model, pa["params"], pb["params"], jax.tree.map(lambda x: x[0], pa["batch_stats"]),
                 self.X, self.Y, mean=self.ds.mean, std=self.ds.std, ts=ts,
                 bn_batch_size=c.measure.bn_batch_size, test=(self.Xt, self.Yt),
-                eval_batch_size=c.run.eval_batch_size)
+                eval_batch_size=c.run.eval_batch_size,
+                points_per_call=c.measure.points_per_call or None)
             return {f"curve_{k}": cur[k] for k in ("train_error", "train_loss", "test_error",
                                                    "test_loss")}
 
@@ -327,8 +330,109 @@ class Pipeline:
             self.wd.remove(name)
         return out
 
+    def _pair_coords(self) -> list[tuple[int, ...]]:
+        """(dense seed, temperature index, density index, retrain seed a, retrain seed b) per pair:
+        the coordinates a pair's key is folded from (independent of chunking and grouping)."""
+        mem = self.members()
+        ti = {t: i for i, t in enumerate(self.temps)}
+        di = {d: i for i, d in enumerate(self.densities)}
+        return [(mem[a][0], ti[mem[a][1]], di[mem[a][2]], mem[a][3], mem[b][3])
+                for a, b in self.pairs()]
+
+    # -- stage 4b: trained Bezier curves per pair (SPEC §2.3) -------------------------------------
+    def bezier(self, retrained: dict) -> dict | None:
+        bc = self.cfg.measure.bezier
+        if not bc.enabled:
+            return None
+        if self.wd.has("bezier"):
+            self.say("bezier: done before, loaded")
+            return self.wd.load("bezier")
+        pairs = np.asarray(self.pairs(), np.int64).reshape(-1, 2)
+        coords = self._pair_coords()
+        ts = np.linspace(0.0, 1.0, bc.points)
+        V, masks = retrained["variables"], retrained["mask"]
+        take = lambda tree, idx: jax.tree.map(lambda x: jnp.asarray(x[idx]), tree)  # noqa: E731
+        P, T = len(pairs), len(ts)
+        self.say(f"bezier: {P} curves x {bc.epochs} epochs (batch {bc.batch_size}), evaluated at "
+                 f"{T} points")
+        t0 = time.time()
+        cpu = jax.default_backend() == "cpu"
+
+        def curves(lo, hi):
+            pa, pb = take(V, pairs[lo:hi, 0]), take(V, pairs[lo:hi, 1])
+            mask = take(masks, pairs[lo:hi, 0])
+            keys = jnp.stack([jax.random.key_data(member_key(self.root, BEZIER, *co))
+                              for co in coords[lo:hi]])
+            mid, _ = landscape.train_curves(
+                self.model, pa["params"], pb["params"], mask,
+                jax.tree.map(lambda x: x[0], pa["batch_stats"]), self.X, self.Y, key=keys,
+                mean=self.ds.mean, std=self.ds.std, epochs=bc.epochs, batch_size=bc.batch_size,
+                lr=bc.lr, weight_decay=bc.weight_decay, momentum=bc.momentum,
+                chunk_steps=1 if cpu else None, unroll=cpu, strategy=self.strategy)
+            cur = landscape.curve_errors(
+                self.model, pa["params"], mid, pb["params"], self.X, self.Y, mean=self.ds.mean,
+                std=self.ds.std, ts=ts, bn_batch_size=self.cfg.measure.bn_batch_size,
+                test=(self.Xt, self.Yt), eval_batch_size=self.cfg.run.eval_batch_size,
+                points_per_call=self.cfg.measure.points_per_call or None)
+            return {f"curve_{k}": cur[k] for k in ("train_error", "train_loss", "test_error",
+                                                   "test_loss")}
+
+        M = len(self.members())
+        per_cell = max(1, P // max(1, M // len(self.cfg.retrain.seeds)))
+        empty = {f"curve_{k}": np.full((P, T), np.nan) for k in
+                 ("train_error", "train_loss", "test_error", "test_loss")}
+        out = self._chunked_stage("bezier", P, per_cell, empty, curves, "Bezier curves (pairs)")
+        out["mc"] = np.asarray(landscape.mode_connectivity(out["curve_train_error"]))
+        out["ts"] = ts
+        self.say(f"bezier: done in {time.time() - t0:.1f}s")
+        self.wd.save("bezier", out)
+        self.wd.remove("bezier_progress")
+        return out
+
+    # -- stage 4c: Hessian trace and top eigenvalue per retrained member (SPEC §2.5) ------------
+    def hessian(self, retrained: dict) -> dict | None:
+        hc = self.cfg.measure.hessian
+        if not hc.enabled:
+            return None
+        if self.wd.has("hessian"):
+            self.say("hessian: done before, loaded")
+            return self.wd.load("hessian")
+        M = len(self.members())
+        n = min(hc.images, self.ds.num_train)
+        self.say(f"hessian: trace (<= {hc.max_probes} probes, tol {hc.tol}) and top eigenvalue "
+                 f"of {M} members on {n} training images"
+                 f"{', probes on unpruned weights' if hc.restrict_to_mask else ''}")
+        t0 = time.time()
+        V, masks = retrained["variables"], retrained["mask"]
+        fn = functools.partial(landscape.member_hessian, self.model, mean=tuple(self.ds.mean),
+                               std=tuple(self.ds.std), max_probes=int(hc.max_probes),
+                               chunk=int(hc.chunk), max_iters=int(hc.eig_iters))
+        mem = self.members()
+
+        def one(i):
+            v = jax.tree.map(lambda x: jnp.asarray(x[i]), V)
+            m = jax.tree.map(lambda x: jnp.asarray(x[i]), masks) if hc.restrict_to_mask else None
+            key = member_key(self.root, HESSIAN, mem[i][0], self.temps.index(mem[i][1]),
+                             self.densities.index(mem[i][2]), mem[i][3])
+            r = fn(v, m, self.X[:n], self.Y[:n], key, tol=float(hc.tol))
+            return np.asarray([r["trace"], r["trace_stderr"], r["trace_probes"],
+                               r["top_eigenvalue"]], np.float64)
+
+        def chunk(lo, hi):
+            return {"hessian": np.stack([one(i) for i in range(lo, hi)])}
+
+        out = self._chunked_stage("hessian", M, len(self.cfg.retrain.seeds),
+                                  {"hessian": np.full((M, 4), np.nan)}, chunk, "Hessian (members)")
+        res = {"trace": out["hessian"][:, 0], "trace_stderr": out["hessian"][:, 1],
+               "trace_probes": out["hessian"][:, 2], "top_eigenvalue": out["hessian"][:, 3]}
+        self.say(f"hessian: done in {time.time() - t0:.1f}s")
+        self.wd.save("hessian", res)
+        self.wd.remove("hessian_progress")
+        return res
+
     # -- stage 5: tables, regimes, figures --------------------------------------------------------
-    def tables(self, dense: dict, retrained: dict, measured: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def tables(self, dense: dict, retrained: dict, measured: dict, bezier: dict | None = None,
+               hessian: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         c = self.cfg
         base = {"config_hash": self.hash, "tr_jax_version": __version__, "knob": c.knob}
         rows = []
@@ -345,6 +449,10 @@ class Pipeline:
                          "value": float(np.mean(retrained["test_error"][i]))})
             rows.append({**coords, "metric": "measured_density",
                          "value": float(retrained["density"][i])})
+            if hessian is not None:
+                for metric in ("trace", "trace_stderr", "trace_probes", "top_eigenvalue"):
+                    rows.append({**coords, "metric": f"hessian_{metric}",
+                                 "value": float(hessian[metric][i])})
         for p, (a, b) in enumerate(self.pairs()):
             s, t, d, ra = mem[a]
             rb = mem[b][3]
@@ -354,6 +462,8 @@ class Pipeline:
                 rows.append({**coords, "metric": metric, "value": float(measured[key][p])})
             rows.append({**coords, "metric": "loss_barrier",
                          "value": float(measured["loss_barrier"][p])})
+            if bezier is not None:
+                rows.append({**coords, "metric": "bezier_mc", "value": float(bezier["mc"][p])})
         results = pd.DataFrame(rows)
         keys = ["knob", "temperature", "density"]
         wide = (results[results.stage != "dense"]
@@ -366,11 +476,35 @@ class Pipeline:
             "cka_logits": wide["cka_logits"], "loss_barrier": wide["loss_barrier"],
             "dense_test_error": wide["temperature"].map(dense_err).to_numpy(),
         })
+        for metric in ("bezier_mc", "hessian_trace", "hessian_top_eigenvalue"):
+            if metric in wide.columns:
+                cells[metric] = wide[metric]
         cells["normalized_test_error"] = regimes.normalized_test_error(cells)
         cells["regime"] = regimes.classify(cells, c.regimes.to_dict())
         cells["advice"] = cells["regime"].map(regimes.advice)
         cells["config_hash"] = self.hash
         return cells, results
+
+    def curve_figures(self, measured: dict, bezier: dict | None) -> list:
+        """Per density: train error along t of every temperature's cell (mean over its pairs and
+        dense seeds), the straight line and, when measured, the trained Bezier curve."""
+        mem = self.members()
+        cell_of = np.asarray([(self.temps.index(mem[a][1]), self.densities.index(mem[a][2]))
+                              for a, _ in self.pairs()]).reshape(-1, 2)
+        paths = []
+        for di, d in enumerate(self.densities):
+            curves = {}
+            for name, src in (("line (LMC)", measured), ("Bezier", bezier)):
+                if src is None:
+                    continue
+                errs = [src["curve_train_error"][(cell_of[:, 0] == ti) & (cell_of[:, 1] == di)]
+                        .mean(axis=0) for ti in range(len(self.temps))]
+                curves[name] = (src["ts"], np.stack(errs))
+            paths.append(plots.curves_along_t(
+                curves, [f"{self.cfg.knob} {t}" for t in self.temps],
+                self.wd.path / "figures" / f"curves_density_{d:g}.png",
+                title=f"density {100 * d:g}%"))
+        return paths
 
     def run(self) -> dict:
         t0 = time.time()
@@ -379,10 +513,14 @@ class Pipeline:
         dense = self.dense()
         retrained = self.retrain(dense)
         measured = self.measure(retrained)
-        cells, results = self.tables(dense, retrained, measured)
+        bezier = self.bezier(retrained)
+        hessian = self.hessian(retrained)
+        cells, results = self.tables(dense, retrained, measured, bezier, hessian)
         atomic_write_csv(self.wd.path / "results.csv", results)
         atomic_write_csv(self.wd.path / "cells.csv", cells)
-        figures = plots.figure2(cells, self.wd.path / "figures")
+        figures = plots.figure2(cells, self.wd.path / "figures",
+                                panels=[m for m in plots.ALL_PANELS if m in cells.columns])
+        figures += self.curve_figures(measured, bezier)
         summary = regimes.summary_table(cells)
         atomic_write_text(self.wd.path / "summary.txt", summary + "\n")
         acc = 100 * (1 - dense["test_error"][:, -1].mean())

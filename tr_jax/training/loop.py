@@ -1,9 +1,23 @@
-"""Training and evaluating a group of members, epoch by epoch (DESIGN: a sweep is a stack of members).
+"""Training and evaluating a group of members, epoch by epoch (DESIGN: a sweep is a stack of members;
+SPEC §1.3, §1.4, §1.6).
 
 ``Trainer`` compiles, once per (strategy, chunk shape), the per-member ``train_steps`` lifted to a
 group of members, and runs an epoch as a few jitted chunks of unrolled steps (plus one call for the
 last partial batch when ``drop_last`` is False). No Python runs per step, and the dataset stays on
 the device: every call gets the same device arrays.
+
+Learning-rate schedules are traced ``[n_steps]`` multipliers of each member's base lr, computed on
+the host per chunk, so no schedule ever recompiles:
+
+* ``schedule="epoch"``: MultiStepLR over 0-indexed epochs (decay at the start of each milestone
+  epoch; the epoch experiments, dense training and retraining, SPEC §1.3, §1.6);
+* ``schedule="iteration"``: MultiStepLR stepped per optimiser step, milestones in global steps
+  (the batch-size experiments: ``optim.iteration_milestones(62400) == (31200, 46800)`` with
+  ``drop_last=True``, SPEC §1.4 item 2);
+* a constant lr (fine-tuning) is either schedule with ``milestones=()``.
+
+``max_steps`` caps the total number of optimiser steps: the epoch that reaches it is cut short
+mid-epoch and later epochs are skipped (the batch-size experiments' fixed 62 400 iterations).
 """
 from __future__ import annotations
 
@@ -15,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tr_jax.training import members as mem
-from tr_jax.training.optim import step_decay
+from tr_jax.training.optim import multistep
 from tr_jax.training.steps import (StepConfig, TrainState, eval_batch, padded_batches,
                                    train_steps)
 
@@ -30,6 +44,32 @@ def epoch_chunks(num_train: int, batch_size: int, chunk_steps: int,
     if rem and not drop_last:
         out.append((n_full, 1, rem))
     return out
+
+
+def truncate_chunks(plan: list[tuple[int, int, int]], n_steps: int) -> list[tuple[int, int, int]]:
+    """The first ``n_steps`` steps of an epoch's chunk plan (the last kept chunk shortened)."""
+    out, left = [], max(0, n_steps)
+    for step0, n, bs in plan:
+        if left == 0:
+            break
+        out.append((step0, min(n, left), bs))
+        left -= out[-1][1]
+    return out
+
+
+SCHEDULES = ("epoch", "iteration")
+
+
+def lr_scales(schedule: str, milestones: tuple[int, ...], gamma: float, epoch: int,
+              steps: np.ndarray) -> np.ndarray:
+    """Per-step multipliers [n] of the base lr for the global (0-indexed, counted from the start
+    of training) optimiser steps ``steps`` [n] of 0-indexed ``epoch``."""
+    steps = np.asarray(steps)
+    if schedule == "epoch":
+        return multistep(np.full(steps.shape, epoch), milestones, gamma)
+    if schedule == "iteration":
+        return multistep(steps, milestones, gamma)
+    raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,13 +88,24 @@ def _compiled_eval(model: nn.Module, cfg: StepConfig, strategy: str) -> Callable
 
 
 class Trainer:
-    """Advances a stack of members (a ``TrainState`` with a leading [M] axis) together."""
+    """Advances a stack of members (a ``TrainState`` with a leading [M] axis) together.
+
+    ``milestones`` are 0-indexed epochs (``schedule="epoch"``) or global optimiser steps
+    (``schedule="iteration"``); ``max_steps`` (None: no cap) stops training after exactly that
+    many optimiser steps in total.
+    """
 
     def __init__(self, model: nn.Module, cfg: StepConfig, strategy: str = "auto",
                  chunk_steps: int = 4, drop_last: bool = False, eval_batch_size: int = 500,
-                 milestones: tuple[int, ...] = (80, 120), gamma: float = 0.1):
+                 milestones: tuple[int, ...] = (80, 120), gamma: float = 0.1,
+                 schedule: str = "epoch", max_steps: int | None = None):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
+        if max_steps is not None and max_steps < 0:
+            raise ValueError(f"max_steps={max_steps} must be >= 0")
         self.model, self.cfg = model, cfg
-        self.milestones, self.gamma = tuple(milestones), gamma
+        self.milestones, self.gamma = tuple(int(m) for m in milestones), gamma
+        self.schedule, self.max_steps = schedule, max_steps
         self.strategy = mem.resolve(strategy)
         self.chunk_steps, self.drop_last = chunk_steps, drop_last
         self.eval_batch_size = eval_batch_size
@@ -66,19 +117,49 @@ class Trainer:
     def _eval_fn(self) -> Callable:
         return _compiled_eval(self.model, self.cfg, self.strategy)
 
+    # -- the step plan ------------------------------------------------------------------------
+    def steps_per_epoch(self, num_train: int) -> int:
+        """Optimiser steps in one full epoch (the partial batch counts unless ``drop_last``)."""
+        plan = epoch_chunks(num_train, self.cfg.batch_size, self.chunk_steps, self.drop_last)
+        return sum(n for _, n, _ in plan)
+
+    def epochs_needed(self, num_train: int) -> int | None:
+        """Epochs that ``max_steps`` spans, ``ceil(max_steps / steps_per_epoch)`` (None: no cap);
+        the batch-size experiments' epoch count (SPEC §1.4 item 2: B=16 -> 20, ..., 512 -> 644)."""
+        if self.max_steps is None:
+            return None
+        return -(-self.max_steps // self.steps_per_epoch(num_train))
+
+    def epoch_plan(self, num_train: int, epoch: int) -> list[tuple[int, int, int]]:
+        """(first step, number of steps, batch size) of each jitted call of 0-indexed ``epoch``,
+        cut to what is left of ``max_steps`` (empty when the budget is spent)."""
+        plan = epoch_chunks(num_train, self.cfg.batch_size, self.chunk_steps, self.drop_last)
+        if self.max_steps is None:
+            return plan
+        return truncate_chunks(plan, self.max_steps - epoch * self.steps_per_epoch(num_train))
+
+    def lr_plan(self, num_train: int, epoch: int) -> list[np.ndarray]:
+        """The lr multipliers [n] of each chunk of ``epoch_plan(num_train, epoch)``."""
+        first = epoch * self.steps_per_epoch(num_train)  # global index of the epoch's step 0
+        return [lr_scales(self.schedule, self.milestones, self.gamma, epoch,
+                          first + step0 + np.arange(n))
+                for step0, n, _ in self.epoch_plan(num_train, epoch)]
+
     # -- public -----------------------------------------------------------------------------
     def train_epoch(self, groups: list[TrainState], images: jnp.ndarray, labels: jnp.ndarray,
                     epoch: int) -> tuple[list[TrainState], list[jnp.ndarray]]:
-        """One epoch for every group; returns new groups and their summed losses (on device)."""
-        plan = epoch_chunks(images.shape[0], self.cfg.batch_size, self.chunk_steps, self.drop_last)
+        """One epoch for every group; returns new groups and their mean losses (on device)."""
+        plan = self.epoch_plan(images.shape[0], epoch)
+        if not plan:
+            raise ValueError(f"epoch {epoch} lies beyond max_steps={self.max_steps}")
         ep = jnp.asarray(epoch, jnp.int32)
-        scale = jnp.asarray(float(step_decay(epoch, self.milestones, self.gamma)), jnp.float32)
+        calls = [(self._train_fn(n, bs), jnp.asarray(step0, jnp.int32), jnp.asarray(scales))
+                 for (step0, n, bs), scales in zip(plan, self.lr_plan(images.shape[0], epoch))]
         new, losses = [], []
         for g in groups:
             total = 0.0
-            for step0, n, bs in plan:
-                g, loss = self._train_fn(n, bs)(g, images, labels, jnp.asarray(step0, jnp.int32), ep,
-                                                  scale)
+            for fn, step0, scales in calls:
+                g, loss = fn(g, images, labels, step0, ep, scales)
                 total = total + jnp.sum(loss, axis=-1)
             new.append(g)
             losses.append(total / sum(n for _, n, _ in plan))
@@ -104,7 +185,9 @@ class Trainer:
             on_epoch: Callable[[int, Callable[[], TrainState]], None] | None = None,
             progress: Callable[[int], None] | None = None, start_epoch: int = 0,
             history: dict[int, np.ndarray] | None = None):
-        """Train the stacked members for epochs ``start_epoch .. epochs - 1``.
+        """Train the stacked members for epochs ``start_epoch .. epochs - 1`` (fewer when
+        ``max_steps`` is spent earlier: the epoch that reaches it ends mid-epoch, and counts as
+        done for ``eval_epochs`` and ``on_epoch``).
 
         ``eval_epochs``: 1-indexed epochs after which the test error of every member is recorded.
         ``on_epoch(epoch_done, get_state)`` is called after every epoch (1-indexed) with a thunk
@@ -115,12 +198,13 @@ class Trainer:
         eval_epochs = set(eval_epochs)
         groups = mem.split_groups(state, self.strategy)
         history = {} if history is None else history
-        for epoch in range(start_epoch, epochs):
+        needed = self.epochs_needed(images.shape[0])
+        for epoch in range(start_epoch, epochs if needed is None else min(epochs, needed)):
             groups, _ = self.train_epoch(groups, images, labels, epoch)
             if test is not None and epoch + 1 in eval_epochs:
                 history[epoch + 1] = self.evaluate(groups, *test)[0]
             if on_epoch is not None:
-                on_epoch(epoch + 1, lambda: mem.join_groups(groups, self.strategy))
+                on_epoch(epoch + 1, lambda gs=groups: mem.join_groups(gs, self.strategy))
             if progress is not None:
                 progress(1)
         return mem.join_groups(groups, self.strategy), history

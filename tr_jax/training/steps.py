@@ -1,4 +1,4 @@
-"""One member's train and eval steps as pure functions of pytrees (SPEC §1.3, §1.6).
+"""One member's train and eval steps as pure functions of pytrees (SPEC §1.3, §1.4, §1.6, §7).
 
 A member's state is a ``TrainState`` (no members axis here; ``tr_jax.training.members`` lifts these
 functions to groups). Masked training multiplies the weights by the mask in the forward pass and
@@ -8,6 +8,15 @@ Data order and augmentation are a pure function of (member key, epoch, step): ep
 ``k_e = fold_in(key, epoch)``, permutation from ``fold_in(k_e, 0)``, augmentation of step s from
 ``fold_in(k_e, s + 1)``. So results do not depend on how an epoch is cut into jitted chunks, nor on
 which other members run beside this one.
+
+The optimiser (SGD or Adam, ``tr_jax.training.optim``) and whether a step is a SAM step are static
+``StepConfig`` fields; the learning rate (per step: the schedule is a traced ``[n_steps]`` array of
+multipliers), weight decay and SAM's rho are traced per-member values, so one compiled program
+serves every epoch, every schedule and a whole temperature sweep (lr or rho knob). SAM (SPEC §1.4):
+the first pass runs in train mode (running BN statistics updated), the second at ``w + e`` in
+``frozen`` mode (batch statistics, running statistics untouched); with masks the gradient of the
+effective weights ``params * mask`` is zero at pruned entries, so the perturbation and the update
+never touch them.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ class TrainState(NamedTuple):
     mask: Any          # 1.0 keep / 0.0 pruned, shaped like params (all ones for dense training)
     key: jax.Array     # uint32 key data [2] (jax.random.key_data of the member's data key)
     base_lr: jax.Array  # [] float32, lr before the step schedule (per member: the lr knob)
+    rho: jax.Array      # [] float32, SAM radius (per member: the SAM-rho knob; unused without SAM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,16 +57,29 @@ class StepConfig:
     flip: bool = True
     momentum: float = 0.9
     unroll: bool = True  # fully unroll the steps of a chunk (XLA CPU: rolled conv loops are slow)
+    optimizer: str = "sgd"  # 'sgd' | 'adam' (must match the ``init_state`` that made the state)
+    sam: bool = False       # SAM steps (two passes) with the optimiser above as the base step
 
 
 def init_state(variables: dict, mask: Any, key: jax.Array, lr: float, weight_decay: float,
-               momentum: float = 0.9) -> TrainState:
-    """Fresh optimiser state (momentum buffers 0) for ``variables`` masked by ``mask``."""
-    params = jax.tree.map(lambda p, m: p * m, variables["params"], mask)
-    opt = optim.sgd(lr, momentum, weight_decay)
+               momentum: float = 0.9, *, optimizer: str = "sgd", rho: float = 0.0) -> TrainState:
+    """Fresh optimiser state (moments 0) for ``variables`` masked by ``mask``.
+
+    ``optimizer`` must equal the ``StepConfig.optimizer`` the state is trained with; ``rho`` is
+    the member's SAM radius (used only when ``StepConfig.sam``). Vmappable over every argument
+    except ``optimizer`` and ``momentum``.
+    """
+    params = masked(variables["params"], mask)
+    opt = optim.make(optimizer, lr, weight_decay, momentum)
     key_data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     return TrainState(params, variables["batch_stats"], opt.init(params), mask,
-                      jnp.asarray(key_data, jnp.uint32), jnp.asarray(lr, jnp.float32))
+                      jnp.asarray(key_data, jnp.uint32), jnp.asarray(lr, jnp.float32),
+                      jnp.asarray(rho, jnp.float32))
+
+
+def masked(params: Any, mask: Any) -> Any:
+    """The effective weights ``params * mask`` (leafwise)."""
+    return jax.tree.map(lambda p, m: p * m, params, mask)
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -64,20 +87,37 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def _check_opt_state(opt: optax.GradientTransformation, cfg: StepConfig, state: TrainState):
+    shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), state.params)
+    want = jax.tree.structure(jax.eval_shape(opt.init, shapes))
+    if jax.tree.structure(state.opt_state) != want:
+        raise ValueError(f"the optimiser state does not belong to StepConfig.optimizer="
+                         f"{cfg.optimizer!r}: pass the same optimizer= to init_state")
+
+
 def train_step(model: nn.Module, cfg: StepConfig, state: TrainState, x: jnp.ndarray,
                y: jnp.ndarray, lr: jnp.ndarray) -> tuple[TrainState, jnp.ndarray]:
-    """One masked SGD step on a normalised batch x [B, H, W, C], labels y [B]."""
+    """One masked optimiser step (a SAM step when ``cfg.sam``) on a normalised batch
+    x [B, H, W, C], labels y [B], at learning rate ``lr`` []. Returns the new state and the
+    (first-pass) training loss."""
 
-    def loss_fn(params):
-        eff = jax.tree.map(lambda p, m: p * m, params, state.mask)
-        logits, new = models.apply(model, {"params": eff, "batch_stats": state.batch_stats}, x,
-                                   train=True)
+    def train_loss(params):
+        variables = {"params": masked(params, state.mask), "batch_stats": state.batch_stats}
+        logits, new = models.apply(model, variables, x, train=True)
         return cross_entropy(logits, y), new["batch_stats"]
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    opt_state = state.opt_state._replace(
-        hyperparams={**state.opt_state.hyperparams, "learning_rate": lr})
-    updates, opt_state = optim.sgd(momentum=cfg.momentum).update(grads, opt_state, state.params)
+    def frozen_loss(params):  # batch statistics, running statistics untouched
+        variables = {"params": masked(params, state.mask), "batch_stats": state.batch_stats}
+        return cross_entropy(models.apply(model, variables, x, mode="frozen"), y)
+
+    (loss, batch_stats), grads = jax.value_and_grad(train_loss, has_aux=True)(state.params)
+    if cfg.sam:
+        e = optim.sam_perturbation(grads, state.rho)
+        grads = jax.grad(frozen_loss)(jax.tree.map(jnp.add, state.params, e))
+    opt = optim.make(cfg.optimizer, momentum=cfg.momentum)
+    _check_opt_state(opt, cfg, state)
+    opt_state = optim.with_learning_rate(state.opt_state, lr)
+    updates, opt_state = opt.update(grads, opt_state, state.params)
     params = jax.tree.map(lambda p, u, m: p + u * m, state.params, updates, state.mask)
     return state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state), loss
 
@@ -89,28 +129,30 @@ def train_steps(model: nn.Module, cfg: StepConfig, state: TrainState, images: jn
 
     images: uint8 [N, H, W, C] raw pixels (shared by all members); labels: int32 [N].
     ``batch_size`` may be smaller than ``cfg.batch_size`` for the last partial batch of an epoch.
-    ``lr_scale`` []: the schedule's multiplier of the member's base lr for this epoch (a traced
-    value, so one program serves every epoch and every schedule).
+    ``lr_scale`` [n_steps] (or [], the same for every step): the schedule's multiplier of the
+    member's base lr at each step (a traced value, so one program serves every epoch and every
+    schedule, per epoch or per iteration).
     Returns the new state and the per-step training losses [n_steps].
     """
     key = jax.random.wrap_key_data(state.key)
     k_epoch = jax.random.fold_in(key, epoch)
     perm = jax.random.permutation(jax.random.fold_in(k_epoch, 0), images.shape[0])
-    lr = state.base_lr * lr_scale
+    lrs = state.base_lr * jnp.broadcast_to(jnp.asarray(lr_scale, jnp.float32), (n_steps,))
 
-    def body(st, s):
+    def body(st, s_lr):
+        s, lr = s_lr
         idx = lax.dynamic_slice(perm, (s * cfg.batch_size,), (batch_size,))
         x = augment(jax.random.fold_in(k_epoch, s + 1), images[idx], cfg.pad, cfg.flip)
         return train_step(model, cfg, st, normalize(x, cfg.mean, cfg.std), labels[idx], lr)
 
     steps = step0 + jnp.arange(n_steps, dtype=jnp.int32)
     if not cfg.unroll:
-        return lax.scan(body, state, steps)
+        return lax.scan(body, state, (steps, lrs))
     # Python unrolling: a length-1 ``lax.scan`` (even with unroll=True) still lowers to a while
     # loop, which XLA CPU runs ~10x slower than the same step unrolled (measured, PreResNet-8).
     losses = []
     for i in range(n_steps):
-        state, loss = body(state, steps[i])
+        state, loss = body(state, (steps[i], lrs[i]))
         losses.append(loss)
     return state, jnp.stack(losses)
 
@@ -143,7 +185,6 @@ def eval_batch(model: nn.Module, cfg: StepConfig, params: Any, batch_stats: Any,
                images: jnp.ndarray, labels: jnp.ndarray,
                valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(#errors, summed loss) of one (masked) member in eval mode on a batch."""
-    eff = jax.tree.map(lambda p, m: p * m, params, mask)
-    wrong, loss, _ = batch_metrics(model, {"params": eff, "batch_stats": batch_stats}, images,
-                                   labels, valid, cfg.mean, cfg.std)
+    variables = {"params": masked(params, mask), "batch_stats": batch_stats}
+    wrong, loss, _ = batch_metrics(model, variables, images, labels, valid, cfg.mean, cfg.std)
     return wrong, loss

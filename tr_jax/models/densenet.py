@@ -1,0 +1,100 @@
+"""CIFAR DenseNet-depth (depth = 3n + 4), structure and init of the reference (SPEC §1.2).
+
+The reference's ``models/cifar/densenet.py`` with its defaults (BasicBlock, growth 12,
+compression 1, dropout 0; the Bottleneck variant and dropout are never used, so tr_jax has neither):
+
+* stem: 3x3 conv in -> 2*growth (24), pad 1, no bias;
+* 3 dense blocks of n BasicBlocks: ``out = conv1(relu(bn1(x)))`` (3x3, growth channels, no bias),
+  then ``concat([x, out])`` (the input's channels first);
+* transitions after blocks 1 and 2: BN -> ReLU -> 1x1 conv (c -> floor(c / compression), no bias)
+  -> AvgPool 2x2;
+* head: BN -> ReLU -> AvgPool 8 -> Linear(c -> classes, with bias).
+
+DenseNet-40 (n = 12): 24 -> 168 channels after block 1, 312 after block 2, 456 after block 3.
+Init: convs N(0, sqrt(2 / (k*k*out))) (He fan-out, untruncated, like PreResNet); BN 1/0; the Linear
+keeps PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+Module names follow the reference's state_dict: ``conv1``, ``dense{1,2,3}_{i}/{bn1,conv1}``
+(``dense1.0.bn1.*`` in PyTorch), ``trans{1,2}/{bn1,conv1}``, ``bn``, ``fc``.
+
+Small inputs (tr_jax's extension; 32x32 is exactly the reference): the head averages the whole final
+map (the reference's AvgPool 8 on the 8x8 map of a 32x32 input), and a transition's 2x2 pool only
+pools spatial axes of at least 2 pixels. On 8x8 digits the final map is 2x2.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from tr_jax.models.batchnorm import BatchNorm
+from tr_jax.models.preresnet import conv_init, torch_linear_init
+
+
+def check_depth(depth: int) -> int:
+    """Layers per dense block n for DenseNet-depth; raises unless depth = 3n + 4 with n >= 1."""
+    if not isinstance(depth, int) or depth < 7 or (depth - 4) % 3:
+        raise ValueError(f"DenseNet depth must be 3n+4 with n >= 1 (7, 10, 13, ..., 40, 100, ...); "
+                         f"got depth={depth!r}")
+    return (depth - 4) // 3
+
+
+def avg_pool2(x: jnp.ndarray) -> jnp.ndarray:
+    """2x2 average pool, stride 2, floor mode (PyTorch's), on NHWC; 1-pixel axes pass through."""
+    n, h, w, c = x.shape
+    kh, kw = (2 if h >= 2 else 1), (2 if w >= 2 else 1)
+    x = x[:, : h // kh * kh, : w // kw * kw]
+    return jnp.mean(x.reshape(n, h // kh, kh, w // kw, kw, c), axis=(2, 4))
+
+
+def conv(features: int, k: int, name: str) -> nn.Conv:
+    pad = (k - 1) // 2
+    return nn.Conv(features, (k, k), padding=((pad, pad), (pad, pad)), use_bias=False,
+                   kernel_init=conv_init, name=name)
+
+
+class DenseLayer(nn.Module):
+    """The reference's BasicBlock: concat([x, conv3x3(relu(bn(x)))]) along channels."""
+
+    growth_rate: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, mode: str) -> jnp.ndarray:
+        out = nn.relu(BatchNorm(name="bn1")(x, mode))
+        out = conv(self.growth_rate, 3, "conv1")(out)
+        return jnp.concatenate([x, out], axis=-1)
+
+
+class Transition(nn.Module):
+    """BN -> ReLU -> 1x1 conv -> 2x2 average pool."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, mode: str) -> jnp.ndarray:
+        out = nn.relu(BatchNorm(name="bn1")(x, mode))
+        return avg_pool2(conv(self.features, 1, "conv1")(out))
+
+
+class DenseNet(nn.Module):
+    """DenseNet-``depth`` (depth = 3n + 4) with BasicBlocks, for CIFAR."""
+
+    depth: int = 40
+    num_classes: int = 10
+    growth_rate: int = 12
+    compression_rate: float = 1
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, mode: str = "eval") -> jnp.ndarray:
+        """x: [batch, H, W, C] -> logits [batch, num_classes]."""
+        n = check_depth(self.depth)
+        x = conv(2 * self.growth_rate, 3, "conv1")(x)
+        for block in (1, 2, 3):
+            for i in range(n):
+                x = DenseLayer(self.growth_rate, name=f"dense{block}_{i}")(x, mode)
+            if block < 3:
+                out = int(x.shape[-1] // self.compression_rate)
+                x = Transition(out, name=f"trans{block}")(x, mode)
+        x = nn.relu(BatchNorm(name="bn")(x, mode))
+        x = jnp.mean(x, axis=(1, 2))  # = AvgPool2d(8) on the 8x8 map of a 32x32 input
+        c = x.shape[-1]
+        return nn.Dense(self.num_classes, kernel_init=torch_linear_init(c),
+                        bias_init=torch_linear_init(c), name="fc")(x)
