@@ -167,23 +167,39 @@ def test_masked_measures_are_those_of_the_sub_hessian(mlp):
 
 
 def test_vmap_over_members_equals_separate_calls():
+    # vmapped (traced: while loop) against one eager call per member (host loop).
     problems = [mlp_problem(s) for s in (10, 11)]
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p in problems])
     keys = jax.random.split(jax.random.key(9), 2)
+    kw_trace, kw_eig = dict(max_probes=60, tol=0.02, chunk=3), dict(max_iters=200, tol=1e-4)
 
     def measure(member, params, key):  # the data differ per member, captured via the index
         loss = lambda p: jax.lax.switch(member, [problems[0][0], problems[1][0]], p)  # noqa: E731
-        tr = tj.landscape.hessian_trace(loss, params, key, max_probes=60, tol=0.02, chunk=3)
-        return tr, tj.landscape.top_eigenvalue(loss, params, key, max_iters=200, tol=1e-4)
+        return (tj.landscape.hessian_trace(loss, params, key, **kw_trace),
+                tj.landscape.top_eigenvalue(loss, params, key, **kw_eig))
 
     (mean, se, n), (eig, iters) = jax.jit(jax.vmap(measure))(jnp.arange(2), stacked, keys)
     assert int(n[0]) != int(n[1]) or int(iters[0]) != int(iters[1])  # members stop apart
-    single = jax.jit(measure)
-    for m, (_, params) in enumerate(problems):
-        (one_mean, one_se, one_n), (one_eig, one_iters) = single(m, params, keys[m])
+    for m, (loss, params) in enumerate(problems):
+        one_mean, one_se, one_n = tj.landscape.hessian_trace(loss, params, keys[m], **kw_trace,
+                                                             loop="host")
+        one_eig, one_iters = tj.landscape.top_eigenvalue(loss, params, keys[m], **kw_eig)
         assert int(n[m]) == int(one_n) and int(iters[m]) == int(one_iters)
         np.testing.assert_allclose([mean[m], se[m], eig[m]], [one_mean, one_se, one_eig],
                                    rtol=1e-5)
+
+
+def test_lanczos_host_loop_equals_while_loop_and_loop_is_checked(mlp):
+    loss, params, _ = mlp
+    host = tj.landscape.lanczos(loss, params, jax.random.key(4), k=2, num_iters=8, loop="host")
+    traced = jax.jit(lambda p, k: tj.landscape.lanczos(loss, p, k, k=2, num_iters=8))(
+        params, jax.random.key(4))  # auto -> while under jit
+    np.testing.assert_allclose(host, traced, rtol=1e-5)
+    with pytest.raises(ValueError, match="host"):
+        jax.jit(lambda p: tj.landscape.top_eigenvalue(loss, p, jax.random.key(0), loop="host"))(
+            params)
+    with pytest.raises(ValueError, match="loop"):
+        tj.landscape.hessian_trace(loss, params, jax.random.key(0), loop="scan")
 
 
 def test_member_loss_and_member_hessian_on_masked_preresnet():
@@ -199,7 +215,7 @@ def test_member_loss_and_member_hessian_on_masked_preresnet():
     key = jax.random.key(3)
 
     @jax.jit
-    def run(variables, mask):  # one compile: the loss, unmasked-probe HVPs, member_hessian
+    def run(variables, mask):  # one compile: loss, direct forward, HVPs, member_hessian
         loss = tj.landscape.member_loss(model, variables, mask, images, labels, mean, std)
         eff = jax.tree.map(lambda p, m: p * m, variables["params"], mask)
         logits = tj.models.apply(model, {"params": eff, "batch_stats": variables["batch_stats"]},
@@ -210,9 +226,9 @@ def test_member_loss_and_member_hessian_on_masked_preresnet():
             jnp.arange(2))  # unmasked
         hvs = jax.vmap(functools.partial(tj.landscape.hvp, loss, variables["params"]))(probes)
         vhv = jax.vmap(lambda v, hv: ravel_pytree(v)[0] @ ravel_pytree(hv)[0])(probes, hvs)
+        pruned = jax.tree.map(lambda x, m: jnp.max(jnp.abs(x * (1.0 - m))), hvs, mask)
         out = tj.landscape.member_hessian(model, variables, mask, images, labels, key, mean=mean,
                                           std=std, max_probes=2, chunk=2, max_iters=2)
-        pruned = jax.tree.map(lambda x, m: jnp.max(jnp.abs(x * (1.0 - m))), hvs, mask)
         return (loss(variables["params"]), expected, jnp.max(jnp.stack(jax.tree.leaves(pruned))),
                 jnp.sum(jnp.abs(ravel_pytree(hvs)[0])), vhv, out)
 

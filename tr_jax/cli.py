@@ -1,6 +1,8 @@
 """The ``tr-jax`` command line.
 
     tr-jax run configs/quick.py --workdir runs/quick [--set dense.epochs=20 ...]
+    tr-jax import-torch finetuned.pth.tar --arch preresnet --depth 20 --num-classes 10 --out ckpt/a
+    tr-jax measure ckpt/a ckpt/b --dataset cifar10 [--json pair.json]
 """
 from __future__ import annotations
 
@@ -17,16 +19,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set retrain.epochs=10 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p = sub.add_parser("import-torch", help="convert a reference PyTorch checkpoint (state_dict or "
+                       ".pth.tar, pruned or not) into a tr_jax checkpoint")
+    p.add_argument("file", help="the .pth / .pth.tar / .npz file")
+    p.add_argument("--arch", required=True, help="preresnet | vgg | vgg_bn | densenet")
+    p.add_argument("--depth", required=True, type=int)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--out", required=True, help="output directory")
+    p = sub.add_parser("measure", help="LMC, CKA, loss barrier, Hessian (and Bezier) of two "
+                       "imported checkpoints sharing a mask")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--points", type=int, default=11, help="LMC points")
+    p.add_argument("--bezier-epochs", type=int, default=0, help="train a Bezier curve (0 = no)")
+    p.add_argument("--no-hessian", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
 
-    from tr_jax.config import load_config
     try:
-        cfg = load_config(args.config, args.overrides)
-        from tr_jax.sweep import run
-        run(cfg, args.workdir, progress=not args.no_progress)
+        return _dispatch(args)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"tr-jax: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from tr_jax.config import load_config
+        from tr_jax.sweep import run
+        cfg = load_config(args.config, args.overrides)
+        run(cfg, args.workdir, progress=not args.no_progress)
+    elif args.command == "import-torch":
+        from tr_jax.sweep.imported import import_torch
+        meta = import_torch(args.file, args.out, arch=args.arch, depth=args.depth,
+                            num_classes=args.num_classes, width=args.width)
+        print(f"tr-jax: wrote {args.out}: {meta['arch']}-{meta['depth']} (width {meta['width']}, "
+              f"{meta['num_classes']} classes), conv density {100 * meta['density']:.2f}%")
+    elif args.command == "measure":
+        import json
+
+        from tr_jax.data import load_dataset
+        from tr_jax.sweep.imported import measure_pair
+        ds = load_dataset(args.dataset, args.data_dir)
+        out = measure_pair(args.a, args.b, ds, lmc_points=args.points,
+                           hessian=not args.no_hessian, bezier_epochs=args.bezier_epochs)
+        for k, v in out.items():
+            if isinstance(v, float):
+                print(f"{k:28s} {v:.6g}")
+        if args.json:
+            from tr_jax.sweep.store import atomic_write_text
+            atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     return 0
 
 

@@ -19,7 +19,8 @@ import ml_collections
 from tr_jax.data.datasets import DATASETS
 from tr_jax.regimes import RegimeRule
 
-KNOBS = ("epochs",)  # temperature knobs the sweep runs so far
+#: temperature-like knobs (SPEC §1.4): what the temperature grid of a sweep varies
+KNOBS = ("epochs", "batch_size", "sam_rho", "lr", "weight_decay")
 RETRAIN_MODES = ("lr_rewinding", "finetune", "weight_rewinding")
 
 
@@ -36,13 +37,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.temperatures = tuple(range(10, 161, 10))
     c.dense = ml_collections.ConfigDict(dict(
         epochs=160, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4,
-        milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3)))
+        milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3), optimizer="sgd", sam_rho=0.0,
+        schedule="epoch", iterations=0, drop_last=False))
+    # dense.optimizer: sgd | adam (PyTorch semantics, coupled L2); dense.sam_rho > 0 wraps it in
+    # SAM (SPEC §1.4: global-norm perturbation, BN running stats frozen on the second pass).
     c.augment = ml_collections.ConfigDict(dict(pad=4, flip=True))
     c.prune = ml_collections.ConfigDict(dict(
         densities=(0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80), scope="uniform"))
     c.retrain = ml_collections.ConfigDict(dict(
         mode="lr_rewinding", epochs=160, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4,
-        milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3), finetune_lr=0.001, rewind_epoch=2))
+        milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3), finetune_lr=0.001, rewind_epoch=2,
+        schedule="epoch", iterations=0, drop_last=False))
+    # {dense,retrain}.schedule: 'epoch' (milestones are 0-indexed epochs, `epochs` epochs) or
+    # 'iteration' (milestones are optimiser steps; exactly `iterations` steps, the batch-size
+    # experiments of SPEC §1.4 item 2, usually with drop_last=True).
     # retrain.mode (SPEC §1.6, §8.3): lr_rewinding (the reference: pruned trained weights, the
     # retrain schedule lr/milestones re-run), finetune (pruned trained weights, constant
     # finetune_lr, no milestones), weight_rewinding (weights and BN of the dense run at
@@ -62,7 +70,10 @@ def default_config() -> ml_collections.ConfigDict:
     # 0 = auto (1 on CPU, 32 on accelerators: see experiments/bench_landscape.py).
     c.regimes = ml_collections.ConfigDict(RegimeRule().to_dict())
     c.run = ml_collections.ConfigDict(dict(
-        members_strategy="auto", chunk_steps=0, eval_batch_size=500, checkpoint_every=5))
+        members_strategy="auto", chunk_steps=0, eval_batch_size=500, checkpoint_every=5,
+        max_members=0, memory_budget_gb=0.0))
+    # max_members: members per compiled program (0 = a whole shape group); memory_budget_gb > 0
+    # caps it further by the measured footprint of one member (see `tr-jax run --dry-run`).
     # checkpoint_every: epochs between progress checkpoints inside the dense and retrain stages
     # (a killed run resumes from the last one; 0 = only at the end of a stage).
     # chunk_steps: train steps per jitted call; 0 = auto (4 Python-unrolled steps on CPU, where a
@@ -113,11 +124,26 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"prune.scope {merged.prune.scope!r} is not one of {SCOPES}")
     temps = tuple(merged.temperatures)
     if not temps:
-        raise ValueError("temperatures is empty: give the dense epochs to prune at, e.g. (10, 20)")
-    for t in temps:
-        if int(t) != t or not 1 <= t <= merged.dense.epochs:
-            raise ValueError(f"temperature {t!r} (a dense epoch to prune at) must be an integer in "
-                             f"[1, dense.epochs={merged.dense.epochs}]")
+        raise ValueError("temperatures is empty: give the knob's values, e.g. (10, 20) dense epochs")
+    if len(set(temps)) != len(temps):
+        raise ValueError(f"temperatures {temps!r} repeat a value")
+    _check_temperatures(merged, temps)
+    from tr_jax.training.loop import SCHEDULES
+    for name in ("dense", "retrain"):
+        sec = merged[name]
+        if sec.schedule not in SCHEDULES:
+            raise ValueError(f"{name}.schedule {sec.schedule!r} is not one of {SCHEDULES}")
+        if sec.schedule == "iteration" and sec.iterations < 1:
+            raise ValueError(f"{name}.schedule='iteration' needs {name}.iterations >= 1 "
+                             f"(got {sec.iterations})")
+        if sec.batch_size < 1:
+            raise ValueError(f"{name}.batch_size={sec.batch_size} must be >= 1")
+    if merged.knob == "epochs" and merged.dense.schedule != "epoch":
+        raise ValueError("knob 'epochs' prunes checkpoints of an epoch-scheduled run: set "
+                         "dense.schedule='epoch'")
+    if merged.run.max_members < 0 or merged.run.memory_budget_gb < 0:
+        raise ValueError(f"run.max_members={merged.run.max_members} and run.memory_budget_gb="
+                         f"{merged.run.memory_budget_gb} must be >= 0 (0 = no cap)")
     if len(set(merged.retrain.seeds)) < 2:
         raise ValueError(f"retrain.seeds={tuple(merged.retrain.seeds)!r}: LMC and CKA need at "
                          "least 2 distinct retrain seeds")
@@ -126,9 +152,16 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                          f"{_did_you_mean(merged.retrain.mode, RETRAIN_MODES)}")
     if merged.retrain.mode == "weight_rewinding":
         rw = merged.retrain.rewind_epoch
-        if int(rw) != rw or not 0 <= rw < min(temps):
+        first = min(temps) if merged.knob == "epochs" else merged.dense.epochs
+        if int(rw) != rw or not 0 <= rw < first:
             raise ValueError(f"retrain.rewind_epoch={rw!r} must be an integer epoch of the dense "
-                             f"run before the first temperature ({min(temps)}); 0 = initialisation")
+                             f"run before {first} (the first pruned checkpoint); 0 = initialisation")
+    from tr_jax.training.optim import OPTIMIZERS
+    if merged.dense.optimizer not in OPTIMIZERS:
+        raise ValueError(f"dense.optimizer {merged.dense.optimizer!r} is not one of {OPTIMIZERS}."
+                         f"{_did_you_mean(merged.dense.optimizer, OPTIMIZERS)}")
+    if merged.dense.sam_rho < 0:
+        raise ValueError(f"dense.sam_rho={merged.dense.sam_rho} must be >= 0 (0 = no SAM)")
     if not merged.dense.seeds:
         raise ValueError("dense.seeds is empty")
     if merged.run.chunk_steps < 0:
@@ -147,6 +180,21 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     RegimeRule.from_dict(merged.regimes.to_dict())
     resolve(merged.run.members_strategy)
     return merged
+
+
+def _check_temperatures(cfg: ml_collections.ConfigDict, temps: tuple) -> None:
+    """Each knob's temperatures must be values it can take (SPEC §1.4)."""
+    knob = cfg.knob
+    for t in temps:
+        if knob == "epochs" and (int(t) != t or not 1 <= t <= cfg.dense.epochs):
+            raise ValueError(f"temperature {t!r} (a dense epoch to prune at) must be an integer in "
+                             f"[1, dense.epochs={cfg.dense.epochs}]")
+        if knob == "batch_size" and (int(t) != t or t < 1):
+            raise ValueError(f"temperature {t!r} (a dense batch size) must be a positive integer")
+        if knob == "lr" and not t > 0:
+            raise ValueError(f"temperature {t!r} (a dense learning rate) must be > 0")
+        if knob in ("sam_rho", "weight_decay") and not t >= 0:
+            raise ValueError(f"temperature {t!r} ({knob}) must be >= 0")
 
 
 def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:

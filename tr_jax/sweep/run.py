@@ -23,7 +23,9 @@ from tr_jax import __version__, landscape, models, plots, pruning, regimes
 from tr_jax.config import config_hash, to_json
 from tr_jax.data.datasets import load_dataset
 from tr_jax.sweep.store import Workdir, atomic_write_csv, atomic_write_text
+from tr_jax.sweep.plan import make_plan
 from tr_jax.training import StepConfig, Trainer, init_state, stack
+from tr_jax.training.members import resolve as mem_strategy
 
 DENSE, RETRAIN, BEZIER, HESSIAN = 0, 1, 2, 3  # first fold of the root key per stage
 
@@ -32,6 +34,11 @@ def _set(a: np.ndarray, i: int, x) -> np.ndarray:
     a = np.array(a)
     a[i] = np.asarray(x)
     return a
+
+
+def _pick(tree, idx: np.ndarray):
+    """Rows ``idx`` of every leaf, on the device."""
+    return jax.tree.map(lambda x: jnp.asarray(x[idx]), tree)
 
 
 def member_key(root: jax.Array, *coords: int) -> jax.Array:
@@ -60,26 +67,35 @@ class Pipeline:
         self.Xt, self.Yt = jnp.asarray(self.ds.test_images), jnp.asarray(self.ds.test_labels)
         self.root = jax.random.key(cfg.seed)
         self.strategy = cfg.run.members_strategy
-        self.temps = tuple(int(t) for t in cfg.temperatures)
+        integer = cfg.knob in ("epochs", "batch_size")
+        self.temps = tuple(int(t) if integer else float(t) for t in cfg.temperatures)
         self.densities = tuple(float(d) for d in cfg.prune.densities)
+        self.plan = make_plan(cfg, self.ds.num_train)
 
     def say(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         self.echo(line)
         self.wd.log(line)
 
-    def _trainer(self, section: ml_collections.ConfigDict) -> Trainer:
+    def _trainer(self, section: ml_collections.ConfigDict, batch_size: int | None = None,
+                 sam: bool = False) -> Trainer:
+        """The Trainer of a training section (dense or retrain) at ``batch_size``."""
         c = self.cfg
+        bs = int(batch_size or section.batch_size)
         chunk, unroll = c.run.chunk_steps, True
         if chunk == 0:  # auto: unrolled chunks of 4 on CPU, a whole epoch as one rolled scan elsewhere
             cpu = jax.default_backend() == "cpu"
-            chunk, unroll = (4, True) if cpu else (-(-self.ds.num_train // section.batch_size), False)
-        step = StepConfig(mean=tuple(self.ds.mean), std=tuple(self.ds.std),
-                          batch_size=section.batch_size, pad=c.augment.pad, flip=c.augment.flip,
-                          momentum=section.momentum, unroll=unroll)
+            chunk, unroll = (4, True) if cpu else (-(-self.ds.num_train // bs), False)
+        step = StepConfig(mean=tuple(self.ds.mean), std=tuple(self.ds.std), batch_size=bs,
+                          pad=c.augment.pad, flip=c.augment.flip, momentum=section.momentum,
+                          unroll=unroll, optimizer=section.get("optimizer", "sgd"),
+                          sam=sam or section.get("sam_rho", 0.0) > 0)
+        iteration = section.schedule == "iteration"
         return Trainer(self.model, step, self.strategy, chunk_steps=chunk,
-                       eval_batch_size=c.run.eval_batch_size, milestones=tuple(section.milestones),
-                       gamma=section.gamma)
+                       drop_last=bool(section.drop_last), eval_batch_size=c.run.eval_batch_size,
+                       milestones=tuple(section.milestones), gamma=section.gamma,
+                       schedule=section.schedule,
+                       max_steps=int(section.iterations) if iteration else None)
 
     def _fit(self, stage: str, trainer: Trainer, state, epochs: int, eval_epochs, desc: str,
              keep_epochs: tuple[int, ...] = ()):
@@ -135,42 +151,72 @@ class Pipeline:
         return final, hist, snaps
 
     # -- stage 1: dense training, checkpoints at the temperature grid ---------------------------
+    def _dense_state(self, seed: int, temperature):
+        """A fresh dense member: init and data keys from the seed only (every temperature of a
+        seed starts from the same weights and data order, as the reference's runs do)."""
+        c, knob = self.cfg, self.cfg.knob
+        k = member_key(self.root, DENSE, seed)
+        v = models.init(self.model, jax.random.fold_in(k, 0), self.ds.image_shape)
+        hyper = {"lr": c.dense.lr, "weight_decay": c.dense.weight_decay, "sam_rho": c.dense.sam_rho}
+        if knob in hyper:
+            hyper[knob] = float(temperature)
+        return init_state(v, jax.tree.map(jnp.ones_like, v["params"]), jax.random.fold_in(k, 1),
+                          hyper["lr"], hyper["weight_decay"], c.dense.momentum,
+                          optimizer=c.dense.optimizer, rho=hyper["sam_rho"])
+
+    def _dense_program(self, prog) -> dict:
+        c, knob = self.cfg, self.cfg.knob
+        members = [self.plan.dense_members[i] for i in prog.members]
+        state = stack([self._dense_state(s, t) for s, t in members])
+        trainer = self._trainer(c.dense, prog.batch_size, sam=knob == "sam_rho")
+        rewind = self._rewind_epoch()
+        temps = self.temps if knob == "epochs" else (prog.epochs,)
+        keep = tuple(sorted(set(temps) | ({rewind} if rewind else set())))
+        init_vars = jax.tree.map(np.asarray, {"params": state.params,  # before buffers are donated
+                                              "batch_stats": state.batch_stats})
+        self.say(f"{prog.name}: {len(members)} dense member(s) x {prog.epochs} epochs "
+                 f"({prog.steps} steps, batch {prog.batch_size}, strategy {trainer.strategy})")
+        _, hist, snaps = self._fit(prog.name, trainer, state, prog.epochs, temps,
+                                   f"dense {prog.name} (epochs)", keep_epochs=keep)
+        # variables [n, T', ...] and test error [n, T'] (T' = the temperatures for epochs, else 1)
+        out = {"variables": jax.tree.map(lambda *xs: np.stack(xs, axis=1), *[snaps[t] for t in temps]),
+               "test_error": np.stack([hist[t] for t in temps], axis=1)}
+        if rewind is not None:  # weight rewinding: the dense weights at rewind_epoch [n, ...]
+            out["rewind_variables"] = snaps[rewind] if rewind else init_vars
+        return out
+
     def dense(self) -> dict:
+        """Dense variables [S, T, ...] and test errors [S, T] at every (seed, temperature)."""
         if self.wd.has("dense"):
             self.say("dense: done before, loaded")
             return self.wd.load("dense")
-        c = self.cfg
-        seeds = tuple(c.dense.seeds)
-        states = []
-        for s in seeds:
-            k = member_key(self.root, DENSE, s)
-            v = models.init(self.model, jax.random.fold_in(k, 0), self.ds.image_shape)
-            ones = jax.tree.map(jnp.ones_like, v["params"])
-            states.append(init_state(v, ones, jax.random.fold_in(k, 1), c.dense.lr,
-                                     c.dense.weight_decay, c.dense.momentum))
-        state = stack(states)
-        trainer = self._trainer(c.dense)
-        self.say(f"dense: {len(seeds)} member(s) x {max(self.temps)} epochs "
-                 f"({self.ds.num_train} images, strategy {trainer.strategy})")
         t0 = time.time()
-        rewind = self._rewind_epoch()
-        keep = tuple(sorted(set(self.temps) | ({rewind} if rewind else set())))
-        init_vars = jax.tree.map(np.asarray, {"params": state.params,  # before buffers are donated
-                                              "batch_stats": state.batch_stats})
-        _, hist, snaps = self._fit("dense", trainer, state, max(self.temps), self.temps,
-                                   "dense training (epochs)", keep_epochs=keep)
-        # variables stacked [S, T, ...]; test error [S, T]
-        out = {
-            "variables": jax.tree.map(lambda *xs: np.stack(xs, axis=1), *[snaps[t] for t in self.temps]),
-            "test_error": np.stack([hist[t] for t in self.temps], axis=1),
-        }
-        if rewind is not None:  # weight rewinding: the dense weights at rewind_epoch, [S, ...]
-            out["rewind_variables"] = snaps[rewind] if rewind else init_vars
+        S, T = len(self.cfg.dense.seeds), len(self.temps)
+        parts = []
+        for prog in self.plan.stage_programs("dense"):
+            if self.wd.has(prog.name):
+                self.say(f"{prog.name}: done before, loaded")
+                res = self.wd.load(prog.name)
+            else:
+                res = self._dense_program(prog)
+                self.wd.save(prog.name, res)
+                self.wd.remove(f"{prog.name}_progress")
+            parts.append((prog.members, res))
+        order = np.concatenate([np.asarray(m) for m, _ in parts])
+        inv = np.argsort(order)
+        cat = lambda *xs: np.concatenate(xs)[inv]  # noqa: E731  (back to member order)
+        out = jax.tree.map(cat, *[r for _, r in parts])
+        if self.cfg.knob != "epochs":  # members (seed, temperature) -> [S, T]
+            for key in out:  # variables/test_error carry a length-1 temperature axis
+                lead = 1 if key == "rewind_variables" else 2
+                out[key] = jax.tree.map(lambda x, lead=lead: x.reshape(S, T, *x.shape[lead:]),
+                                        out[key])
         self.say(f"dense: done in {time.time() - t0:.1f}s; test accuracy at "
-                 + ", ".join(f"epoch {t}: {100 * (1 - out['test_error'][:, i].mean()):.2f}%"
+                 + ", ".join(f"{self.cfg.knob} {t}: {100 * (1 - out['test_error'][:, i].mean()):.2f}%"
                              for i, t in enumerate(self.temps)))
         self.wd.save("dense", out)
-        self.wd.remove("dense_progress")
+        for prog in self.plan.stage_programs("dense"):
+            self.wd.remove(prog.name)
         return out
 
     def _rewind_epoch(self) -> int | None:
@@ -205,46 +251,61 @@ class Pipeline:
             for si in range(S):
                 for ti in range(T):
                     params = jax.tree.map(lambda x, si=si, ti=ti: x[si, ti], dense["variables"]["params"])
-                    masks.append(masks_fn(params, dens))
+                    masks.append(jax.tree.map(np.asarray, masks_fn(params, dens)))
                     bar.update(1)
 
-        def to_members(x, lead):  # [S, T(, D), ...] -> [S, T, D, R, ...] -> [M, ...]
-            x = jnp.asarray(x)
+        def to_members(x, lead):  # [S(, T(, D)), ...] -> [S, T, D, R, ...] -> [M, ...] (host)
+            x = np.asarray(x)
             x = x.reshape(*x.shape[:lead], *(1,) * (4 - lead), *x.shape[lead:])
-            return jnp.broadcast_to(x, (S, T, D, R, *x.shape[4:])).reshape(M, *x.shape[4:])
+            return np.broadcast_to(x, (S, T, D, R, *x.shape[4:])).reshape(M, *x.shape[4:])
 
         if c.retrain.mode == "weight_rewinding":  # masks from the trained checkpoint, weights rewound
-            variables = jax.tree.map(lambda x: to_members(x, 1), dense["rewind_variables"])
+            rv = dense["rewind_variables"]
+            variables = jax.tree.map(lambda x: to_members(x, 1 if c.knob == "epochs" else 2), rv)
         else:
             variables = jax.tree.map(lambda x: to_members(x, 2), dense["variables"])
         mask_m = jax.tree.map(
-            lambda *xs: to_members(jnp.stack(xs).reshape(S, T, D, *xs[0].shape[1:]), 3), *masks)
-        keys = jnp.stack([jax.random.key_data(member_key(self.root, RETRAIN, s, r))
-                          for s, _, _, r in self.members()])
+            lambda *xs: to_members(np.stack(xs).reshape(S, T, D, *xs[0].shape[1:]), 3), *masks)
+        keys = np.stack([np.asarray(jax.random.key_data(member_key(self.root, RETRAIN, s, r)))
+                         for s, _, _, r in self.members()])
         rc = self._retrain_section()
-        state = jax.vmap(lambda v, m, k: init_state(v, m, k, rc.lr, rc.weight_decay, rc.momentum))(
-            variables, mask_m, keys)
-        last = c.measure.test_error_last_epochs
-        eval_epochs = range(max(1, rc.epochs - last + 1), rc.epochs + 1)
-        trainer = self._trainer(rc)
+        progs = self.plan.stage_programs("retrain")
         self.say(f"retrain ({rc.mode}): {M} members ({S} dense seed(s) x {T} temperatures x {D} "
-                 f"densities x {R} retrain seeds) x {rc.epochs} epochs, strategy {trainer.strategy}")
+                 f"densities x {R} retrain seeds) in {len(progs)} program(s) x {progs[0].epochs} "
+                 f"epochs ({progs[0].steps} steps), strategy {mem_strategy(self.strategy)}")
         t0 = time.time()
-        final, hist, _ = self._fit("retrain", trainer, state, rc.epochs, eval_epochs,
-                                   "retrain (epochs)")
-        test_err = np.stack([hist[e] for e in eval_epochs], axis=1)  # [M, last]
-        pruned_zero = jax.tree.map(lambda p, m: jnp.all(jnp.where(m == 0, p == 0, True)),
-                                   final.params, final.mask)
-        if not all(bool(x) for x in jax.tree.leaves(pruned_zero)):
-            raise AssertionError("a pruned weight moved away from 0 during retraining")
-        out = {"variables": jax.tree.map(np.asarray, {"params": final.params,
-                                                      "batch_stats": final.batch_stats}),
-               "density": np.asarray(pruning.mask_density_stacked(final.mask)),
-               "mask": jax.tree.map(np.asarray, final.mask),
-               "test_error": test_err}
+        parts = []
+        for prog in progs:
+            if self.wd.has(prog.name):
+                self.say(f"{prog.name}: done before, loaded")
+                parts.append(self.wd.load(prog.name))
+                continue
+            idx = np.asarray(prog.members)
+            pick = functools.partial(_pick, idx=idx)
+            state = jax.vmap(lambda v, m, k: init_state(v, m, k, rc.lr, rc.weight_decay,
+                                                        rc.momentum))(
+                pick(variables), pick(mask_m), jnp.asarray(keys[idx]))
+            last = c.measure.test_error_last_epochs
+            eval_epochs = range(max(1, prog.epochs - last + 1), prog.epochs + 1)
+            final, hist, _ = self._fit(prog.name, self._trainer(rc), state, prog.epochs,
+                                       eval_epochs, f"retrain {prog.name} (epochs)")
+            pruned_zero = jax.tree.map(lambda p, m: jnp.all(jnp.where(m == 0, p == 0, True)),
+                                       final.params, final.mask)
+            if not all(bool(x) for x in jax.tree.leaves(pruned_zero)):
+                raise AssertionError("a pruned weight moved away from 0 during retraining")
+            res = {"variables": jax.tree.map(np.asarray, {"params": final.params,
+                                                          "batch_stats": final.batch_stats}),
+                   "density": np.asarray(pruning.mask_density_stacked(final.mask)),
+                   "mask": jax.tree.map(np.asarray, final.mask),
+                   "test_error": np.stack([hist[e] for e in eval_epochs], axis=1)}  # [n, last]
+            self.wd.save(prog.name, res)
+            self.wd.remove(f"{prog.name}_progress")
+            parts.append(res)
+        out = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)  # programs are in member order
         self.say(f"retrain: done in {time.time() - t0:.1f}s")
         self.wd.save("retrain", out)
-        self.wd.remove("retrain_progress")
+        for prog in progs:
+            self.wd.remove(prog.name)
         return out
 
     # -- stage 4: LMC and CKA per pair of retrain seeds ------------------------------------------
@@ -524,7 +585,7 @@ class Pipeline:
         summary = regimes.summary_table(cells)
         atomic_write_text(self.wd.path / "summary.txt", summary + "\n")
         acc = 100 * (1 - dense["test_error"][:, -1].mean())
-        self.say(f"dense model test accuracy after {self.temps[-1]} epochs: {acc:.2f}%")
+        self.say(f"dense model test accuracy at {self.cfg.knob}={self.temps[-1]}: {acc:.2f}%")
         self.echo(summary)
         self.say(f"wrote cells.csv, results.csv, {len(figures)} figures in {self.wd.path}; "
                  f"total {time.time() - t0:.1f}s")

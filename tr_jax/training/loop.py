@@ -196,15 +196,16 @@ class Trainer:
         when given, so a callback sees it as it grows).
         """
         eval_epochs = set(eval_epochs)
+        M = mem.num_members(state)
         groups = mem.split_groups(state, self.strategy)
         history = {} if history is None else history
         needed = self.epochs_needed(images.shape[0])
         for epoch in range(start_epoch, epochs if needed is None else min(epochs, needed)):
             groups, _ = self.train_epoch(groups, images, labels, epoch)
             if test is not None and epoch + 1 in eval_epochs:
-                history[epoch + 1] = self.evaluate(groups, *test)[0]
+                history[epoch + 1] = self.evaluate(groups, *test)[0][:M]
             if on_epoch is not None:
-                on_epoch(epoch + 1, lambda gs=groups: mem.join_groups(gs, self.strategy))
+                on_epoch(epoch + 1, lambda gs=groups: mem.join_groups(gs, self.strategy, M))
             if progress is not None:
                 progress(1)
-        return mem.join_groups(groups, self.strategy), history
+        return mem.join_groups(groups, self.strategy, M), history

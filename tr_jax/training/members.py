@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 STRATEGIES = ("loop", "vmap", "map", "map_chunked:k", "auto")
@@ -73,10 +74,39 @@ def unstack(tree: Any) -> list[Any]:
     return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 
+def num_members(stacked: Any) -> int:
+    return int(jax.tree.leaves(stacked)[0].shape[0])
+
+
+def shard_members(stacked: Any, devices: Sequence[Any] | None = None) -> Any:
+    """Place a stacked tree with its members axis sharded over ``devices`` (default: all), via a
+    1-D ``jax.sharding.Mesh`` named ``members``; jitted steps then run SPMD, each device on its
+    share of members. The members axis is padded (repeating the last member) to a multiple of the
+    device count; ``join_groups(..., num=M)`` drops the padding. One device: returned as is."""
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) == 1:
+        return stacked
+    m, n = num_members(stacked), len(devices)
+    pad = -m % n
+    if pad:
+        stacked = jax.tree.map(
+            lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), stacked)
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
+    return jax.device_put(stacked, spec)
+
+
 def split_groups(stacked: Any, strategy: str) -> list[Any]:
-    """The groups a strategy advances: one per member for ``loop``, else the whole stack."""
-    return unstack(stacked) if resolve(strategy) == "loop" else [stacked]
+    """The groups a strategy advances: one per member for ``loop``, else the whole stack, its
+    members axis sharded over every device (``shard_members``)."""
+    if resolve(strategy) == "loop":
+        return unstack(stacked)
+    return [shard_members(stacked)]
 
 
-def join_groups(groups: Sequence[Any], strategy: str) -> Any:
-    return stack(groups) if resolve(strategy) == "loop" else groups[0]
+def join_groups(groups: Sequence[Any], strategy: str, num: int | None = None) -> Any:
+    """Inverse of ``split_groups``; ``num`` trims a padded members axis back to ``num``."""
+    out = stack(groups) if resolve(strategy) == "loop" else groups[0]
+    if num is not None and num_members(out) != num:
+        out = jax.tree.map(lambda x: x[:num], out)
+    return out
