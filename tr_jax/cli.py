@@ -15,10 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run (or resume) a sweep: dense, prune, retrain, measure, regimes")
     p.add_argument("config", help="config file defining get_config(), e.g. configs/quick.py")
-    p.add_argument("--workdir", required=True, help="run directory (created; resumed if present)")
+    p.add_argument("--workdir", default=None, help="run directory (created; resumed if present)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set retrain.epochs=10 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (members, groups, "
+                   "programs, steps, FLOPs, memory, time estimate from a measured step); run nothing")
     p = sub.add_parser("import-torch", help="convert a reference PyTorch checkpoint (state_dict or "
                        ".pth.tar, pruned or not) into a tr_jax checkpoint")
     p.add_argument("file", help="the .pth / .pth.tar / .npz file")
@@ -49,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
+        if not args.workdir and not args.dry_run:
+            raise ValueError("tr-jax run needs --workdir DIR (or --dry-run)")
         from tr_jax.config import load_config
         from tr_jax.sweep import run
         cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            from tr_jax.sweep.run import dry_run
+            print(dry_run(cfg))
+            return 0
         run(cfg, args.workdir, progress=not args.no_progress)
     elif args.command == "import-torch":
         from tr_jax.sweep.imported import import_torch

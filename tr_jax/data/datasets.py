@@ -50,6 +50,10 @@ __all__ = [
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "svhn_cropped")
 TFDS_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "svhn_cropped")
+#: name -> (train images, image shape, classes): what a plan needs without loading the data
+DATASET_SHAPES: dict[str, tuple[int, tuple[int, int, int], int]] = {
+    "digits": (1437, (8, 8, 1), 10), "cifar10": (50000, (32, 32, 3), 10),
+    "cifar100": (50000, (32, 32, 3), 100), "svhn_cropped": (73257, (32, 32, 3), 10)}
 
 # Reference implementation's normalisation constants (SPEC §1.1), on the [0, 1] pixel scale.
 CIFAR_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
