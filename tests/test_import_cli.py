@@ -48,7 +48,7 @@ def test_measure_pair_self_and_other(imported, capsys):
     tmp, _, _ = imported
     out_json = tmp / "self.json"
     assert cli.main(["measure", str(tmp / "A"), str(tmp / "A"), "--dataset", "digits",
-                     "--points", "3", "--json", str(out_json)]) == 0
+                     "--points", "3", "--hessian-probes", "4", "--json", str(out_json)]) == 0
     res = json.loads(out_json.read_text())
     assert res["lmc"] == 0.0 and res["cka"] == pytest.approx(1.0, abs=1e-5)
     assert res["hessian_trace_a"] == pytest.approx(res["hessian_trace_b"])

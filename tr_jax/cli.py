@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", type=int, default=11, help="LMC points")
     p.add_argument("--bezier-epochs", type=int, default=0, help="train a Bezier curve (0 = no)")
     p.add_argument("--no-hessian", action="store_true")
+    p.add_argument("--hessian-probes", type=int, default=100,
+                   help="at most this many Hutchinson probes and power iterations")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
 
@@ -74,7 +76,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tr_jax.sweep.imported import measure_pair
         ds = load_dataset(args.dataset, args.data_dir)
         out = measure_pair(args.a, args.b, ds, lmc_points=args.points,
-                           hessian=not args.no_hessian, bezier_epochs=args.bezier_epochs)
+                           hessian=not args.no_hessian, hessian_probes=args.hessian_probes,
+                           bezier_epochs=args.bezier_epochs)
         for k, v in out.items():
             if isinstance(v, float):
                 print(f"{k:28s} {v:.6g}")

@@ -197,17 +197,24 @@ def _check_temperatures(cfg: ml_collections.ConfigDict, temps: tuple) -> None:
             raise ValueError(f"temperature {t!r} ({knob}) must be >= 0")
 
 
-def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """``get_config()`` of a config file, with ``key.sub=value`` overrides, validated."""
+def config_of(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, unvalidated: for config files built on another one
+    (``configs/cifar100.py`` starts from ``configs/figure2.py``)."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_tr_jax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {str(path)!r} defines no get_config()")
-    cfg = module.get_config()
+    return module.get_config()
+
+
+def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, with ``key.sub=value`` overrides, validated."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    cfg = config_of(path)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key.sub=value")

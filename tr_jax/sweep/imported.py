@@ -76,7 +76,8 @@ def _check_compatible(meta_a: dict, meta_b: dict, mask_a: dict, mask_b: dict, ds
 
 def measure_pair(path_a: str | os.PathLike, path_b: str | os.PathLike, ds, *, lmc_points: int = 11,
                  bn_batch_size: int = 64, cka_images: int = 6464, hessian: bool = True,
-                 hessian_images: int = 200, bezier_epochs: int = 0, seed: int = 0,
+                 hessian_images: int = 200, hessian_probes: int = 100, bezier_epochs: int = 0,
+                 seed: int = 0,
                  eval_batch_size: int = 500) -> dict[str, Any]:
     """Every measure of SPEC §2 for two imported checkpoints on dataset ``ds`` (a
     ``tr_jax.data.Dataset``). Returns a dict of floats and curves (lists)."""
@@ -109,7 +110,9 @@ def measure_pair(path_a: str | os.PathLike, path_b: str | os.PathLike, ds, *, lm
         m = min(hessian_images, ds.num_train)
         for name, v, mask in (("a", va, ma), ("b", vb, mb)):
             r = landscape.member_hessian(model, v, mask, X[:m], Y[:m], key,
-                                         mean=tuple(ds.mean), std=tuple(ds.std))
+                                         mean=tuple(ds.mean), std=tuple(ds.std),
+                                         max_probes=hessian_probes, chunk=min(10, hessian_probes),
+                                         max_iters=hessian_probes)
             out[f"hessian_trace_{name}"] = float(r["trace"])
             out[f"hessian_top_eigenvalue_{name}"] = float(r["top_eigenvalue"])
     if bezier_epochs:
