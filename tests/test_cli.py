@@ -135,13 +135,14 @@ def test_crash_inside_a_stage_resumes_to_the_same_result(crash_epoch, stage, tmp
     wd = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
         cli.main([*args, "--workdir", str(wd)])
-    assert (wd / "stages" / f"{stage}_progress").is_dir() and not (wd / "cells.csv").exists()
+    prog = f"{stage}_p0"  # the stage's first (here: only) program
+    assert (wd / "stages" / f"{prog}_progress").is_dir() and not (wd / "cells.csv").exists()
     capsys.readouterr()
     assert cli.main([*args, "--workdir", str(wd)]) == 0
     out = capsys.readouterr().out
-    assert f"{stage}: resuming from the checkpoint after epoch {crash_epoch}" in out
+    assert f"{prog}: resuming from the checkpoint after epoch {crash_epoch}" in out
     assert stage == "dense" or "dense: done before" in out
-    assert not (wd / "stages" / f"{stage}_progress").exists()
+    assert not (wd / "stages" / f"{prog}_progress").exists()
     for name in ("cells.csv", "results.csv"):
         assert (wd / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
 
