@@ -345,6 +345,22 @@ class Pipeline:
         record.pop("done")
         return record
 
+    CURVE_KEYS = ("train_error", "train_loss", "test_error", "test_loss")
+
+    def _curve_stage(self, name: str, n_points: int, curves_of, desc: str) -> dict:
+        """Curves of every pair (LMC line or Bezier), a cell's pairs per call, resumable per cell:
+        ``curves_of(lo, hi)`` returns metrics [hi - lo, n_points] for pairs lo..hi-1; the record
+        holds ``curve_{metric}`` [P, n_points]."""
+        P, R = len(self.pairs()), len(self.cfg.retrain.seeds)
+        per_cell = max(1, P // max(1, len(self.members()) // R))
+        empty = {f"curve_{k}": np.full((P, n_points), np.nan) for k in self.CURVE_KEYS}
+
+        def compute(lo, hi):
+            cur = curves_of(lo, hi)
+            return {f"curve_{k}": cur[k] for k in self.CURVE_KEYS}
+
+        return self._chunked_stage(name, P, per_cell, empty, compute, desc)
+
     def measure(self, retrained: dict) -> dict:
         if self.wd.has("measure"):
             self.say("measure: done before, loaded")
@@ -353,7 +369,6 @@ class Pipeline:
         pairs = np.asarray(self.pairs(), np.int64).reshape(-1, 2)
         ts = np.linspace(0.0, 1.0, c.measure.lmc_points)
         V = retrained["variables"]
-        take = lambda idx: jax.tree.map(lambda x: jnp.asarray(x[idx]), V)  # noqa: E731
         n_cka = min(c.measure.cka_images, self.ds.num_train)
         M, P, T = len(self.members()), len(pairs), len(ts)
         self.say(f"measure: LMC ({T} points, BN recalibrated on {self.ds.num_train} images) "
@@ -362,7 +377,7 @@ class Pipeline:
 
         def outputs(lo, hi):
             return {"logits": np.stack([np.asarray(landscape.evaluate(
-                self.model, take(i), self.X[:n_cka], self.Y[:n_cka], self.ds.mean, self.ds.std,
+                self.model, _pick(V, i), self.X[:n_cka], self.Y[:n_cka], self.ds.mean, self.ds.std,
                 c.run.eval_batch_size, return_logits=True)["logits"]) for i in range(lo, hi)])}
 
         rec = self._chunked_stage("outputs", M, len(c.retrain.seeds),
@@ -374,20 +389,15 @@ class Pipeline:
                "cka_logits": np.asarray(landscape.cka(logits[pairs[:, 0]], logits[pairs[:, 1]]))}
 
         def curves(lo, hi):  # the pairs lo..hi-1, every t point, in one call
-            pa, pb = take(pairs[lo:hi, 0]), take(pairs[lo:hi, 1])
-            cur = landscape.pair_curves(
+            pa, pb = _pick(V, pairs[lo:hi, 0]), _pick(V, pairs[lo:hi, 1])
+            return landscape.pair_curves(
                 self.model, pa["params"], pb["params"], jax.tree.map(lambda x: x[0], pa["batch_stats"]),
                 self.X, self.Y, mean=self.ds.mean, std=self.ds.std, ts=ts,
                 bn_batch_size=c.measure.bn_batch_size, test=(self.Xt, self.Yt),
                 eval_batch_size=c.run.eval_batch_size,
                 points_per_call=c.measure.points_per_call or None)
-            return {f"curve_{k}": cur[k] for k in ("train_error", "train_loss", "test_error",
-                                                   "test_loss")}
 
-        per_cell = max(1, P // max(1, M // len(c.retrain.seeds)))
-        empty = {f"curve_{k}": np.full((P, T), np.nan) for k in
-                 ("train_error", "train_loss", "test_error", "test_loss")}
-        out.update(self._chunked_stage("lmc", P, per_cell, empty, curves, "LMC (pairs)"))
+        out.update(self._curve_stage("lmc", T, curves, "LMC (pairs)"))
         out["lmc"] = np.asarray(landscape.lmc(out["curve_train_error"]))
         out["loss_barrier"] = landscape.loss_barrier(out["curve_train_loss"])
         out["ts"] = ts
@@ -418,7 +428,6 @@ class Pipeline:
         coords = self._pair_coords()
         ts = np.linspace(0.0, 1.0, bc.points)
         V, masks = retrained["variables"], retrained["mask"]
-        take = lambda tree, idx: jax.tree.map(lambda x: jnp.asarray(x[idx]), tree)  # noqa: E731
         P, T = len(pairs), len(ts)
         self.say(f"bezier: {P} curves x {bc.epochs} epochs (batch {bc.batch_size}), evaluated at "
                  f"{T} points")
@@ -426,8 +435,8 @@ class Pipeline:
         cpu = jax.default_backend() == "cpu"
 
         def curves(lo, hi):
-            pa, pb = take(V, pairs[lo:hi, 0]), take(V, pairs[lo:hi, 1])
-            mask = take(masks, pairs[lo:hi, 0])
+            pa, pb = _pick(V, pairs[lo:hi, 0]), _pick(V, pairs[lo:hi, 1])
+            mask = _pick(masks, pairs[lo:hi, 0])
             keys = jnp.stack([jax.random.key_data(member_key(self.root, BEZIER, *co))
                               for co in coords[lo:hi]])
             mid, _ = landscape.train_curves(
@@ -436,19 +445,13 @@ class Pipeline:
                 mean=self.ds.mean, std=self.ds.std, epochs=bc.epochs, batch_size=bc.batch_size,
                 lr=bc.lr, weight_decay=bc.weight_decay, momentum=bc.momentum,
                 chunk_steps=1 if cpu else None, unroll=cpu, strategy=self.strategy)
-            cur = landscape.curve_errors(
+            return landscape.curve_errors(
                 self.model, pa["params"], mid, pb["params"], self.X, self.Y, mean=self.ds.mean,
                 std=self.ds.std, ts=ts, bn_batch_size=self.cfg.measure.bn_batch_size,
                 test=(self.Xt, self.Yt), eval_batch_size=self.cfg.run.eval_batch_size,
                 points_per_call=self.cfg.measure.points_per_call or None)
-            return {f"curve_{k}": cur[k] for k in ("train_error", "train_loss", "test_error",
-                                                   "test_loss")}
 
-        M = len(self.members())
-        per_cell = max(1, P // max(1, M // len(self.cfg.retrain.seeds)))
-        empty = {f"curve_{k}": np.full((P, T), np.nan) for k in
-                 ("train_error", "train_loss", "test_error", "test_loss")}
-        out = self._chunked_stage("bezier", P, per_cell, empty, curves, "Bezier curves (pairs)")
+        out = self._curve_stage("bezier", T, curves, "Bezier curves (pairs)")
         out["mc"] = np.asarray(landscape.mode_connectivity(out["curve_train_error"]))
         out["ts"] = ts
         self.say(f"bezier: done in {time.time() - t0:.1f}s")
