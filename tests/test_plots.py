@@ -7,8 +7,10 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from tr_jax.plots import PANELS, draw_regime_boundaries, figure2, metric_grid, phase_diagram
-from tr_jax.regimes import classify
+from tr_jax.plots import (ALL_PANELS, PANELS, _temperature_y, draw_regime_boundaries,
+                          draw_three_regimes, draw_transition, figure2, metric_grid,
+                          phase_diagram, save_figure, three_regimes)
+from tr_jax.regimes import classify, transition
 
 EPOCHS = [10.0, 20.0, 40.0, 80.0]
 DENS = [0.05, 0.1, 0.2, 0.5]
@@ -206,3 +208,175 @@ def test_figure2_missing_column_skipped_with_warning(tmp_path):
     with pytest.warns(UserWarning, match="cka"):
         paths = figure2(df, tmp_path, regimes=False)
     assert [p.name for p in paths] == [f"epochs_{m}.png" for m in PANELS if m != "cka"]
+
+
+# -- the three-regime picture (Figure 1 of the paper for the user's sweep) ----------------------
+
+def _regime_codes(grid):
+    code = {"I": 0.0, "II-A": 1.0, "II-B": 2.0}
+    return np.array([[np.nan if v is None else code[v] for v in row] for row in grid])
+
+
+def test_three_regimes_draws_planted_regions():
+    df = planted()
+    fig = Figure()
+    ax = fig.add_subplot()
+    out = draw_three_regimes(ax, df)
+    # the image's values are the planted regimes (0 = I, 1 = II-A, 2 = II-B), hottest row on top
+    arr = out["image"].get_array()
+    np.testing.assert_array_equal(np.ma.filled(arr, np.nan), _regime_codes(PLANTED_GRID))
+    assert out["temperatures"] == EPOCHS and out["densities"] == DENS
+    ylim = ax.get_ylim()
+    assert ylim[0] > ylim[1]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["10", "20", "40", "80"]
+    assert "hotter" in ax.get_ylabel()
+    # each regime has its own colour
+    colors = {tuple(np.round(out["image"].cmap(out["image"].norm(v)), 4)) for v in (0, 1, 2)}
+    assert len(colors) == 3
+    # boundaries computed from the data
+    (solid,) = _collections(ax, "regime_I_boundary")
+    (dashed,) = _collections(ax, "regime_II_boundary")
+    assert len(solid.get_segments()) == PLANTED_SOLID
+    assert len(dashed.get_segments()) == PLANTED_DASHED
+    # one arrow per connected region: up (hotter) inside Regime I, down (colder) inside II-A
+    arrows = dict(out["arrows"])
+    assert sorted(r for r, _ in out["arrows"]) == ["I", "II-A"]
+    for regime, up in (("I", True), ("II-A", False)):
+        (x0, y0), (x1, y1) = arrows[regime]._posA_posB
+        assert x0 == x1
+        assert (y1 < y0) if up else (y1 > y0)  # y grows downwards (hot row 0 on top)
+        for y in (y0, y1):  # both ends inside cells of that regime
+            assert PLANTED_GRID[int(round(y)), int(round(x0))] == regime
+        assert arrows[regime].get_gid() == f"advice_arrow_{regime}"
+        assert arrows[regime] in ax.patches
+    # the transition: the sharp LMC drop of the 5% and 10% columns, between 20 and 40 epochs
+    assert out["transition"]["x"] == [0, 1]
+    assert out["transition"]["y"] == [1.5, 1.5]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("I:") and "raise" in t for t in labels)
+    assert any(t.startswith("II-A:") and "lower" in t for t in labels)
+    assert any(t.startswith("II-B:") for t in labels)
+    assert any("transition" in t for t in labels)
+    # cells are annotated with regime and test error
+    texts = [t.get_text() for t in ax.texts]
+    assert sum(t.startswith("I\n") for t in texts) == 4
+
+
+def test_three_regimes_separate_components_get_their_own_arrows():
+    grid = np.array([["I", "II-B", "I"], ["I", "II-B", "II-A"]], dtype=object)
+    rows = [dict(knob="epochs", temperature=t, density=d, test_error=0.1, lmc=0.0, cka=0.9,
+                 regime=grid[i, j])
+            for i, t in enumerate([10.0, 20.0]) for j, d in enumerate([0.1, 0.2, 0.5])]
+    out = draw_three_regimes(Figure().add_subplot(), pd.DataFrame(rows), transition_table=False)
+    assert sorted(r for r, _ in out["arrows"]) == ["I", "I", "II-A"]
+    assert out["transition"]["transition"] is None
+
+
+def test_three_regimes_nan_and_sick_cells(tmp_path):
+    df = planted()
+    df["sick_members"] = 0
+    sick = (df.temperature == 10.0) & (df.density == 0.5)
+    df.loc[sick, "sick_members"] = 2
+    df.loc[sick, ["lmc", "cka"]] = np.nan
+    ax = Figure().add_subplot()
+    out = draw_three_regimes(ax, df)
+    arr = out["image"].get_array()
+    assert arr.mask[0, 3] and arr.mask.sum() == 1  # no regime: grey
+    (patch,) = out["sick"]
+    assert patch.get_gid() == "sick_cell" and patch.get_hatch()
+    assert patch.get_xy() == pytest.approx((3 - 0.46, 0 - 0.46))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "cell with sick members" in labels and "no regime (NaN)" in labels
+
+
+def test_three_regimes_file_is_written_atomically(tmp_path):
+    df = pd.concat([planted(), planted("sam_rho", [0.2, 0.1, 0.05, 0.0])], ignore_index=True)
+    with pytest.raises(ValueError, match="several knobs"):
+        three_regimes(df, tmp_path / "x.png")
+    path = three_regimes(df, tmp_path / "sub" / "rho.png", knob="sam_rho")
+    assert path == tmp_path / "sub" / "rho.png"
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img[..., :3].std() > 0.05
+    assert sorted(p.name for p in path.parent.iterdir()) == ["rho.png"]  # no temp file left
+
+
+def test_save_figure_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"old")
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_figure(fig, path)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    fig2 = Figure()
+    fig2.add_subplot().plot([0, 1])
+    save_figure(fig2, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_transition_overlay_with_seed_error_bars():
+    df = planted()
+    tt = pd.DataFrame(dict(knob="epochs", density=[0.05, 0.1, 0.2],
+                           lmc_transition=[30.0, 30.0, np.nan], lmc_transition_std=[10.0, 0.0, 0.0],
+                           best_temperature=[20.0, 20.0, 80.0],
+                           best_temperature_std=[np.nan, 0.0, 0.0], sharp=[True, False, False]))
+    ax = Figure().add_subplot()
+    phase_diagram(ax, df, "lmc", regimes=classify(df), transition=tt)
+    (marker,) = [ln for ln in ax.lines if ln.get_gid() == "transition"]
+    np.testing.assert_allclose(np.asarray(marker.get_xdata(), float), [0, 1])
+    np.testing.assert_allclose(np.asarray(marker.get_ydata(), float), [1.5, 1.5])  # midway between 20 and 40
+    # 30 +- 10 epochs spans the rows of 20 and 40 epochs
+    cont = [c for c in ax.containers if c.lines[0] is marker][0]
+    segs = [np.round(s, 6).tolist() for s in cont.lines[2][0].get_segments()]
+    assert [[0.0, 1.0], [0.0, 2.0]] in segs and [[1.0, 1.5], [1.0, 1.5]] in segs
+    # hollow marker for the transition that is not sharp
+    (hollow,) = [ln for ln in ax.lines if ln.get_gid() == "transition_not_sharp"]
+    np.testing.assert_allclose(np.asarray(hollow.get_xdata(), float), [1])
+    (best,) = [ln for ln in ax.lines if ln.get_gid() == "best_temperature"]
+    np.testing.assert_allclose(np.asarray(best.get_ydata(), float), [1, 1, 3])
+    # regimes.transition's table (no seeds): on the edge between hot and cold temperature
+    ax2 = Figure().add_subplot()
+    out = draw_transition(ax2, transition(df), EPOCHS, DENS, best=False)
+    assert out["x"] == [0, 1] and out["y"] == [1.5, 1.5]  # only columns whose LMC drops
+
+
+def test_temperature_y_interpolates_and_clips():
+    assert _temperature_y([10.0, 20.0, 40.0], 30.0) == pytest.approx(1.5)
+    assert _temperature_y([0.2, 0.1, 0.0], 0.05) == pytest.approx(1.5)  # hot = large rho on top
+    assert _temperature_y([10.0, 20.0], 1000.0) == pytest.approx(1.5)  # half a cell past the edge
+    assert np.isnan(_temperature_y([10.0, 20.0], np.nan))
+
+
+def test_figure2_boundaries_sick_and_transition_on_every_panel(tmp_path, monkeypatch):
+    import tr_jax.plots as plots_mod
+    df = planted()
+    df["bezier_mc"] = df["lmc"] * 0.5
+    df["hessian_trace"] = 100.0 + df["temperature"]
+    df["sick_members"] = 0
+    df.loc[df.index[0], "sick_members"] = 1
+    calls = {"bounds": 0, "sick": 0, "transition": 0}
+    real_b, real_s, real_t = (plots_mod.draw_regime_boundaries, plots_mod.draw_sick_cells,
+                              plots_mod.draw_transition)
+
+    def count(name, fn):
+        def wrapped(*a, **k):
+            out = fn(*a, **k)
+            if name != "sick" or out:
+                calls[name] += 1
+            return out
+        return wrapped
+
+    monkeypatch.setattr(plots_mod, "draw_regime_boundaries", count("bounds", real_b))
+    monkeypatch.setattr(plots_mod, "draw_sick_cells", count("sick", real_s))
+    monkeypatch.setattr(plots_mod, "draw_transition", count("transition", real_t))
+    panels = [m for m in ALL_PANELS if m in df.columns or m == "normalized_test_error"]
+    paths = figure2(df, tmp_path, panels=panels, transition=transition(df), dpi=40)
+    assert len(paths) == len(panels) == 6
+    assert calls == {"bounds": 6, "sick": 6, "transition": 6}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)

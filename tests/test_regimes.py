@@ -1,5 +1,6 @@
 """Tests for tr_jax.regimes: planted regime tables whose answers are known."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -251,3 +252,292 @@ def test_summary_table_layout():
     # a precomputed regime column is used verbatim
     txt2 = summary_table(df.assign(regime="II-A"))
     assert "II-B" not in txt2 and "I " not in txt2.replace("II-A", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# fit_rule
+# ---------------------------------------------------------------------------------------------
+
+from tr_jax.regimes import (FitResult, cells_by_seed, cells_from_results, fit_rule,  # noqa: E402
+                            transition_with_uncertainty)
+
+FIT_T = [10.0, 20.0, 40.0, 80.0, 160.0]  # hot -> cold
+
+
+def planted_for_fit():
+    """Low densities: II-A, II-A, II-B, I, I (hot -> cold); high densities: II-A x4, II-B.
+    Gaps: I cells have lmc <= -0.3, connected cells lmc >= -0.03 (lmc_threshold gap
+    (-0.3, -0.03)); II-B cells sit at the column's top CKA, II-A cells >= 0.04 below it, so
+    cka_delta in [0, 0.04) reproduces the labels."""
+    rows, labels = [], []
+    for d in (0.05, 0.1, 0.3, 0.6):
+        low = d <= 0.1
+        lmc = [-0.01, -0.02, -0.03, -0.3, -0.4] if low else [-0.01, -0.02, -0.01, -0.03, -0.02]
+        cka = [0.90, 0.94, 0.98, 0.86, 0.85] if low else [0.82, 0.86, 0.90, 0.94, 0.98]
+        lab = ["II-A", "II-A", "II-B", "I", "I"] if low else ["II-A", "II-A", "II-A", "II-A", "II-B"]
+        for t, a, b, lb in zip(FIT_T, lmc, cka, lab):
+            rows.append(dict(knob="epochs", temperature=t, density=d, test_error=0.1, lmc=a, cka=b))
+            labels.append(lb)
+    df = pd.DataFrame(rows)
+    return df, pd.Series(labels, index=df.index)
+
+
+def agreement(df, labels, rule):
+    got = classify(df, rule)
+    ok = labels.notna()
+    return float((got[ok] == labels[ok]).mean())
+
+
+def test_fit_rule_recovers_planted_gap_from_bad_start():
+    df, labels = planted_for_fit()
+    df = df.sample(frac=1.0, random_state=1)  # index labels follow their rows
+    labels = labels.loc[df.index]
+    bad = RegimeRule(lmc_threshold=-0.45, cka_delta=0.15, use_jump=False)
+    fr = fit_rule(df, labels, rule=bad)
+    assert isinstance(fr, FitResult)
+    assert fr.agreement_before == pytest.approx(agreement(df, labels, bad))
+    assert fr.agreement_before < 0.7
+    assert fr.agreement == 1.0 and fr.n_cells == 20
+    assert fr.agreement == pytest.approx(agreement(df, labels, fr.rule))
+    lt, cd = fr.fitted["lmc_threshold"], fr.fitted["cka_delta"]
+    assert -0.3 < lt < -0.03 and 0.0 <= cd < 0.04
+    # exact: the midpoint of the gap nearest the start (ties -> closest to the start value)
+    assert lt == pytest.approx(-0.165, abs=1e-12)
+    # cka_delta breakpoints below 0.04: 0 and 0.01 (0.86 - 0.85) -> midpoint 0.025
+    assert cd == pytest.approx(0.025, abs=1e-12)
+    assert fr.rule.use_jump is False and fr.rule.lmc_threshold == lt
+    d = fr.to_dict()
+    assert d["agreement"] == 1.0 and d["rule"]["cka_delta"] == cd and d["fitted"] == fr.fitted
+    # deterministic
+    assert fit_rule(df, labels, rule=bad) == fr
+    # from above the gap: still the gap's midpoint, never the data value -0.03 on its edge
+    above = fit_rule(df, labels, rule=dataclasses.replace(bad, lmc_threshold=-0.01))
+    assert above.agreement == 1.0 and above.fitted["lmc_threshold"] == pytest.approx(-0.165, abs=1e-12)
+
+
+def test_fit_rule_keeps_a_rule_that_already_agrees():
+    df, labels = planted_for_fit()
+    good = RegimeRule(lmc_threshold=-0.1, cka_delta=0.01, use_jump=False)
+    assert agreement(df, labels, good) == 1.0
+    fr = fit_rule(df, labels, rule=good)
+    assert fr.rule == good and fr.agreement == fr.agreement_before == 1.0
+
+
+def test_fit_rule_jump_threshold_and_label_forms():
+    df, labels = planted_for_fit()
+    # only the jump can find Regime I: lmc_threshold below every LMC
+    start = RegimeRule(lmc_threshold=-0.5, jump_threshold=0.9, jump_lmc_ceiling=-0.1, cka_delta=0.01)
+    fr = fit_rule(df, labels, rule=start, params=["jump_threshold"])
+    assert fr.agreement_before < 1.0 and fr.agreement == 1.0
+    # planted largest drops: 0.27 (low densities), 0.02 (high): gap (0.02, 0.27)
+    assert 0.02 < fr.fitted["jump_threshold"] < 0.27
+    assert fr.fitted["jump_threshold"] == pytest.approx(0.145, abs=1e-12)
+    # labels as a column name / list; None labels are ignored
+    df2 = df.assign(truth=list(labels))
+    df2.loc[df2.index[:3], "truth"] = None
+    fr2 = fit_rule(df2, "truth", rule=start, params=("jump_threshold",))
+    assert fr2.n_cells == 17 and fr2.agreement == 1.0
+    fr3 = fit_rule(df, list(labels), rule=start, params="jump_threshold")
+    assert fr3.fitted == fr.fitted
+    # absolute CKA threshold: II-B = cka >= t; the planted II-B cells have 0.98, II-A <= 0.94
+    fr4 = fit_rule(df, labels, rule={"cka_mode": "absolute", "cka_threshold": 0.6},
+                   params=("cka_threshold",))
+    assert fr4.agreement == 1.0 and fr4.fitted["cka_threshold"] == pytest.approx(0.96, abs=1e-12)
+
+
+def test_fit_rule_errors_name_bad_values():
+    df, labels = planted_for_fit()
+    with pytest.raises(ValueError, match="'lmc_treshold'.*did you mean 'lmc_threshold'"):
+        fit_rule(df, labels, params=("lmc_treshold",))
+    with pytest.raises(ValueError, match="'III'"):
+        fit_rule(df, ["III"] + list(labels)[1:])
+    with pytest.raises(ValueError, match="no labelled cells"):
+        fit_rule(df, [None] * len(df))
+    with pytest.raises(ValueError, match="cka_delta"):
+        fit_rule(df, labels, bounds={"cka_delta": (-0.1, 0.2)})
+    with pytest.raises(ValueError, match="3 labels for 20 cells"):
+        fit_rule(df, ["I", "I", "I"])
+    with pytest.raises(ValueError, match="'nope'"):
+        fit_rule(df, "nope")
+
+
+def test_fit_rule_bounds_limit_the_search():
+    df, labels = planted_for_fit()
+    bad = RegimeRule(lmc_threshold=-0.45, cka_delta=0.15, use_jump=False)
+    fr = fit_rule(df, labels, rule=bad, params=("lmc_threshold",), bounds={"lmc_threshold": (-0.5, -0.35)})
+    assert -0.5 <= fr.fitted["lmc_threshold"] <= -0.35
+    assert fr.agreement < 1.0
+    # a start outside the bounds ends inside them (here the start itself agrees perfectly)
+    good = RegimeRule(lmc_threshold=-0.1, cka_delta=0.01, use_jump=False)
+    fr2 = fit_rule(df, labels, rule=good, params=("lmc_threshold",),
+                   bounds={"lmc_threshold": (-0.5, -0.35)})
+    assert fr2.agreement_before == 1.0 and -0.5 <= fr2.fitted["lmc_threshold"] <= -0.35
+
+
+# ---------------------------------------------------------------------------------------------
+# cells_by_seed / cells_from_results
+# ---------------------------------------------------------------------------------------------
+
+HAND_CELLS = pd.DataFrame([
+    # knob, T, density, test_error, lmc, cka, cka_logits, loss_barrier, dense_test_error
+    ("epochs", 10.0, 0.1, 0.20, -0.02, 0.95, 0.97, 0.1, 0.30),
+    ("epochs", 10.0, 0.5, 0.12, -0.01, 0.98, 0.99, 0.0, 0.30),
+    ("epochs", 20.0, 0.1, 0.25, -0.30, 0.90, 0.92, 0.8, 0.10),
+    ("epochs", 20.0, 0.5, 0.10, -0.01, 0.99, 0.995, 0.05, 0.10),
+], columns=["knob", "temperature", "density", "test_error", "lmc", "cka", "cka_logits",
+            "loss_barrier", "dense_test_error"])
+
+
+def results_from_cells(cells, seeds=(0, 1), retrain=(0, 1, 2), extra=True):
+    """Long results whose per-cell means are exactly the cells' values: per dense seed s a
+    shift +/-delta_s (symmetric over seeds), per retrain seed / pair a symmetric spread."""
+    shifts = dict(zip(seeds, np.linspace(-1, 1, len(seeds)) * 0.01))
+    spread = np.linspace(-1, 1, len(retrain)) * 0.004
+    pairs = [f"{a}-{b}" for i, a in enumerate(retrain) for b in retrain[i + 1:]]
+    pspread = np.linspace(-1, 1, len(pairs)) * 0.002
+    base = dict(config_hash="abc", tr_jax_version="0.1.0")
+    rows = []
+    for s in seeds:
+        for t, g in cells.groupby("temperature"):
+            rows.append(dict(base, knob="epochs", stage="dense", temperature=t, dense_seed=s,
+                             density=1.0, retrain_seed=np.nan, pair="", metric="test_error",
+                             value=g.dense_test_error.iloc[0] + shifts[s]))
+        for c in cells.itertuples():
+            for r, sp in zip(retrain, spread):
+                co = dict(base, knob=c.knob, stage="retrain", temperature=c.temperature,
+                          dense_seed=s, density=c.density, retrain_seed=r, pair="")
+                rows.append(dict(co, metric="test_error", value=c.test_error + shifts[s] + sp))
+                rows.append(dict(co, metric="measured_density", value=c.density))
+            for p, sp in zip(pairs, pspread):
+                co = dict(base, knob=c.knob, stage="pair", temperature=c.temperature,
+                          dense_seed=s, density=c.density, retrain_seed=np.nan, pair=p)
+                for m in ("lmc", "cka", "cka_logits", "loss_barrier"):
+                    rows.append(dict(co, metric=m, value=getattr(c, m) + shifts[s] + sp))
+    res = pd.DataFrame(rows)
+    if extra:  # columns another engineer may add
+        res["sick"] = False
+        res["provenance"] = "synthetic"
+    return res
+
+
+NUMERIC = ["test_error", "lmc", "cka", "cka_logits", "loss_barrier", "dense_test_error"]
+
+
+def test_cells_from_results_reproduces_hand_cells(tmp_path):
+    res = results_from_cells(HAND_CELLS)
+    path = tmp_path / "results.csv"
+    res.to_csv(path, index=False)
+    back = pd.read_csv(path)  # "" pairs come back as NaN, seeds as floats
+    for table in (res, back):
+        cells = cells_from_results(table)
+        assert list(cells.columns[:9]) == ["knob", "temperature", "density"] + NUMERIC
+        assert "normalized_test_error" in cells.columns and "measured_density" in cells.columns
+        assert len(cells) == 4
+        got = cells.sort_values(["temperature", "density"]).reset_index(drop=True)
+        want = HAND_CELLS.sort_values(["temperature", "density"]).reset_index(drop=True)
+        for m in NUMERIC:
+            np.testing.assert_allclose(got[m], want[m], atol=1e-12, err_msg=m)
+        np.testing.assert_allclose(got.normalized_test_error, [0.0, 0.02, 0.05, 0.0], atol=1e-12)
+    # same numbers as the sweep's own aggregation (tr_jax.sweep.run: pivot_table mean)
+    keys = ["knob", "temperature", "density"]
+    wide = (res[res.stage != "dense"].pivot_table(index=keys, columns="metric", values="value",
+                                                  aggfunc="mean").reset_index())
+    mine = cells_from_results(res)
+    for m in ("test_error", "lmc", "cka", "cka_logits", "loss_barrier"):
+        np.testing.assert_allclose(mine[m].to_numpy(), wide[m].to_numpy(), atol=1e-12)
+
+
+def test_cells_by_seed_values():
+    res = results_from_cells(HAND_CELLS, seeds=(3, 7))
+    by = cells_by_seed(res)
+    assert len(by) == 8 and set(by.dense_seed) == {3, 7}
+    row = by[(by.temperature == 20.0) & (by.density == 0.1) & (by.dense_seed == 7)].iloc[0]
+    assert row.test_error == pytest.approx(0.25 + 0.01)  # retrain spread cancels
+    assert row.lmc == pytest.approx(-0.30 + 0.01)
+    assert row.dense_test_error == pytest.approx(0.10 + 0.01)
+    assert row.normalized_test_error == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="stage"):
+        cells_by_seed(res.drop(columns="stage"))
+    with pytest.raises(ValueError, match="'finetune'"):
+        cells_by_seed(res.assign(stage=np.where(res.stage == "pair", "finetune", res.stage)))
+
+
+# ---------------------------------------------------------------------------------------------
+# transition_with_uncertainty: a planted per-seed transition
+# ---------------------------------------------------------------------------------------------
+
+TR_T = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]  # epochs, hot -> cold
+# per dense seed: index (into TR_T) of the first cold (Regime-I) temperature at low density
+TR_FIRST_BAD = {0: 3, 1: 3, 2: 4}
+
+
+def planted_transition_results(seeds=(0, 1, 2), noise=0.004):
+    rng = np.random.default_rng(0)
+    rows = []
+    base = dict(config_hash="h", tr_jax_version="0.1.0", knob="epochs")
+    for s in seeds:
+        for i, t in enumerate(TR_T):
+            rows.append(dict(base, stage="dense", temperature=t, dense_seed=s, density=1.0,
+                             retrain_seed=np.nan, pair="", metric="test_error", value=0.1))
+            for d in (0.05, 0.1, 0.5):
+                low = d < 0.2
+                fb = TR_FIRST_BAD[s]
+                best = fb - 1 if low else len(TR_T) - 1
+                for r in range(3):
+                    err = 0.1 + 0.01 * abs(i - best) + rng.uniform(-1, 1) * 0.001
+                    rows.append(dict(base, stage="retrain", temperature=t, dense_seed=s, density=d,
+                                     retrain_seed=r, pair="", metric="test_error", value=err))
+                for p in ("0-1", "0-2", "1-2"):
+                    lmc = (-0.4 if (low and i >= fb) else -0.01) + rng.uniform(-1, 1) * noise
+                    for m, v in (("lmc", lmc), ("cka", 0.95)):
+                        rows.append(dict(base, stage="pair", temperature=t, dense_seed=s, density=d,
+                                         retrain_seed=np.nan, pair=p, metric=m, value=v))
+    return pd.DataFrame(rows)
+
+
+def test_transition_with_uncertainty_planted():
+    res = planted_transition_results()
+    tr = transition_with_uncertainty(res)
+    assert list(tr.density) == [0.05, 0.1, 0.5] and (tr.n_seeds == 3).all()
+    for d in (0.05, 0.1):
+        row = tr[tr.density == d].iloc[0]
+        # seeds 0, 1: drop between 30 and 40 (midpoint 35); seed 2: between 40 and 50 (45)
+        assert row.lmc_transition_seeds == (35.0, 35.0, 45.0)
+        assert row.lmc_transition == pytest.approx(115.0 / 3)
+        assert row.lmc_transition_std == pytest.approx(np.std([35, 35, 45], ddof=1))
+        assert row.lmc_transition_se == pytest.approx(np.std([35, 35, 45], ddof=1) / math.sqrt(3))
+        assert not math.isnan(row.lmc_transition_std)
+        assert row.lmc_drop == pytest.approx(0.39, abs=0.01)
+        assert bool(row.sharp) is True
+        # mean over seeds: -0.01 at 30, -0.27 at 40 (2 of 3 seeds bad), -0.4 at 50: 30 -> 40
+        assert (row.hot_temperature, row.cold_temperature) == (30.0, 40.0)
+        assert row.best_temperature_seeds == (30.0, 30.0, 40.0)
+        assert row.best_temperature == 30.0
+        assert row.best_temperature_std == pytest.approx(np.std([30, 30, 40], ddof=1))
+    high = tr[tr.density == 0.5].iloc[0]
+    assert bool(high.sharp) is False and high.lmc_drop < 0.02
+    assert high.best_temperature == 60.0 and high.best_temperature_std == 0.0
+    # stricter k: nothing is sharp
+    assert not transition_with_uncertainty(res, k=1000).sharp.any()
+    # the per-seed cell table gives the same answer
+    by = cells_by_seed(res)
+    tr2 = transition_with_uncertainty(by)
+    pd.testing.assert_frame_equal(tr, tr2)
+
+
+def test_transition_with_uncertainty_one_seed_and_errors():
+    res = planted_transition_results(seeds=(0,))
+    tr = transition_with_uncertainty(res, knob="epochs")
+    row = tr[tr.density == 0.05].iloc[0]
+    assert row.n_seeds == 1 and row.lmc_transition == 35.0
+    assert math.isnan(row.lmc_transition_std) and math.isnan(row.lmc_transition_se)
+    assert math.isnan(row.best_temperature_std)
+    # a plain cells table (no dense_seed) is one seed
+    cells = cells_from_results(res)
+    tr_cells = transition_with_uncertainty(cells)
+    assert tr_cells.lmc_transition.iloc[0] == 35.0 and tr_cells.n_seeds.iloc[0] == 1
+    with pytest.raises(ValueError, match="'batch_size'"):
+        transition_with_uncertainty(res, knob="batch_size")
+    # LMC that never decreases has no transition
+    flat = column([-0.05, -0.04, -0.03]).assign(dense_seed=0)
+    assert math.isnan(transition_with_uncertainty(flat).lmc_transition.iloc[0])

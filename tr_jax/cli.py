@@ -3,6 +3,8 @@
     tr-jax run configs/quick.py --workdir runs/quick [--set dense.epochs=20 ...]
     tr-jax import-torch finetuned.pth.tar --arch preresnet --depth 20 --num-classes 10 --out ckpt/a
     tr-jax measure ckpt/a ckpt/b --dataset cifar10 [--json pair.json]
+    tr-jax advise runs/quick --density 0.05 [--temperature 40] [--json advice.json]
+    tr-jax report runs/quick [--out DIR] [--density 0.05] [--labels labels.csv]
 """
 from __future__ import annotations
 
@@ -41,6 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hessian-probes", type=int, default=100,
                    help="at most this many Hutchinson probes and power iterations")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p = sub.add_parser("advise", help="case study 1 on a finished sweep: raise or lower the "
+                       "temperature before pruning to a density?")
+    p.add_argument("workdir", help="workdir of a finished `tr-jax run`")
+    p.add_argument("--density", required=True,
+                   help="target density of the sweep, e.g. 0.05 or 5%%")
+    p.add_argument("--temperature", default=None,
+                   help="current temperature (default: the coldest, i.e. the most-trained model)")
+    p.add_argument("--knob", default=None, help="the knob, when the sweep holds several")
+    p.add_argument("--json", default=None, help="also write the advice and its accuracy here")
+    p = sub.add_parser("report", help="write report.html (self-contained) and report.md of a "
+                       "finished sweep")
+    p.add_argument("workdir", help="workdir of a finished `tr-jax run`")
+    p.add_argument("--out", default=None, help="output directory (default: the workdir)")
+    p.add_argument("--density", default=None,
+                   help="spell out case study 1's advice for this density")
+    p.add_argument("--labels", default=None, help="CSV of regime labels (temperature, density, "
+                   "label) to fit the rule's thresholds to")
     args = parser.parse_args(argv)
 
     try:
@@ -84,7 +103,61 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.json:
             from tr_jax.sweep.store import atomic_write_text
             atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
+    elif args.command == "advise":
+        _advise(args)
+    elif args.command == "report":
+        from tr_jax.report import write_report
+        paths = write_report(args.workdir, args.out, density=args.density, labels=args.labels)
+        print(f"tr-jax: wrote {paths['html']}")
+        print(f"tr-jax: wrote {paths['markdown']} (figures in {paths['figures_dir']})")
     return 0
+
+
+def _json_safe(x):
+    """Plain JSON values: numpy scalars to Python, NaN/inf to null, tuples to lists."""
+    import math
+
+    import numpy as np
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
+
+
+def _advise(args: argparse.Namespace) -> None:
+    import json
+
+    from tr_jax import casestudies
+    from tr_jax.report import accuracy_sentence, load_workdir, match_density, match_temperature
+    sweep = load_workdir(args.workdir)
+    cells = sweep.cells
+    if args.knob is not None:
+        if args.knob not in sweep.knobs:
+            raise ValueError(f"knob {args.knob!r} is not in this sweep (has {sweep.knobs})")
+        cells = cells[cells["knob"] == args.knob]
+    elif len(sweep.knobs) > 1:
+        raise ValueError(f"this sweep holds several knobs {sweep.knobs}; pass --knob")
+    density = match_density(cells, args.density)
+    temperature = (None if args.temperature is None
+                   else match_temperature(cells, args.temperature, density=density))
+    adv = casestudies.advise(cells, density, temperature=temperature, rule=sweep.rule)
+    score = casestudies.advice_accuracy(cells, rule=sweep.rule)
+    print(adv.text())
+    print(accuracy_sentence(score))
+    if args.json:
+        from tr_jax.report import _atomic_write_text
+        out = {"workdir": str(sweep.workdir), "advice": adv.to_dict(), "text": adv.text(),
+               "accuracy": score.to_dict(), "rule": sweep.rule.to_dict(),
+               "rule_source": sweep.rule_source}
+        import pathlib
+        _atomic_write_text(pathlib.Path(args.json), json.dumps(_json_safe(out), indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,17 @@ Every diagram has density on the x axis (ascending, labelled as percents) and te
 on the y axis with the **hottest temperature at the top** (for the ``epochs`` knob: the
 fewest epochs at the top). Regime boundaries are computed from the data (see
 :func:`tr_jax.regimes.classify`, tr_jax's own rule): solid black between Regime I and a
-connected cell, dashed black between II-A and II-B.
+connected cell, dashed black between II-A and II-B. Cells with a NaN metric are grey; cells
+with sick members (a ``sick_members`` column > 0) are hatched; a transition table
+(:func:`tr_jax.regimes.transition_with_uncertainty`) adds the LMC transition per density with
+its seed-to-seed error bar (:func:`draw_transition`).
+
+:func:`three_regimes` / :func:`draw_three_regimes` draw the paper's Figure 1 for the user's own
+sweep: the (density x temperature) plane coloured by regime, the boundaries, the favourable-move
+arrows (Regime I: raise the temperature; II-A: lower it) and the transition.
+
+Every PNG is written atomically (:func:`save_figure`: a temporary file in the same directory,
+then ``os.replace``), so a crash never leaves a half-written figure.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -31,11 +42,13 @@ import numpy as np
 import pandas as pd
 from matplotlib import patheffects
 from matplotlib.collections import LineCollection
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 
-from .regimes import (KNOB_LABELS, RegimeRule, classify, normalized_test_error,
-                      temperatures_hot_to_cold)
+from .regimes import (KNOB_LABELS, REGIMES, RegimeRule, classify, normalized_test_error,
+                      temperatures_hot_to_cold, transition)
 
 __all__ = [
     "PANELS",
@@ -45,6 +58,12 @@ __all__ = [
     "metric_grid",
     "phase_diagram",
     "draw_regime_boundaries",
+    "draw_transition",
+    "draw_sick_cells",
+    "draw_three_regimes",
+    "three_regimes",
+    "REGIME_COLORS",
+    "save_figure",
     "figure2",
 ]
 
@@ -184,14 +203,19 @@ def _fmt_temperature(t: float) -> str:
 def phase_diagram(ax, cells_for_one_knob: pd.DataFrame, metric: str, regimes: Any = None,
                   title: str | None = None, cmap: Any = None, *, annotate: bool = True,
                   colorbar: bool = True, label_regimes: bool = True,
-                  hotter_is_smaller: bool | Mapping[str, bool] | None = None):
+                  hotter_is_smaller: bool | Mapping[str, bool] | None = None,
+                  transition: pd.DataFrame | None = None, sick: Any = None):
     """Heat map of ``metric`` for the cells of one knob on ``ax``; returns the AxesImage.
 
     x: density (categorical, ascending, percent labels); y: temperature (categorical,
     hottest at the top). Test errors are shown in percent. Each cell is annotated with
     its value; NaN cells are grey and blank. ``regimes`` (a column name, an index-aligned
     Series / sequence of labels, or a ready 2-D grid hot->cold x density ascending)
-    draws regime boundaries via :func:`draw_regime_boundaries`.
+    draws regime boundaries via :func:`draw_regime_boundaries`. ``transition`` (a table
+    from :func:`tr_jax.regimes.transition_with_uncertainty` or
+    :func:`tr_jax.regimes.transition`) overlays the transition per density column via
+    :func:`draw_transition`. ``sick`` (default: the ``sick_members`` column when present;
+    ``False`` = off) hatches cells with sick members via :func:`draw_sick_cells`.
     """
     cells = cells_for_one_knob
     knob = _single_knob(cells)
@@ -249,6 +273,10 @@ def phase_diagram(ax, cells_for_one_knob: pd.DataFrame, metric: str, regimes: An
         if rgrid.shape != grid.shape:
             raise ValueError(f"regime grid shape {rgrid.shape} != metric grid {grid.shape}")
         draw_regime_boundaries(ax, rgrid, label_cells=label_regimes)
+    if sick is not False:
+        draw_sick_cells(ax, cells, sick, hotter_is_smaller=hotter_is_smaller)
+    if transition is not None:
+        draw_transition(ax, transition, temps, dens, knob=knob)
     return im
 
 
@@ -316,6 +344,385 @@ def draw_regime_boundaries(ax, grid_of_regimes, *, label_cells: bool = True,
     return {"solid": solid_lc, "dashed": dashed_lc}
 
 
+#: fill colours of the regimes in :func:`three_regimes` (missing / sick-only cells are grey)
+REGIME_COLORS: dict[str, str] = {"I": "#e08a7e", "II-A": "#f3cf7a", "II-B": "#8cbfe0"}
+REGIME_DESCRIPTIONS: dict[str, str] = {
+    "I": "I: poorly connected \u2192 raise temperature",
+    "II-A": "II-A: connected, dissimilar \u2192 lower temperature",
+    "II-B": "II-B: connected, similar \u2192 keep",
+}
+_SICK_HATCH = "///"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> pathlib.Path:
+    """Save ``fig`` as PNG at ``path`` atomically: written to a temporary file in the same
+    directory, then renamed over ``path`` (a crash never leaves a half-written PNG)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=dpi, format="png")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def draw_sick_cells(ax, cells: pd.DataFrame, sick: Any = None, *,
+                    hotter_is_smaller: bool | Mapping[str, bool] | None = None
+                    ) -> list[Rectangle]:
+    """Hatch (``///``, dark red, half transparent) every cell with at least one sick member.
+
+    ``sick``: a column name, an index-aligned Series/sequence of counts or flags, or None
+    for the ``sick_members`` column (nothing is drawn when it is absent). Cells are
+    those of one knob laid out as in :func:`metric_grid`. Returns the patches (gid
+    ``"sick_cell"``)."""
+    if sick is None:
+        if "sick_members" not in cells.columns:
+            return []
+        sick = "sick_members"
+    vals = cells[sick] if isinstance(sick, str) else _align(sick, cells)
+    vals = pd.to_numeric(pd.Series(vals, index=cells.index), errors="coerce").fillna(0.0)
+    _, _, grid = metric_grid(cells, vals.astype(float), hotter_is_smaller=hotter_is_smaller)
+    patches = []
+    for r, c in zip(*np.nonzero(np.nan_to_num(grid) > 0)):
+        rect = Rectangle((c - 0.46, r - 0.46), 0.92, 0.92, fill=False, hatch=_SICK_HATCH,
+                         edgecolor=(0.5, 0.0, 0.0, 0.55), linewidth=1.2, zorder=3.5)
+        rect.set_gid("sick_cell")
+        ax.add_patch(rect)
+        patches.append(rect)
+    return patches
+
+
+def _temperature_y(temps: Sequence[float], t: Any) -> float:
+    """Row coordinate of temperature ``t`` on a categorical axis whose row ``i`` is
+    ``temps[i]`` (piecewise linear between rows, clipped to the outer cell edges)."""
+    if t is None or pd.isna(t) or not len(temps):
+        return float("nan")
+    t = float(t)
+    xs = np.asarray(temps, dtype=float)
+    rows = np.arange(len(xs), dtype=float)
+    if len(xs) == 1:
+        return 0.0 if t == xs[0] else float("nan")
+    if xs[0] > xs[-1]:
+        xs, rows = xs[::-1], rows[::-1]
+    lo, hi = xs[0], xs[-1]
+    if t < lo or t > hi:  # beyond the grid: half a cell past the edge row at most
+        step = (xs[1] - xs[0]) if t < lo else (xs[-1] - xs[-2])
+        edge_row = rows[0] if t < lo else rows[-1]
+        nb_row = rows[1] if t < lo else rows[-2]
+        frac = min(abs(t - (lo if t < lo else hi)) / max(abs(step), 1e-12), 0.5)
+        return float(edge_row + (edge_row - nb_row) * frac)
+    return float(np.interp(t, xs, rows))
+
+
+def _transition_rows(transition_table: pd.DataFrame, knob: Any) -> pd.DataFrame:
+    tt = transition_table
+    if "knob" in tt.columns and knob is not None:
+        tt = tt[tt["knob"].astype(str) == str(knob)]
+    return tt
+
+
+def draw_transition(ax, transition_table: pd.DataFrame, temps: Sequence[float],
+                    dens: Sequence[float], *, knob: Any = None, best: bool = True,
+                    sharp_only: bool = False, color: str = "black") -> dict[str, Any]:
+    """Overlay the transition per density column on a phase diagram laid out as
+    :func:`metric_grid` (``temps`` hot->cold rows, ``dens`` ascending columns).
+
+    ``transition_table`` is either :func:`tr_jax.regimes.transition_with_uncertainty`'s
+    table (``lmc_transition`` +- ``lmc_transition_std`` across seeds, drawn as a diamond
+    with a vertical error bar; hollow where ``sharp`` is False; ``best_temperature`` +-
+    ``best_temperature_std`` as a white star) or :func:`tr_jax.regimes.transition`'s
+    (the edge between ``hot_temperature`` and ``cold_temperature``, no error bar).
+    Temperatures between grid rows are placed by linear interpolation. Columns whose
+    transition is NaN are left out. Returns ``{"transition": ErrorbarContainer | None,
+    "best": ErrorbarContainer | None, "x": [...], "y": [...]}``; the marker lines have
+    gids ``"transition"`` and ``"best_temperature"``."""
+    tt = _transition_rows(transition_table, knob)
+    d_pos = {round(float(d), 12): j for j, d in enumerate(dens)}
+    xs, ys, lo, hi, filled = [], [], [], [], []
+    bx, by, blo, bhi = [], [], [], []
+    for _, row in tt.iterrows():
+        j = d_pos.get(round(float(row["density"]), 12))
+        if j is None:
+            continue
+        if "lmc_transition" in row.index:
+            t = row["lmc_transition"]
+            sd = row.get("lmc_transition_std", np.nan)
+            sd = 0.0 if pd.isna(sd) else float(sd)
+            y = _temperature_y(temps, t)
+            if np.isfinite(y):
+                sharp = row.get("sharp", True)
+                sharp = True if pd.isna(sharp) else bool(sharp)
+                if sharp or not sharp_only:
+                    y_lo, y_hi = _temperature_y(temps, t - sd), _temperature_y(temps, t + sd)
+                    a, b = sorted((y_lo, y_hi))
+                    xs.append(j)
+                    ys.append(y)
+                    lo.append(max(y - a, 0.0))
+                    hi.append(max(b - y, 0.0))
+                    filled.append(sharp)
+        elif "hot_temperature" in row.index and "cold_temperature" in row.index:
+            drop = row.get("lmc_drop", np.nan)
+            if pd.isna(drop) or float(drop) <= 0:
+                continue
+            y = 0.5 * (_temperature_y(temps, row["hot_temperature"])
+                       + _temperature_y(temps, row["cold_temperature"]))
+            if np.isfinite(y):
+                xs.append(j)
+                ys.append(y)
+                lo.append(0.0)
+                hi.append(0.0)
+                filled.append(True)
+        if best and "best_temperature" in row.index:
+            yb = _temperature_y(temps, row["best_temperature"])
+            if np.isfinite(yb):
+                sd = row.get("best_temperature_std", np.nan)
+                sd = 0.0 if pd.isna(sd) else float(sd)
+                t = float(row["best_temperature"])
+                a, b = sorted((_temperature_y(temps, t - sd), _temperature_y(temps, t + sd)))
+                bx.append(j - 0.36)
+                by.append(yb)
+                blo.append(max(yb - a, 0.0))
+                bhi.append(max(b - yb, 0.0))
+    out: dict[str, Any] = {"transition": None, "best": None, "x": xs, "y": ys}
+    effects = [patheffects.withStroke(linewidth=3.2, foreground="white", alpha=0.9)]
+    if xs:
+        cont = ax.errorbar(xs, ys, yerr=[lo, hi], fmt="D", ms=6.5, color=color, mfc=color,
+                           mec="white", mew=1.0, ecolor=color, elinewidth=1.6, capsize=4,
+                           capthick=1.6, zorder=6, linestyle="none")
+        cont.lines[0].set_gid("transition")
+        out["not_sharp"] = sum(1 for f in filled if not f)
+        for line in cont.lines[2]:
+            line.set_path_effects(effects)
+        hollow = [k for k, f in enumerate(filled) if not f]
+        if hollow:
+            ax.plot([xs[k] for k in hollow], [ys[k] for k in hollow], "D", ms=4.0, color="white",
+                    zorder=6.5, gid="transition_not_sharp")
+        if len(xs) > 1:
+            order = np.argsort(xs)
+            ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], ls=":", lw=1.2, color=color,
+                    zorder=5.5, gid="transition_line")
+        out["transition"] = cont
+    if bx:
+        cont = ax.errorbar(bx, by, yerr=[blo, bhi], fmt="*", ms=9, color="white", mec="black",
+                           mew=0.8, ecolor="white", elinewidth=1.2, capsize=3, zorder=6,
+                           linestyle="none")
+        cont.lines[0].set_gid("best_temperature")
+        out["best"] = cont
+    return out
+
+
+def _transition_handles(result: dict[str, Any]) -> list[Any]:
+    handles = []
+    if result.get("transition") is not None:
+        handles.append(Line2D([], [], marker="D", color="black", mec="white", ls=":", ms=6,
+                              label="LMC transition (\u00b1 sd over seeds)"))
+        if result.get("not_sharp"):
+            handles.append(Line2D([], [], marker="D", color="black", mfc="white", ls="none", ms=6,
+                                  label="largest LMC drop, not sharp"))
+    if result.get("best") is not None:
+        handles.append(Line2D([], [], marker="*", color="white", mec="black", ls="none", ms=9,
+                              label="best test error (\u00b1 sd)"))
+    return handles
+
+
+def _sick_handle() -> Patch:
+    return Patch(facecolor="white", edgecolor="#7f0000", hatch=_SICK_HATCH,
+                 label="cell with sick members")
+
+
+def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """4-connected components of a boolean grid, each a list of (row, col)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    comps = []
+    n, m = mask.shape
+    for r0 in range(n):
+        for c0 in range(m):
+            if not mask[r0, c0] or seen[r0, c0]:
+                continue
+            stack, comp = [(r0, c0)], []
+            seen[r0, c0] = True
+            while stack:
+                r, c = stack.pop()
+                comp.append((r, c))
+                for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                    if 0 <= rr < n and 0 <= cc < m and mask[rr, cc] and not seen[rr, cc]:
+                        seen[rr, cc] = True
+                        stack.append((rr, cc))
+            comps.append(sorted(comp))
+    return comps
+
+
+def _arrow_span(comp: list[tuple[int, int]]) -> tuple[int, int, int]:
+    """Column and row range (top, bottom) of the longest vertical run of a component;
+    ties go to the column nearest the component's centre."""
+    cols = sorted({c for _, c in comp})
+    centre = float(np.mean([c for _, c in comp]))
+    best = None
+    for c in cols:
+        rows = sorted(r for r, cc in comp if cc == c)
+        start = prev = rows[0]
+        for r in rows[1:] + [None]:
+            if r is not None and r == prev + 1:
+                prev = r
+                continue
+            key = (prev - start + 1, -abs(c - centre))
+            if best is None or key > best[0]:
+                best = (key, c, start, prev)
+            if r is not None:
+                start = prev = r
+    _, c, top, bottom = best
+    return c, top, bottom
+
+
+def draw_three_regimes(ax, cells: pd.DataFrame, regimes: Any = None, *,
+                       rule: RegimeRule | Mapping[str, Any] | None = None,
+                       transition_table: pd.DataFrame | None | bool = None,
+                       hotter_is_smaller: bool | Mapping[str, bool] | None = None,
+                       annotate: bool = True, arrows: bool = True, legend: bool = True,
+                       sick: Any = None, title: str | None = None) -> dict[str, Any]:
+    """Figure 1 of the paper for the user's own sweep: the (density x temperature) plane of
+    one knob coloured by regime (:data:`REGIME_COLORS`; cells without a regime grey),
+    hottest temperature at the top, regime boundaries (solid I | II, dashed II-A | II-B),
+    one favourable-move arrow inside every connected region of Regime I (up: raise the
+    temperature) and of II-A (down: lower it), and the transition per density column.
+
+    ``regimes``: labels aligned with ``cells`` / a column name; default ``cells["regime"]``
+    or :func:`tr_jax.regimes.classify` with ``rule``. ``transition_table``: a table for
+    :func:`draw_transition`; None computes :func:`tr_jax.regimes.transition` from the
+    cells and marks the columns whose largest LMC drop exceeds the rule's
+    ``jump_threshold``; False draws none. Cells are annotated with their test error.
+
+    Returns ``{"image", "codes" (grid: 0 = I, 1 = II-A, 2 = II-B, NaN = none),
+    "boundaries", "arrows" (list of ``(regime, FancyArrowPatch)``), "transition",
+    "sick", "temperatures", "densities"}``.
+    """
+    knob = _single_knob(cells)
+    rule_obj = RegimeRule.from_dict(rule)
+    if regimes is None:
+        if "regime" in cells.columns:
+            regimes = cells["regime"]
+        else:
+            regimes = classify(cells, rule_obj, hotter_is_smaller=hotter_is_smaller)
+    elif isinstance(regimes, str):
+        regimes = cells[regimes]
+    reg = _align(regimes, cells).astype(object)
+    temps, dens, rgrid = metric_grid(cells, reg, hotter_is_smaller=hotter_is_smaller)
+    code_of = {r: float(k) for k, r in enumerate(REGIMES)}
+    codes = np.full(rgrid.shape, np.nan)
+    for (r, c), v in np.ndenumerate(rgrid):
+        if v is not None and str(v) in code_of:
+            codes[r, c] = code_of[str(v)]
+    cmap = ListedColormap([REGIME_COLORS[r] for r in REGIMES]).with_extremes(bad=_NAN_COLOR)
+    im = ax.imshow(np.ma.masked_invalid(codes), cmap=cmap, vmin=-0.5, vmax=len(REGIMES) - 0.5,
+                   aspect="auto", interpolation="nearest", origin="upper")
+    im.set_gid("regime_image")
+    ax.set_xticks(range(len(dens)))
+    ax.set_xticklabels([_density_label(d) for d in dens])
+    ax.set_yticks(range(len(temps)))
+    ax.set_yticklabels([_fmt_temperature(t) for t in temps])
+    ax.set_xlabel("Density (load: fraction of conv weights kept)")
+    ax.set_ylabel(_temperature_label(knob))
+    ax.tick_params(length=0)
+    ax.set_title(title if title is not None else f"Three regimes of this sweep \u2014 knob: {knob}")
+    n = max(len(temps), len(dens))
+    size = 8 if n <= 6 else (7 if n <= 9 else 5.5)
+    if annotate:
+        err = None
+        if "test_error" in cells.columns:
+            err = metric_grid(cells, cells["test_error"].astype(float) * 100.0,
+                              hotter_is_smaller=hotter_is_smaller)[2]
+        for (r, c), v in np.ndenumerate(rgrid):
+            label = "n/a" if v is None else str(v)
+            if err is not None and np.isfinite(err[r, c]):
+                label += f"\n{err[r, c]:.1f}%"
+            ax.text(c - 0.12, r, label, ha="center", va="center", fontsize=size, zorder=5,
+                    color="black")
+    bounds = draw_regime_boundaries(ax, rgrid, label_cells=False)
+    arrow_patches: list[tuple[str, FancyArrowPatch]] = []
+    if arrows:
+        for regime, up in (("I", True), ("II-A", False)):
+            mask = np.array([[v == regime for v in row] for row in rgrid], dtype=bool)
+            for comp in _components(mask):
+                c, top, bottom = _arrow_span(comp)
+                y_top, y_bottom = top - 0.3, bottom + 0.3
+                start, end = ((c + 0.3, y_bottom), (c + 0.3, y_top)) if up else \
+                    ((c + 0.3, y_top), (c + 0.3, y_bottom))
+                arrow = FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14,
+                                        lw=2.0, color="black", zorder=6)
+                arrow.set_gid(f"advice_arrow_{regime}")
+                ax.add_patch(arrow)
+                arrow_patches.append((regime, arrow))
+    sick_patches = [] if sick is False else draw_sick_cells(
+        ax, cells, sick, hotter_is_smaller=hotter_is_smaller)
+    if transition_table is None:
+        tt = transition(cells, hotter_is_smaller=hotter_is_smaller)
+        tt = tt[tt["lmc_drop"] > rule_obj.jump_threshold]
+        trans = draw_transition(ax, tt, temps, dens, knob=knob, best=False)
+    elif transition_table is False:
+        trans = {"transition": None, "best": None, "x": [], "y": []}
+    else:
+        trans = draw_transition(ax, transition_table, temps, dens, knob=knob)
+    ax.set_xlim(-0.5, len(dens) - 0.5)
+    ax.set_ylim(len(temps) - 0.5, -0.5)
+    if legend:
+        handles: list[Any] = [Patch(facecolor=REGIME_COLORS[r], edgecolor="none",
+                                    label=REGIME_DESCRIPTIONS[r]) for r in REGIMES]
+        if np.isnan(codes).any():
+            handles.append(Patch(facecolor=_NAN_COLOR, edgecolor="none", label="no regime (NaN)"))
+        handles += [Line2D([], [], color="black", lw=2.5, label="Regime I | II"),
+                    Line2D([], [], color="black", lw=1.75, ls=(0, (4, 2.5)), label="II-A | II-B")]
+        handles += _transition_handles(trans)
+        if sick_patches:
+            handles.append(_sick_handle())
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
+                  frameon=False, borderaxespad=0.0)
+    return {"image": im, "codes": codes, "boundaries": bounds, "arrows": arrow_patches,
+            "transition": trans, "sick": sick_patches, "temperatures": temps, "densities": dens}
+
+
+def three_regimes(cells: pd.DataFrame, path: str | os.PathLike, regimes: Any = None, *,
+                  knob: str | None = None, rule: RegimeRule | Mapping[str, Any] | None = None,
+                  transition_table: pd.DataFrame | None | bool = None, dpi: int = 120,
+                  hotter_is_smaller: bool | Mapping[str, bool] | None = None,
+                  title: str | None = None) -> pathlib.Path:
+    """Write the three-regime picture (:func:`draw_three_regimes`) of one knob's cells as a
+    PNG at ``path`` (atomically; parent directories created); returns the path. With
+    several knobs in ``cells`` pass ``knob``."""
+    if "knob" not in cells.columns:
+        raise ValueError("three_regimes: cells table lacks a 'knob' column")
+    knobs = sorted(set(cells["knob"]), key=str)
+    if knob is not None:
+        if knob not in knobs:
+            raise ValueError(f"three_regimes: knob {knob!r} not in cells (has {knobs})")
+        keep = (cells["knob"] == knob).to_numpy()
+        if regimes is not None and not isinstance(regimes, str):
+            regimes = _align(regimes, cells)[keep]
+        cells = cells[keep]
+    elif len(knobs) != 1:
+        raise ValueError(f"three_regimes: cells hold several knobs {knobs}; pass knob=")
+    n_t, n_d = cells["temperature"].nunique(), cells["density"].nunique()
+    fig = Figure(figsize=(max(5.0, 0.95 * n_d + 2.6) + 3.2, max(3.6, 0.55 * n_t + 2.2)), dpi=dpi)
+    ax = fig.add_subplot()
+    draw_three_regimes(ax, cells, regimes, rule=rule, transition_table=transition_table,
+                       hotter_is_smaller=hotter_is_smaller, title=title)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=dpi)
+
+
 def _safe_name(s: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)) or "knob"
 
@@ -323,9 +730,15 @@ def _safe_name(s: Any) -> str:
 def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = None,
             regimes: Any = None, *, rule: RegimeRule | Mapping[str, Any] | None = None,
             dpi: int = 120, panels: Sequence[str] = PANELS,
-            hotter_is_smaller: bool | Mapping[str, bool] | None = None) -> list[pathlib.Path]:
+            hotter_is_smaller: bool | Mapping[str, bool] | None = None,
+            transition: pd.DataFrame | None = None) -> list[pathlib.Path]:
     """Write one PNG per panel (default :data:`PANELS`) for each knob (or only ``knob``)
-    as ``{out_dir}/{knob}_{metric}.png``; creates ``out_dir``; returns the paths.
+    as ``{out_dir}/{knob}_{metric}.png`` (atomically); creates ``out_dir``; returns the paths.
+
+    Every panel gets the same regime boundaries; NaN cells are grey; cells with
+    ``sick_members > 0`` (when that column exists) are hatched; ``transition`` (from
+    :func:`tr_jax.regimes.transition_with_uncertainty` or :func:`tr_jax.regimes.transition`)
+    overlays the transition per density column with its seed error bar.
 
     ``regimes``: labels aligned with ``cells`` (Series/sequence/column name); default
     ``cells["regime"]`` if present, else :func:`tr_jax.regimes.classify` with ``rule``
@@ -369,17 +782,24 @@ def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = 
             ax = fig.add_subplot()
             phase_diagram(ax, sub, metric,
                           regimes=None if reg is None else reg.loc[sub.index],
-                          hotter_is_smaller=hotter_is_smaller)
+                          hotter_is_smaller=hotter_is_smaller, sick=False)
+            handles: list[Any] = []
             if reg is not None:
-                handles = [Line2D([], [], color="black", lw=2.5, label="Regime I | II"),
-                           Line2D([], [], color="black", lw=1.75, ls=(0, (4, 2.5)),
-                                  label="II-A | II-B")]
+                handles += [Line2D([], [], color="black", lw=2.5, label="Regime I | II"),
+                            Line2D([], [], color="black", lw=1.75, ls=(0, (4, 2.5)),
+                                   label="II-A | II-B")]
+            if draw_sick_cells(ax, sub, hotter_is_smaller=hotter_is_smaller):
+                handles.append(_sick_handle())
+            if transition is not None:
+                temps = temperatures_hot_to_cold(sub["temperature"], kn, hotter_is_smaller)
+                dens = sorted({float(d) for d in sub["density"]})
+                handles += _transition_handles(
+                    draw_transition(ax, transition, temps, dens, knob=kn))
+            if handles:
                 ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13),
-                          ncol=2, fontsize=7, frameon=False)
+                          ncol=min(len(handles), 3), fontsize=7, frameon=False)
             fig.tight_layout()
-            path = out / f"{_safe_name(kn)}_{metric}.png"
-            fig.savefig(path, dpi=dpi)
-            paths.append(path)
+            paths.append(save_figure(fig, out / f"{_safe_name(kn)}_{metric}.png", dpi=dpi))
     return paths
 
 
@@ -399,7 +819,4 @@ def curves_along_t(curves: Mapping[str, np.ndarray], labels: Sequence[str],
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=6, loc="best")
     fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return save_figure(fig, path, dpi=dpi)

@@ -27,6 +27,12 @@ II-A -> II-B by *lowering* it (see :func:`advice`).
    All LMC thresholds are expressed on the **train-error fraction** (``0.05`` = 5 points of
    train error), the same scale as the ``lmc`` column.
 
+Analysis helpers: :func:`fit_rule` fits the rule's thresholds to given labels (exact 1-D
+search per threshold, coordinate-wise); :func:`cells_by_seed` / :func:`cells_from_results`
+rebuild per-dense-seed / mean cell tables from ``results.csv``; and
+:func:`transition_with_uncertainty` estimates the LMC transition and the best temperature per
+dense seed with their seed-to-seed spread. The case studies live in :mod:`tr_jax.casestudies`.
+
 "Hot" and "cold": what "hotter" means depends on the knob. Fewer training epochs, a
 smaller batch, a larger SAM radius or a larger learning rate are all *hotter*; see
 :data:`HOTTER_IS_SMALLER` and :func:`temperature_order`.
@@ -54,6 +60,12 @@ __all__ = [
     "transition",
     "advice",
     "summary_table",
+    "FIT_BOUNDS",
+    "FitResult",
+    "fit_rule",
+    "cells_by_seed",
+    "cells_from_results",
+    "transition_with_uncertainty",
 ]
 
 REGIMES: tuple[str, str, str] = ("I", "II-A", "II-B")
@@ -79,6 +91,7 @@ KNOB_LABELS: dict[str, str] = {
 _CKA_MODES = ("relative", "absolute")
 _REQUIRED_CLASSIFY = ("knob", "temperature", "density", "lmc", "cka")
 _TOL = 1e-12
+_MERGE = 1e-9  # fit_rule: breakpoints closer than this are one breakpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +251,67 @@ def _largest_drop(lmc: np.ndarray) -> tuple[int, int, float] | None:
     return int(pos[k]), int(pos[k + 1]), float(drops[k])
 
 
+_LABEL_OF_CODE: tuple[str | None, ...] = (None, "I", "II-A", "II-B")
+_CODE_OF_LABEL: dict[str, int] = {"I": 1, "II-A": 2, "II-B": 3}
+
+
+def _column_codes(lmc: np.ndarray, cka: np.ndarray, rule: RegimeRule,
+                  override: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """Regime codes (0 = none, 1 = I, 2 = II-A, 3 = II-B) of one density column ordered hot ->
+    cold, shape ``(K, n)``: the single source of truth of :class:`RegimeRule`.
+
+    ``override`` maps numeric rule fields to arrays of ``K`` candidate values (one rule per
+    row); this lets :func:`fit_rule` score thousands of candidate thresholds at once.
+    """
+    def value(name: str) -> np.ndarray:
+        v = override[name] if override is not None and name in override else getattr(rule, name)
+        return np.asarray(v, dtype=float).reshape(-1, 1)
+
+    lmc = np.asarray(lmc, dtype=float)
+    cka = np.asarray(cka, dtype=float)
+    finite_lmc = np.isfinite(lmc)
+    with np.errstate(invalid="ignore"):
+        is_one = finite_lmc & (lmc < value("lmc_threshold"))
+        if rule.use_jump:
+            jump = _largest_drop(lmc)
+            if jump is not None:
+                colder = np.zeros(len(lmc), dtype=bool)
+                colder[jump[1]:] = True
+                fires = jump[2] > value("jump_threshold")
+                is_one = is_one | (fires & colder & finite_lmc & (lmc < value("jump_lmc_ceiling")))
+        connected = finite_lmc & ~is_one & np.isfinite(cka)
+        if rule.cka_mode == "relative":
+            top = np.where(connected, cka, -np.inf).max(axis=1, keepdims=True) if len(lmc) else \
+                np.full((connected.shape[0], 1), -np.inf)
+            ref = np.where(np.isfinite(top), top - value("cka_delta"), np.inf)
+        else:
+            ref = value("cka_threshold")
+        high = cka >= ref - _TOL
+    return np.where(is_one, 1, np.where(connected, np.where(high, 3, 2), 0)).astype(np.int8)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Column:
+    knob: Any
+    density: float
+    pos: np.ndarray  # positions (into cells.reset_index) of the rows, hot -> cold
+    temperature: np.ndarray
+    lmc: np.ndarray
+    cka: np.ndarray
+
+
+def _density_columns(cells: pd.DataFrame, hotter_is_smaller: bool | Mapping[str, bool] | None
+                     ) -> list[_Column]:
+    frame = cells.reset_index(drop=True)
+    out = []
+    for (knob, density), col in frame.groupby(["knob", "density"], sort=False, dropna=False):
+        col = _column_hot_to_cold(col, knob, hotter_is_smaller)
+        out.append(_Column(knob, float(density), col.index.to_numpy(),
+                           col["temperature"].to_numpy(dtype=float),
+                           col["lmc"].to_numpy(dtype=float), col["cka"].to_numpy(dtype=float)))
+    return out
+
+
 def classify(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | None = None, *,
              hotter_is_smaller: bool | Mapping[str, bool] | None = None) -> pd.Series:
     """Label each cell ``"I"``, ``"II-A"``, ``"II-B"`` or ``None`` (missing metrics).
@@ -249,35 +323,12 @@ def classify(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | None = 
     """
     rule = _coerce_rule(rule)
     _require(cells, _REQUIRED_CLASSIFY, "classify")
-    out = pd.Series([None] * len(cells), index=cells.index, dtype=object, name="regime")
-    if len(cells) == 0:
-        return out
+    labels: list[str | None] = [None] * len(cells)
     # positional work avoids trouble with duplicate index labels
-    frame = cells.reset_index(drop=True)
-    labels: list[str | None] = [None] * len(frame)
-    for (knob, _density), col in frame.groupby(["knob", "density"], sort=False, dropna=False):
-        col = _column_hot_to_cold(col, knob, hotter_is_smaller)
-        lmc = col["lmc"].to_numpy(dtype=float)
-        cka = col["cka"].to_numpy(dtype=float)
-        finite_lmc = np.isfinite(lmc)
-        is_one = finite_lmc & (lmc < rule.lmc_threshold)
-        if rule.use_jump:
-            jump = _largest_drop(lmc)
-            if jump is not None and jump[2] > rule.jump_threshold:
-                colder = np.zeros(len(lmc), dtype=bool)
-                colder[jump[1]:] = True
-                is_one |= colder & finite_lmc & (lmc < rule.jump_lmc_ceiling)
-        connected = finite_lmc & ~is_one & np.isfinite(cka)
-        if rule.cka_mode == "relative":
-            ref = (np.max(cka[connected]) - rule.cka_delta) if connected.any() else np.inf
-        else:
-            ref = rule.cka_threshold
-        high = cka >= ref - _TOL
-        for i, row_pos in enumerate(col.index):
-            if is_one[i]:
-                labels[row_pos] = "I"
-            elif connected[i]:
-                labels[row_pos] = "II-B" if high[i] else "II-A"
+    for col in _density_columns(cells, hotter_is_smaller):
+        codes = _column_codes(col.lmc, col.cka, rule)[0]
+        for p, c in zip(col.pos, codes):
+            labels[p] = _LABEL_OF_CODE[c]
     return pd.Series(labels, index=cells.index, dtype=object, name="regime")
 
 
@@ -393,3 +444,409 @@ def summary_table(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | No
         rule_line = "-" * max(len(title), len(line(header)))
         blocks.append("\n".join([title, line(header), rule_line] + [line(r) for r in body]))
     return "\n\n".join(blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Threshold fitting (SPEC 3.3: "threshold fitting by 1-D bounded search that maximises agreement
+# with labels", as in the same group's later MD-tree diagnosis work)
+# ---------------------------------------------------------------------------------------------
+
+#: rule fields :func:`fit_rule` can fit, with their default search bounds.
+FIT_BOUNDS: dict[str, tuple[float, float]] = {
+    "lmc_threshold": (-0.5, 0.0),
+    "cka_delta": (0.0, 0.2),
+    "cka_threshold": (0.5, 1.0),
+    "jump_threshold": (0.0, 1.0),
+    "jump_lmc_ceiling": (-0.5, 0.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """Outcome of :func:`fit_rule`.
+
+    ``rule`` the fitted :class:`RegimeRule` (fields not in ``params`` are the starting rule's),
+    ``agreement`` / ``agreement_before`` the fraction of labelled cells whose :func:`classify`
+    label equals the given label with the fitted / the starting rule, ``n_cells`` the number
+    of labelled cells, ``fitted`` the fitted values (param -> value), ``rounds`` the number of
+    coordinate-wise rounds run.
+    """
+
+    rule: RegimeRule
+    agreement: float
+    agreement_before: float
+    n_cells: int
+    fitted: dict[str, float]
+    rounds: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule.to_dict(), "agreement": float(self.agreement),
+                "agreement_before": float(self.agreement_before), "n_cells": int(self.n_cells),
+                "fitted": {k: float(v) for k, v in self.fitted.items()}, "rounds": int(self.rounds)}
+
+
+def _is_missing(x: Any) -> bool:
+    if x is None or x is pd.NA:
+        return True
+    try:
+        return bool(isinstance(x, (float, np.floating)) and math.isnan(x))
+    except TypeError:  # pragma: no cover - exotic scalars
+        return False
+
+
+def _label_codes(cells: pd.DataFrame, labels: Any) -> np.ndarray:
+    """Labels (a column name, a Series aligned on ``cells.index`` or a sequence in row order)
+    -> int codes in row order; 0 = unlabelled (None/NaN)."""
+    if isinstance(labels, str):
+        if labels not in cells.columns:
+            raise ValueError(f"fit_rule: labels column {labels!r} not in cells "
+                             f"(has {list(cells.columns)})")
+        values = list(cells[labels])
+    elif isinstance(labels, pd.Series):
+        if labels.index.has_duplicates or cells.index.has_duplicates:
+            if len(labels) != len(cells):
+                raise ValueError(f"fit_rule: {len(labels)} labels for {len(cells)} cells")
+            values = list(labels)
+        else:
+            values = list(labels.reindex(cells.index))
+    else:
+        values = list(labels)
+        if len(values) != len(cells):
+            raise ValueError(f"fit_rule: {len(values)} labels for {len(cells)} cells")
+    codes = np.zeros(len(values), dtype=np.int8)
+    for i, v in enumerate(values):
+        if _is_missing(v):
+            continue
+        if v not in _CODE_OF_LABEL:
+            raise ValueError(f"fit_rule: unknown regime label {v!r}; expected one of {REGIMES} "
+                             f"or None")
+        codes[i] = _CODE_OF_LABEL[v]
+    return codes
+
+
+def _breakpoints(param: str, columns: list[_Column]) -> np.ndarray:
+    """Every value at which the agreement can change as ``param`` alone moves."""
+    if param in ("lmc_threshold", "jump_lmc_ceiling"):  # lmc < t
+        vals = [c.lmc for c in columns]
+    elif param == "cka_threshold":  # cka >= t
+        vals = [c.cka for c in columns]
+    elif param == "jump_threshold":  # largest drop > t
+        vals = [np.asarray([j[2]]) for c in columns if (j := _largest_drop(c.lmc)) is not None]
+    else:  # cka_delta: cka >= max(connected cka) - delta -> any within-column difference
+        vals = [(c.cka[:, None] - c.cka[None, :]).ravel() for c in columns]
+    if not vals:
+        return np.zeros(0)
+    v = np.unique(np.concatenate(vals))
+    v = v[np.isfinite(v)]
+    if v.size > 1:  # merge float-noise duplicates (e.g. 0.96 - 0.93 vs 0.99 - 0.96)
+        v = v[np.concatenate([[True], np.diff(v) > _MERGE])]
+    return v
+
+
+def _agreements(columns: list[_Column], truth: np.ndarray, rule: RegimeRule,
+                override: Mapping[str, np.ndarray] | None, k: int) -> np.ndarray:
+    hits = np.zeros(k, dtype=np.int64)
+    for c in columns:
+        want = truth[c.pos]
+        keep = want > 0
+        if not keep.any():
+            continue
+        codes = _column_codes(c.lmc, c.cka, rule, override)
+        hits += (codes[:, keep] == want[keep]).sum(axis=1)
+    return hits
+
+
+def fit_rule(cells: pd.DataFrame, labels: Any, *, rule: RegimeRule | Mapping[str, Any] | None = None,
+             params: Iterable[str] = ("lmc_threshold", "cka_delta"),
+             bounds: Mapping[str, tuple[float, float]] | None = None,
+             hotter_is_smaller: bool | Mapping[str, bool] | None = None,
+             rounds: int = 3) -> FitResult:
+    """Fit thresholds of a :class:`RegimeRule` to given regime labels.
+
+    Maximises the *agreement*: the fraction of labelled cells (``labels`` None/NaN are
+    ignored) whose :func:`classify` label equals the given one. ``labels`` is a column name of
+    ``cells``, a Series aligned on ``cells.index``, or a sequence in row order.
+
+    Search, as the authors' MD-tree diagnosis work does it: a bounded 1-D search per
+    threshold, coordinate-wise (each parameter in turn with the others fixed), for up to
+    ``rounds`` rounds or until nothing changes. Agreement is a step function of each
+    threshold, so a golden-section / ``minimize_scalar(bounded)`` search stalls on plateaus;
+    instead the 1-D search is **exact**: it collects the *breakpoints* (every value where a
+    comparison of the rule can flip: the LMC values for ``lmc_threshold`` and
+    ``jump_lmc_ceiling``, the CKA values for ``cka_threshold``, the column's largest LMC drops
+    for ``jump_threshold``, every within-column CKA difference for ``cka_delta``), and scores
+    the two bounds plus the midpoint of every interval between consecutive breakpoints inside
+    the bounds (plus the current value); every value a threshold can take agrees exactly as
+    one of these candidates does. Midpoints keep a fitted threshold away from the data
+    values, i.e. inside the gap between the classes.
+
+    Ties (equal agreement) go to the candidate **closest to the starting rule's value** (the
+    default :class:`RegimeRule` when ``rule`` is None), then the smaller one, so results are
+    deterministic and a parameter already on the best plateau is left untouched.
+
+    ``bounds`` overrides :data:`FIT_BOUNDS` per parameter. Unknown parameter names raise
+    ``ValueError`` with a did-you-mean. numpy only (no scipy).
+    """
+    start = _coerce_rule(rule)
+    _require(cells, _REQUIRED_CLASSIFY, "fit_rule")
+    if isinstance(params, str):
+        params = (params,)
+    params = tuple(params)
+    bounds = dict(bounds or {})
+    for name in list(params) + list(bounds):
+        if name not in FIT_BOUNDS:
+            close = difflib.get_close_matches(str(name), list(FIT_BOUNDS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"fit_rule: unknown parameter {name!r}{hint} "
+                             f"(fittable: {', '.join(FIT_BOUNDS)})")
+    if not params:
+        raise ValueError("fit_rule: params is empty")
+    if int(rounds) < 1:
+        raise ValueError(f"fit_rule: rounds must be >= 1, got {rounds!r}")
+    lims = {}
+    for name in params:
+        lo, hi = bounds.get(name, FIT_BOUNDS[name])
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ValueError(f"fit_rule: bounds for {name!r} must be finite with lo <= hi, "
+                             f"got {(lo, hi)!r}")
+        if name == "cka_delta" and lo < 0:
+            raise ValueError(f"fit_rule: cka_delta bounds must be >= 0, got {(lo, hi)!r}")
+        lims[name] = (lo, hi)
+    truth = _label_codes(cells, labels)
+    n = int((truth > 0).sum())
+    if n == 0:
+        raise ValueError("fit_rule: no labelled cells (all labels are None/NaN)")
+    columns = _density_columns(cells, hotter_is_smaller)
+    current = start
+    before = float(_agreements(columns, truth, start, None, 1)[0]) / n
+    done = 0
+    for _ in range(int(rounds)):
+        done += 1
+        changed = False
+        for name in params:
+            lo, hi = lims[name]
+            anchor = float(getattr(start, name))
+            now = float(getattr(current, name))
+            bp = _breakpoints(name, columns)
+            grid = np.unique(np.concatenate([[lo, hi], bp[(bp > lo) & (bp < hi)]]))
+            # midpoints rounded for clean values: that moves them by < 1e-10, far from any
+            # breakpoint (merged breakpoints are > 1e-9 apart); breakpoints themselves are not
+            # candidates (a threshold on a data value sits on the edge of its plateau)
+            mids = np.round((grid[:-1] + grid[1:]) / 2.0, 10)
+            cand = [[lo, hi], mids[(mids >= lo) & (mids <= hi)]]
+            if lo <= now <= hi:
+                cand.append([now])
+            cand = np.unique(np.concatenate(cand))
+            score = _agreements(columns, truth, current, {name: cand}, len(cand))
+            best = np.flatnonzero(score == score.max())
+            # tie-break: closest to the starting value, then the smaller value
+            order = np.lexsort((cand[best], np.abs(cand[best] - anchor)))
+            pick = float(cand[best[order[0]]])
+            now_score = _agreements(columns, truth, current, None, 1)[0]
+            outside = not lo <= now <= hi  # a start outside the bounds is always moved in
+            if outside or score.max() > now_score or (score.max() == now_score and pick != now
+                                                      and abs(pick - anchor) < abs(now - anchor)):
+                current = dataclasses.replace(current, **{name: pick})
+                changed = True
+        if not changed:
+            break
+    after = float(_agreements(columns, truth, current, None, 1)[0]) / n
+    return FitResult(rule=current, agreement=after, agreement_before=before, n_cells=n,
+                     fitted={name: float(getattr(current, name)) for name in params}, rounds=done)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-seed cells from results.csv, and the transition with its seed-to-seed uncertainty
+# ---------------------------------------------------------------------------------------------
+
+_CELL_METRICS = ("test_error", "lmc", "cka", "cka_logits", "loss_barrier")
+_CELL_OPTIONAL = ("bezier_mc", "hessian_trace", "hessian_top_eigenvalue")
+_RESULTS_REQUIRED = ("knob", "stage", "temperature", "density", "dense_seed", "metric", "value")
+
+
+def _is_long(table: pd.DataFrame) -> bool:
+    return isinstance(table, pd.DataFrame) and {"metric", "value"} <= set(table.columns)
+
+
+def _wide_from_results(results: pd.DataFrame, keys: list[str], what: str) -> pd.DataFrame:
+    _require(results, _RESULTS_REQUIRED, what)
+    res = results.copy()
+    res["value"] = pd.to_numeric(res["value"], errors="coerce")
+    for k in ("temperature", "density"):
+        res[k] = res[k].astype(float)
+    stage = res["stage"].astype(str)
+    bad = sorted(set(stage) - {"dense", "retrain", "pair"})
+    if bad:
+        raise ValueError(f"{what}: unknown stage value(s) {bad}; expected 'dense', 'retrain', 'pair'")
+    sub = res[stage != "dense"]
+    if len(sub):
+        wide = (sub.groupby(keys + ["metric"], sort=True, dropna=False)["value"].mean()
+                .unstack("metric").reset_index())
+        wide.columns.name = None
+    else:
+        wide = pd.DataFrame(columns=keys)
+    dense_keys = [k for k in keys if k != "density"]
+    dense = res[(stage == "dense") & (res["metric"] == "test_error")]
+    dense_err = dense.groupby(dense_keys, sort=True, dropna=False)["value"].mean()
+    dense_err = dense_err.rename("dense_test_error").reset_index()
+    wide = wide.merge(dense_err, on=dense_keys, how="left") if len(wide) else wide
+    for m in _CELL_METRICS + ("dense_test_error",):
+        if m not in wide.columns:
+            wide[m] = np.nan
+    metrics = [m for m in wide.columns if m not in keys]
+    first = list(_CELL_METRICS) + ["dense_test_error"] + [m for m in _CELL_OPTIONAL if m in metrics]
+    rest = sorted(m for m in metrics if m not in first)
+    wide = wide[keys + first + rest]
+    return wide.sort_values(keys, kind="mergesort").reset_index(drop=True)
+
+
+def cells_by_seed(results: pd.DataFrame) -> pd.DataFrame:
+    """Per-dense-seed cell table from ``results.csv`` (long format).
+
+    One row per ``(knob, temperature, density, dense_seed)`` with every metric found among the
+    ``retrain``/``pair`` rows as a column (mean over retrain seeds resp. pairs; NaN values are
+    skipped), ``dense_test_error`` (the seed's dense model at that temperature) and
+    ``normalized_test_error`` (test error minus the minimum over temperatures of the same
+    ``(knob, density, dense_seed)`` column). Extra columns of ``results`` are ignored.
+    """
+    keys = ["knob", "temperature", "density", "dense_seed"]
+    wide = _wide_from_results(results, keys, "cells_by_seed")
+    err = wide["test_error"].astype(float)
+    grp = [wide[k] for k in ("knob", "density", "dense_seed")]
+    wide["normalized_test_error"] = err - err.groupby(grp, dropna=False, sort=False).transform("min")
+    return wide
+
+
+def cells_from_results(results: pd.DataFrame) -> pd.DataFrame:
+    """The numeric columns of ``cells.csv`` rebuilt from ``results.csv``.
+
+    Same aggregation as the sweep: per ``(knob, temperature, density)`` the mean of every
+    ``retrain``/``pair`` row of a metric (over dense seeds and retrain seeds/pairs together),
+    ``dense_test_error`` the mean of the ``dense`` rows at that temperature, and
+    ``normalized_test_error``. Columns: ``knob, temperature, density, test_error, lmc, cka,
+    cka_logits, loss_barrier, dense_test_error``, the optional ``bezier_mc, hessian_trace,
+    hessian_top_eigenvalue`` when measured, then any other metric (e.g. ``measured_density``)
+    and ``normalized_test_error``. No ``regime``/``advice`` columns: apply :func:`classify`.
+    """
+    keys = ["knob", "temperature", "density"]
+    wide = _wide_from_results(results, keys, "cells_from_results")
+    wide["normalized_test_error"] = normalized_test_error(wide)
+    return wide
+
+
+def _sd(values: list[float]) -> float:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    return float(np.std(v, ddof=1)) if v.size >= 2 else float("nan")
+
+
+def _mean(values: list[float]) -> float:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    return float(v.mean()) if v.size else float("nan")
+
+
+def transition_with_uncertainty(results: pd.DataFrame, *, knob: str | None = None,
+                                hotter_is_smaller: bool | Mapping[str, bool] | None = None,
+                                k: float = 3.0, min_drop: float = 0.05) -> pd.DataFrame:
+    """The LMC transition and the best temperature per ``(knob, density)`` column, estimated
+    separately for every dense seed, with their seed-to-seed spread.
+
+    ``results`` is ``results.csv`` (long format; per-seed cells are built with
+    :func:`cells_by_seed`) or a cells-like table with a ``dense_seed`` column (without one it is
+    treated as a single seed).
+
+    Per dense seed, with the column ordered hot -> cold and LMC the mean over that seed's pairs:
+
+    * **transition** = the adjacent (hot, cold) pair of temperatures with the largest LMC drop
+      (as :func:`transition`), located at the *arithmetic* midpoint of the two temperatures
+      (also for knobs usually swept on a log grid, e.g. batch size: simple and documented);
+      NaN when LMC never decreases (largest drop <= 0) or fewer than two finite LMC values;
+    * **best temperature** = where that seed's normalized test error is zero (the column
+      minimum; first hot -> cold on ties).
+
+    Result columns: ``knob, density, lmc_transition`` (mean over seeds), ``lmc_transition_std``
+    (sample std, ddof=1; NaN with one seed), ``lmc_transition_se`` (std / sqrt(n), no
+    bootstrap), ``lmc_transition_seeds`` (tuple of per-seed values, seeds in ascending order),
+    ``hot_temperature, cold_temperature`` (the largest drop of the mean-over-seeds LMC),
+    ``best_temperature`` (argmin of the mean-over-seeds test error), ``best_temperature_std``
+    (std of the per-seed best temperatures), ``best_temperature_seeds``, ``n_seeds``,
+    ``lmc_drop`` (mean over seeds of the per-seed largest drop), ``lmc_drop_std``,
+    ``lmc_step_std`` and ``sharp``.
+
+    ``sharp`` (tr_jax's rule): pool, over seeds, every adjacent LMC difference of the column
+    *except* each seed's largest drop; ``lmc_step_std`` is their sample std (the background
+    seed/temperature noise of LMC). The transition is sharp when the mean drop exceeds
+    ``k`` (default 3) times ``lmc_step_std`` **and** at least ``min_drop`` (default 0.05 on the
+    train-error fraction, so that a perfectly flat background does not make a tiny drop
+    "sharp"); False when fewer than two background differences exist.
+    """
+    if not isinstance(results, pd.DataFrame):
+        raise TypeError(f"transition_with_uncertainty: expected a DataFrame, got "
+                        f"{type(results).__name__}")
+    if _is_long(results):
+        cells = cells_by_seed(results)
+    else:
+        _require(results, ("knob", "temperature", "density", "lmc"), "transition_with_uncertainty")
+        cells = results.copy()
+        if "dense_seed" not in cells.columns:
+            cells["dense_seed"] = 0
+    if "test_error" not in cells.columns:
+        cells["test_error"] = np.nan
+    if knob is not None:
+        have = sorted({str(x) for x in cells["knob"]})
+        if knob not in have:
+            raise ValueError(f"transition_with_uncertainty: knob {knob!r} not in the table "
+                             f"(has {have})")
+        cells = cells[cells["knob"] == knob]
+    if not (k >= 0 and math.isfinite(k)):
+        raise ValueError(f"transition_with_uncertainty: k must be a finite number >= 0, got {k!r}")
+    rows = []
+    for (kn, dens), col in cells.groupby(["knob", "density"], sort=True, dropna=False):
+        trans, drops, bests, background = [], [], [], []
+        seeds = list(col.groupby("dense_seed", sort=True, dropna=False))
+        for _, one in seeds:
+            one = (one.groupby("temperature", sort=True)[["lmc", "test_error"]].mean().reset_index())
+            one = _column_hot_to_cold(one, kn, hotter_is_smaller)
+            temps = one["temperature"].to_numpy(dtype=float)
+            lmc = one["lmc"].to_numpy(dtype=float)
+            err = one["test_error"].to_numpy(dtype=float)
+            jump = _largest_drop(lmc)
+            if jump is not None:
+                h, c, drop = jump
+                trans.append(0.5 * (temps[h] + temps[c]) if drop > 0 else np.nan)
+                drops.append(drop)
+                pos = np.flatnonzero(np.isfinite(lmc))
+                steps = lmc[pos[:-1]] - lmc[pos[1:]]
+                background.extend(np.delete(steps, int(np.argmax(steps))).tolist())
+            else:
+                trans.append(np.nan)
+                drops.append(np.nan)
+            bests.append(float(temps[int(np.nanargmin(err))]) if np.isfinite(err).any() else np.nan)
+        mean = (col.groupby("temperature", sort=True)[["lmc", "test_error"]].mean().reset_index())
+        mean = _column_hot_to_cold(mean, kn, hotter_is_smaller)
+        mtemps = mean["temperature"].to_numpy(dtype=float)
+        merr = mean["test_error"].to_numpy(dtype=float)
+        mjump = _largest_drop(mean["lmc"].to_numpy(dtype=float))
+        mjump = mjump if mjump is not None and mjump[2] > 0 else None
+        n_ok = int(np.isfinite(trans).sum())
+        lmc_drop = _mean(drops)
+        step_std = _sd(background)
+        sharp = bool(len(background) >= 2 and np.isfinite(lmc_drop) and lmc_drop >= min_drop
+                     and lmc_drop > k * step_std)
+        tr_std = _sd(trans)
+        rows.append(dict(
+            knob=kn, density=float(dens), lmc_transition=_mean(trans), lmc_transition_std=tr_std,
+            lmc_transition_se=tr_std / math.sqrt(n_ok) if n_ok >= 2 else float("nan"),
+            lmc_transition_seeds=tuple(float(x) for x in trans),
+            hot_temperature=float(mtemps[mjump[0]]) if mjump else np.nan,
+            cold_temperature=float(mtemps[mjump[1]]) if mjump else np.nan,
+            best_temperature=(float(mtemps[int(np.nanargmin(merr))]) if np.isfinite(merr).any()
+                              else np.nan),
+            best_temperature_std=_sd(bests), best_temperature_seeds=tuple(bests),
+            n_seeds=len(seeds), lmc_drop=lmc_drop, lmc_drop_std=_sd(drops),
+            lmc_step_std=step_std, sharp=sharp))
+    columns = ["knob", "density", "lmc_transition", "lmc_transition_std", "lmc_transition_se",
+               "lmc_transition_seeds", "hot_temperature", "cold_temperature", "best_temperature",
+               "best_temperature_std", "best_temperature_seeds", "n_seeds", "lmc_drop",
+               "lmc_drop_std", "lmc_step_std", "sharp"]
+    return pd.DataFrame(rows, columns=columns)
