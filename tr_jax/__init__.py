@@ -10,6 +10,6 @@ by compiled steps. Public API (see README):
     curve = tj.landscape.interpolation_errors(model, va, vb, images, labels, mean=..., std=...)
     tj.landscape.lmc(curve["train_error"]); tj.landscape.cka(x, y)
 """
-from tr_jax import data, landscape, models, pruning, regimes, training  # noqa: F401
+from tr_jax import casestudies, data, landscape, models, pruning, regimes, training  # noqa: F401
 
 __version__ = "0.1.0"

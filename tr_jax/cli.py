@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _dispatch(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, OSError, ImportError) as e:
         print(f"tr-jax: error: {e}", file=sys.stderr)
         return 2
     return 0

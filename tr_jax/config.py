@@ -115,9 +115,19 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                          f" Known: {DATASETS}")
     if merged.knob not in KNOBS:
         raise ValueError(f"temperature knob {merged.knob!r} is not supported (known: {KNOBS})")
-    build(merged.model.arch, depth=merged.model.depth, width=merged.model.width)
+    m = merged.model
+    try:
+        build(m.arch, depth=m.depth, width=m.width)
+    except ValueError as e:
+        raise ValueError(f"model.arch={m.arch!r}, model.depth={m.depth!r}, model.width={m.width!r}: "
+                         f"{e}. Set model.depth (or model.arch) to a valid combination.") from e
     for d in merged.prune.densities:
-        check_density(d)
+        try:
+            check_density(d)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"prune.densities={tuple(merged.prune.densities)!r}: {e}. Give the "
+                             "fraction of conv weights kept, e.g. 0.05 for 5% (1.0 = unpruned)."
+                             ) from e
     if not len(merged.prune.densities):
         raise ValueError("prune.densities is empty: give at least one density in (0, 1]")
     if merged.prune.scope not in SCOPES:
@@ -138,6 +148,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                              f"(got {sec.iterations})")
         if sec.batch_size < 1:
             raise ValueError(f"{name}.batch_size={sec.batch_size} must be >= 1")
+        if sec.schedule == "epoch" and sec.epochs < 1:
+            raise ValueError(f"{name}.epochs={sec.epochs} must be >= 1")
+    _check_batch_sizes(merged, temps)
     if merged.knob == "epochs" and merged.dense.schedule != "epoch":
         raise ValueError("knob 'epochs' prunes checkpoints of an epoch-scheduled run: set "
                          "dense.schedule='epoch'")
@@ -146,7 +159,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                          f"{merged.run.memory_budget_gb} must be >= 0 (0 = no cap)")
     if len(set(merged.retrain.seeds)) < 2:
         raise ValueError(f"retrain.seeds={tuple(merged.retrain.seeds)!r}: LMC and CKA need at "
-                         "least 2 distinct retrain seeds")
+                         "least 2 distinct retrain seeds, e.g. retrain.seeds=(1, 2)")
     if merged.retrain.mode not in RETRAIN_MODES:
         raise ValueError(f"retrain.mode {merged.retrain.mode!r} is not one of {RETRAIN_MODES}."
                          f"{_did_you_mean(merged.retrain.mode, RETRAIN_MODES)}")
@@ -180,6 +193,25 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     RegimeRule.from_dict(merged.regimes.to_dict())
     resolve(merged.run.members_strategy)
     return merged
+
+
+def _check_batch_sizes(cfg: ml_collections.ConfigDict, temps: tuple) -> None:
+    """Training batch sizes must fit in the training set (known per dataset without loading it)."""
+    from tr_jax.data.datasets import DATASET_SHAPES
+    n = DATASET_SHAPES[cfg.dataset][0]
+    sizes = [("retrain.batch_size", cfg.retrain.batch_size)]
+    if cfg.knob == "batch_size":
+        sizes += [("temperatures", t) for t in temps]
+    else:
+        sizes.append(("dense.batch_size", cfg.dense.batch_size))
+    if cfg.measure.bezier.enabled:
+        sizes.append(("measure.bezier.batch_size", cfg.measure.bezier.batch_size))
+    for key, bs in sizes:
+        if bs > n:
+            what = (f"temperature {bs!r} (a dense batch size)" if key == "temperatures"
+                    else f"{key}={bs!r}")
+            raise ValueError(f"{what} is larger than the {cfg.dataset} training set ({n} images): "
+                             f"use a batch size <= {n} in {key}")
 
 
 def _check_temperatures(cfg: ml_collections.ConfigDict, temps: tuple) -> None:

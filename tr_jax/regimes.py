@@ -673,6 +673,9 @@ def _wide_from_results(results: pd.DataFrame, keys: list[str], what: str) -> pd.
     _require(results, _RESULTS_REQUIRED, what)
     res = results.copy()
     res["value"] = pd.to_numeric(res["value"], errors="coerce")
+    if "sick" in res.columns:  # diverged members are left out of the means, as the sweep does
+        sick = res["sick"].astype(str).str.lower().isin(("true", "1", "1.0"))
+        res.loc[sick, "value"] = np.nan
     for k in ("temperature", "density"):
         res[k] = res[k].astype(float)
     stage = res["stage"].astype(str)
@@ -728,6 +731,7 @@ def cells_from_results(results: pd.DataFrame) -> pd.DataFrame:
     cka_logits, loss_barrier, dense_test_error``, the optional ``bezier_mc, hessian_trace,
     hessian_top_eigenvalue`` when measured, then any other metric (e.g. ``measured_density``)
     and ``normalized_test_error``. No ``regime``/``advice`` columns: apply :func:`classify`.
+    Rows flagged ``sick`` (diverged members) are left out of the means, as in the sweep.
     """
     keys = ["knob", "temperature", "density"]
     wide = _wide_from_results(results, keys, "cells_from_results")

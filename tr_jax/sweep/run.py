@@ -5,6 +5,14 @@ checkpoints of one full-schedule run per seed, SPEC §1.4); retrain members are 
 (dense seed, temperature, density, retrain seed), all stacked in one program (one shape group);
 pairs of retrain seeds of a cell feed LMC and CKA. Member keys are folded from the root key and the
 member's coordinates only, so a member's numbers do not depend on the other members of its program.
+
+Reliability: every stage, program and progress record is an atomically swapped checkpoint (see
+``sweep.store``; each commit is logged in log.txt as ``committed NAME ...``), so a run killed
+anywhere resumes at its last commit and ends with the uninterrupted run's tables; an unreadable
+checkpoint is moved aside with a warning and recomputed. A member that diverges (NaN/inf weights
+or test error) is *sick*: flagged in results.csv (``sick``) and cells.csv (``sick_members``), left
+out of the cell means (no LMC/CKA/regime for a cell without a healthy pair); the sweep goes on.
+Both tables carry the config hash, tr_jax and jax versions, device kind and members strategy.
 """
 from __future__ import annotations
 
@@ -36,6 +44,23 @@ def _set(a: np.ndarray, i: int, x) -> np.ndarray:
     return a
 
 
+def finite_members(tree, lead: int = 1) -> np.ndarray:
+    """True where every value of a member (the first ``lead`` axes index members) is finite."""
+    ok = None
+    for x in jax.tree.leaves(tree):
+        x = np.asarray(x)
+        f = np.isfinite(x.reshape(*x.shape[:lead], -1)).all(axis=-1)
+        ok = f if ok is None else ok & f
+    return ok
+
+
+def provenance(strategy: str) -> dict[str, str]:
+    """How a number was made: tr_jax and jax versions, the device kind and the members strategy
+    (a column of results.csv and cells.csv each, next to the config hash)."""
+    return {"tr_jax_version": __version__, "jax_version": jax.__version__,
+            "device_kind": jax.devices()[0].device_kind, "members_strategy": mem_strategy(strategy)}
+
+
 def _pick(tree, idx: np.ndarray):
     """Rows ``idx`` of every leaf, on the device."""
     return jax.tree.map(lambda x: jnp.asarray(x[idx]), tree)
@@ -59,8 +84,9 @@ class Pipeline:
                  echo: Callable[[str], None] = print):
         self.cfg, self.progress, self.echo = cfg, progress, echo
         self.hash = config_hash(cfg)
-        self.wd = Workdir(workdir, to_json(cfg))
+        # the data first: a missing dataset fails before the workdir is created
         self.ds = load_dataset(cfg.dataset, cfg.data_dir or None)
+        self.wd = Workdir(workdir, to_json(cfg))
         self.model = models.build(cfg.model.arch, depth=cfg.model.depth,
                                   num_classes=self.ds.num_classes, width=cfg.model.width)
         self.X, self.Y = jnp.asarray(self.ds.train_images), jnp.asarray(self.ds.train_labels)
@@ -82,6 +108,11 @@ class Pipeline:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         self.echo(line)
         self.wd.log(line)
+
+    def _restore(self, name: str, like=None):
+        """Checkpoint ``name``, or None when it is absent or unreadable (then it is moved aside
+        with a warning and the caller recomputes it)."""
+        return self.wd.restore(name, like, warn=self.say)
 
     def _trainer(self, section: ml_collections.ConfigDict, batch_size: int | None = None,
                  sam: bool = False) -> Trainer:
@@ -123,8 +154,9 @@ class Pipeline:
             record["snaps"] = jax.tree.map(lambda x: np.zeros((len(keep), *x.shape), x.dtype),
                                            variables(state))
         start, hist, snaps = 0, {}, {}
-        if self.wd.has(name):
-            record = self.wd.load(name, like=record)
+        loaded = self._restore(name, like=record)
+        if loaded is not None:
+            record = loaded
             state, start = jax.tree.map(jnp.asarray, record["state"]), int(record["epoch"])
             hist = {e: record["hist"][i] for i, e in enumerate(eval_epochs) if e <= start}
             snaps = {e: jax.tree.map(lambda x, i=i: x[i], record["snaps"])
@@ -147,7 +179,7 @@ class Pipeline:
                     if e in snaps:
                         record["snaps"] = jax.tree.map(lambda r, x, i=i: _set(r, i, x),
                                                        record["snaps"], snaps[e])
-                self.wd.save(name, record)
+                self.wd.save(name, record, note=f"after epoch {epoch}")
 
         with _progress(epochs, desc, self.progress) as bar:
             bar.update(start)
@@ -193,20 +225,23 @@ class Pipeline:
 
     def dense(self) -> dict:
         """Dense variables [S, T, ...] and test errors [S, T] at every (seed, temperature)."""
-        if self.wd.has("dense"):
+        out = self._restore("dense")
+        if out is not None:
             self.say("dense: done before, loaded")
-            return self.wd.load("dense")
+            self._cleanup("dense", [f"{p.name}{x}" for p in self.plan.stage_programs("dense")
+                                    for x in ("", "_progress")])
+            return out
         t0 = time.time()
         S, T = len(self.cfg.dense.seeds), len(self.temps)
         parts = []
         for prog in self.plan.stage_programs("dense"):
-            if self.wd.has(prog.name):
+            res = self._restore(prog.name)
+            if res is not None:
                 self.say(f"{prog.name}: done before, loaded")
-                res = self.wd.load(prog.name)
             else:
                 res = self._dense_program(prog)
-                self.wd.save(prog.name, res)
-                self.wd.remove(f"{prog.name}_progress")
+                self.wd.save(prog.name, res, note="(program done)")
+            self.wd.remove(f"{prog.name}_progress")
             parts.append((prog.members, res))
         order = np.concatenate([np.asarray(m) for m, _ in parts])
         inv = np.argsort(order)
@@ -220,10 +255,20 @@ class Pipeline:
         self.say(f"dense: done in {time.time() - t0:.1f}s; test accuracy at "
                  + ", ".join(f"{self.cfg.knob} {t}: {100 * (1 - out['test_error'][:, i].mean()):.2f}%"
                              for i, t in enumerate(self.temps)))
-        self.wd.save("dense", out)
+        sick = ~finite_members(out["variables"], lead=2)
+        if sick.any():
+            self.say(f"dense: {int(sick.sum())} checkpoint(s) diverged (non-finite weights): "
+                     "they and their retrained members are reported as sick, the sweep goes on")
+        self.wd.save("dense", out, note="(stage done)")
         for prog in self.plan.stage_programs("dense"):
             self.wd.remove(prog.name)
         return out
+
+    def _cleanup(self, stage: str, names) -> None:
+        """Remove what a run killed right after committing ``stage`` left behind."""
+        for name in names:
+            if self.wd.stage_dir(name).exists():
+                self.wd.remove(name)
 
     def _rewind_epoch(self) -> int | None:
         r = self.cfg.retrain
@@ -242,9 +287,12 @@ class Pipeline:
         return list(itertools.product(c.dense.seeds, self.temps, self.densities, c.retrain.seeds))
 
     def retrain(self, dense: dict) -> dict:
-        if self.wd.has("retrain"):
+        out = self._restore("retrain")
+        if out is not None:
             self.say("retrain: done before, loaded")
-            return self.wd.load("retrain")
+            self._cleanup("retrain", [f"{p.name}{x}" for p in self.plan.stage_programs("retrain")
+                                      for x in ("", "_progress")])
+            return out
         c = self.cfg
         S, T, D, R = len(c.dense.seeds), len(self.temps), len(self.densities), len(c.retrain.seeds)
         M = S * T * D * R
@@ -282,9 +330,11 @@ class Pipeline:
         t0 = time.time()
         parts = []
         for prog in progs:
-            if self.wd.has(prog.name):
+            res = self._restore(prog.name)
+            if res is not None:
                 self.say(f"{prog.name}: done before, loaded")
-                parts.append(self.wd.load(prog.name))
+                self.wd.remove(f"{prog.name}_progress")
+                parts.append(res)
                 continue
             idx = np.asarray(prog.members)
             pick = functools.partial(_pick, idx=idx)
@@ -295,21 +345,29 @@ class Pipeline:
             eval_epochs = range(max(1, prog.epochs - last + 1), prog.epochs + 1)
             final, hist, _ = self._fit(prog.name, self._trainer(rc), state, prog.epochs,
                                        eval_epochs, f"retrain {prog.name} (epochs)")
-            pruned_zero = jax.tree.map(lambda p, m: jnp.all(jnp.where(m == 0, p == 0, True)),
-                                       final.params, final.mask)
+            # pruned weights stay 0 (a diverged member's NaN/inf weights are its own business: it
+            # is reported as sick, the sweep goes on)
+            healthy = finite_members({"p": final.params, "b": final.batch_stats})
+            pruned_zero = jax.tree.map(
+                lambda p, m, ok=healthy: np.all(np.where(np.asarray(m) == 0, np.asarray(p) == 0,
+                                                         True).reshape(len(ok), -1)[ok]),
+                final.params, final.mask)
             if not all(bool(x) for x in jax.tree.leaves(pruned_zero)):
                 raise AssertionError("a pruned weight moved away from 0 during retraining")
+            if not healthy.all():
+                self.say(f"{prog.name}: {int((~healthy).sum())} member(s) diverged (non-finite "
+                         "weights): reported as sick, the sweep goes on")
             res = {"variables": jax.tree.map(np.asarray, {"params": final.params,
                                                           "batch_stats": final.batch_stats}),
                    "density": np.asarray(pruning.mask_density_stacked(final.mask)),
                    "mask": jax.tree.map(np.asarray, final.mask),
                    "test_error": np.stack([hist[e] for e in eval_epochs], axis=1)}  # [n, last]
-            self.wd.save(prog.name, res)
+            self.wd.save(prog.name, res, note="(program done)")
             self.wd.remove(f"{prog.name}_progress")
             parts.append(res)
         out = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)  # programs are in member order
         self.say(f"retrain: done in {time.time() - t0:.1f}s")
-        self.wd.save("retrain", out)
+        self.wd.save("retrain", out, note="(stage done)")
         for prog in progs:
             self.wd.remove(prog.name)
         return out
@@ -329,8 +387,9 @@ class Pipeline:
         killed stage resumes at its first unfinished chunk (nothing finished is recomputed)."""
         prog = f"{name}_progress"
         record = {**record, "done": np.int32(0)}
-        if self.wd.has(prog):
-            record = self.wd.load(prog, like=record)
+        loaded = self._restore(prog, like=record)
+        if loaded is not None:
+            record = loaded
             self.say(f"{name}: resuming after {int(record['done'])}/{n_items} items")
         with _progress(n_items, desc, self.progress) as bar:
             bar.update(int(record["done"]))
@@ -340,7 +399,7 @@ class Pipeline:
                     record[k] = _set(record[k], slice(lo, hi), v)
                 record["done"] = np.int32(hi)
                 if hi < n_items:
-                    self.wd.save(prog, record)
+                    self.wd.save(prog, record, note=f"after {hi}/{n_items} items")
                 bar.update(hi - lo)
         record.pop("done")
         return record
@@ -362,9 +421,11 @@ class Pipeline:
         return self._chunked_stage(name, P, per_cell, empty, compute, desc)
 
     def measure(self, retrained: dict) -> dict:
-        if self.wd.has("measure"):
+        out = self._restore("measure")
+        if out is not None:
             self.say("measure: done before, loaded")
-            return self.wd.load("measure")
+            self._cleanup("measure", ("outputs_progress", "lmc_progress"))
+            return out
         c = self.cfg
         pairs = np.asarray(self.pairs(), np.int64).reshape(-1, 2)
         ts = np.linspace(0.0, 1.0, c.measure.lmc_points)
@@ -402,7 +463,7 @@ class Pipeline:
         out["loss_barrier"] = landscape.loss_barrier(out["curve_train_loss"])
         out["ts"] = ts
         self.say(f"measure: done in {time.time() - t0:.1f}s")
-        self.wd.save("measure", out)
+        self.wd.save("measure", out, note="(stage done)")
         for name in ("outputs_progress", "lmc_progress"):
             self.wd.remove(name)
         return out
@@ -421,9 +482,11 @@ class Pipeline:
         bc = self.cfg.measure.bezier
         if not bc.enabled:
             return None
-        if self.wd.has("bezier"):
+        out = self._restore("bezier")
+        if out is not None:
             self.say("bezier: done before, loaded")
-            return self.wd.load("bezier")
+            self._cleanup("bezier", ("bezier_progress",))
+            return out
         pairs = np.asarray(self.pairs(), np.int64).reshape(-1, 2)
         coords = self._pair_coords()
         ts = np.linspace(0.0, 1.0, bc.points)
@@ -455,7 +518,7 @@ class Pipeline:
         out["mc"] = np.asarray(landscape.mode_connectivity(out["curve_train_error"]))
         out["ts"] = ts
         self.say(f"bezier: done in {time.time() - t0:.1f}s")
-        self.wd.save("bezier", out)
+        self.wd.save("bezier", out, note="(stage done)")
         self.wd.remove("bezier_progress")
         return out
 
@@ -464,9 +527,11 @@ class Pipeline:
         hc = self.cfg.measure.hessian
         if not hc.enabled:
             return None
-        if self.wd.has("hessian"):
+        res = self._restore("hessian")
+        if res is not None:
             self.say("hessian: done before, loaded")
-            return self.wd.load("hessian")
+            self._cleanup("hessian", ("hessian_progress",))
+            return res
         M = len(self.members())
         n = min(hc.images, self.ds.num_train)
         self.say(f"hessian: trace (<= {hc.max_probes} probes, tol {hc.tol}) and top eigenvalue "
@@ -496,25 +561,46 @@ class Pipeline:
         res = {"trace": out["hessian"][:, 0], "trace_stderr": out["hessian"][:, 1],
                "trace_probes": out["hessian"][:, 2], "top_eigenvalue": out["hessian"][:, 3]}
         self.say(f"hessian: done in {time.time() - t0:.1f}s")
-        self.wd.save("hessian", res)
+        self.wd.save("hessian", res, note="(stage done)")
         self.wd.remove("hessian_progress")
         return res
 
     # -- stage 5: tables, regimes, figures --------------------------------------------------------
+    def sick(self, dense: dict, retrained: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Diverged members: (dense [S, T], retrain [M], pair [P]) booleans. A dense checkpoint is
+        sick when a weight or BN statistic is NaN/inf; a retrained member when its own are, when
+        a test error of it is not finite, or when its dense checkpoint is sick; a pair when either
+        member is."""
+        S, T = len(self.cfg.dense.seeds), len(self.temps)
+        dense_sick = ~(finite_members(dense["variables"], lead=2)
+                       & np.isfinite(np.asarray(dense["test_error"])).reshape(S, T))
+        M = len(self.members())
+        te = np.asarray(retrained["test_error"]).reshape(M, -1)
+        sick = ~(finite_members(retrained["variables"]) & np.isfinite(te).all(axis=1))
+        sick |= np.repeat(dense_sick.reshape(-1), M // (S * T))  # members are (s, t, d, r)-major
+        pairs = np.asarray(self.pairs(), np.int64).reshape(-1, 2)
+        return dense_sick, sick, sick[pairs[:, 0]] | sick[pairs[:, 1]]
+
     def tables(self, dense: dict, retrained: dict, measured: dict, bezier: dict | None = None,
                hessian: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """results.csv (tidy, one row per member or pair and metric, with a ``sick`` flag) and
+        cells.csv (per cell: means over the healthy members and pairs, ``sick_members``; a cell
+        whose pairs are all sick has no LMC/CKA and no regime). Both carry the config hash and
+        the :func:`provenance` columns."""
         c = self.cfg
-        base = {"config_hash": self.hash, "tr_jax_version": __version__, "knob": c.knob}
+        base = {"config_hash": self.hash, **provenance(self.strategy), "knob": c.knob}
+        dense_sick, sick, pair_sick = self.sick(dense, retrained)
         rows = []
         for si, s in enumerate(c.dense.seeds):
             for ti, t in enumerate(self.temps):
                 rows.append({**base, "stage": "dense", "temperature": t, "dense_seed": s,
                              "density": 1.0, "retrain_seed": np.nan, "pair": "",
-                             "metric": "test_error", "value": float(dense["test_error"][si, ti])})
+                             "metric": "test_error", "value": float(dense["test_error"][si, ti]),
+                             "sick": bool(dense_sick[si, ti])})
         mem = self.members()
         for i, (s, t, d, r) in enumerate(mem):
             coords = {**base, "stage": "retrain", "temperature": t, "dense_seed": s, "density": d,
-                      "retrain_seed": r, "pair": ""}
+                      "retrain_seed": r, "pair": "", "sick": bool(sick[i])}
             rows.append({**coords, "metric": "test_error",
                          "value": float(np.mean(retrained["test_error"][i]))})
             rows.append({**coords, "metric": "measured_density",
@@ -527,7 +613,7 @@ class Pipeline:
             s, t, d, ra = mem[a]
             rb = mem[b][3]
             coords = {**base, "stage": "pair", "temperature": t, "dense_seed": s, "density": d,
-                      "retrain_seed": np.nan, "pair": f"{ra}-{rb}"}
+                      "retrain_seed": np.nan, "pair": f"{ra}-{rb}", "sick": bool(pair_sick[p])}
             for metric, key in (("lmc", "lmc"), ("cka", "cka_softmax"), ("cka_logits", "cka_logits")):
                 rows.append({**coords, "metric": metric, "value": float(measured[key][p])})
             rows.append({**coords, "metric": "loss_barrier",
@@ -536,10 +622,17 @@ class Pipeline:
                 rows.append({**coords, "metric": "bezier_mc", "value": float(bezier["mc"][p])})
         results = pd.DataFrame(rows)
         keys = ["knob", "temperature", "density"]
-        wide = (results[results.stage != "dense"]
-                .pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
-                .reset_index())
-        dense_err = (results[results.stage == "dense"].groupby("temperature")["value"].mean())
+        members = results[results.stage != "dense"]
+        every_cell = members[keys].drop_duplicates().sort_values(keys).set_index(keys).index
+        healthy = members[~members.sick]
+        metrics = list(dict.fromkeys(members.metric))
+        wide = (healthy.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
+                .reindex(index=every_cell, columns=metrics))  # NaN where every member is sick
+        n_sick = (members[(members.stage == "retrain") & (members.metric == "test_error")]
+                  .groupby(keys)["sick"].sum().reindex(every_cell).fillna(0).astype(int))
+        wide = wide.reset_index()
+        dense_rows = results[(results.stage == "dense") & ~results.sick]
+        dense_err = dense_rows.groupby("temperature")["value"].mean()
         cells = pd.DataFrame({
             "knob": wide["knob"], "temperature": wide["temperature"], "density": wide["density"],
             "test_error": wide["test_error"], "lmc": wide["lmc"], "cka": wide["cka"],
@@ -552,7 +645,15 @@ class Pipeline:
         cells["normalized_test_error"] = regimes.normalized_test_error(cells)
         cells["regime"] = regimes.classify(cells, c.regimes.to_dict())
         cells["advice"] = cells["regime"].map(regimes.advice)
-        cells["config_hash"] = self.hash
+        cells["sick_members"] = n_sick.to_numpy()
+        for k, v in base.items():
+            if k != "knob":
+                cells[k] = v
+        if sick.any() or dense_sick.any():
+            self.say(f"sick (diverged) members: {int(dense_sick.sum())} dense checkpoint(s), "
+                     f"{int(sick.sum())} retrained member(s); flagged in results.csv (sick) and "
+                     f"cells.csv (sick_members), left out of the cell means; "
+                     f"{int(cells.regime.isna().sum())} cell(s) without a healthy pair have no regime")
         return cells, results
 
     def curve_figures(self, measured: dict, bezier: dict | None) -> list:
@@ -588,8 +689,13 @@ class Pipeline:
         cells, results = self.tables(dense, retrained, measured, bezier, hessian)
         atomic_write_csv(self.wd.path / "results.csv", results)
         atomic_write_csv(self.wd.path / "cells.csv", cells)
-        figures = plots.figure2(cells, self.wd.path / "figures",
+        # plots.save_figure writes every png to a temporary file and renames it: atomic too
+        transition = regimes.transition_with_uncertainty(results)
+        figures = plots.figure2(cells, self.wd.path / "figures", transition=transition,
                                 panels=[m for m in plots.ALL_PANELS if m in cells.columns])
+        figures.append(plots.three_regimes(
+            cells, self.wd.path / "figures" / f"{self.cfg.knob}_three_regimes.png",
+            rule=self.cfg.regimes.to_dict(), transition_table=transition))
         figures += self.curve_figures(measured, bezier)
         summary = regimes.summary_table(cells)
         atomic_write_text(self.wd.path / "summary.txt", summary + "\n")

@@ -1,20 +1,60 @@
-"""A run directory: its config, one orbax checkpoint per finished stage, and atomic table writes.
+"""A run directory: its config, one orbax checkpoint per finished stage, and atomic writes.
 
-A stage is done when its checkpoint is committed (orbax writes to a temporary folder and renames it
-on commit), so a killed run resumes at the first unfinished stage. A workdir belongs to one config:
-another config is refused with the keys that differ.
+Every write is atomic, so a run killed at any moment (SIGKILL, power loss, a full disk) leaves the
+workdir in a state it resumes from:
+
+* a checkpoint is written by orbax into ``stages/.{name}.new`` (orbax itself writes a temporary
+  folder and renames it on commit), then swapped in: the previous version is renamed to
+  ``stages/.{name}.old``, the new one to ``stages/{name}``, the old one deleted. A run killed
+  anywhere in between is repaired on the next access: a committed ``.new`` is put in place, else
+  the old version stays (or is put back), so a checkpoint is never lost while it is replaced and
+  a fully written one is never recomputed;
+* tables and text files are written to a temporary file in the same folder, then renamed over
+  the destination (:func:`atomic_write_text`); figures likewise (``plots.save_figure``).
+
+A stage is done when its checkpoint is committed. A checkpoint that is committed but unreadable
+(truncated, corrupted, written by an incompatible orbax) is not trusted: :meth:`Workdir.restore`
+logs a warning, moves it aside to ``stages/{name}.corrupt`` and reports it absent, so the stage is
+recomputed (:meth:`Workdir.load` raises :class:`CorruptCheckpointError` naming the folder instead).
+
+A workdir belongs to one config and one tr_jax major.minor version (``tr_jax_version.json``):
+another config is refused with the keys that differ, another version with both versions named.
+Running out of disk space raises :class:`DiskFullError` naming the workdir; the state before the
+failed write stays intact and resumable.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
 import shutil
+import signal
 import tempfile
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 import orbax.checkpoint as ocp
+
+VERSION_FILE = "tr_jax_version.json"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "enospc")
+
+
+class DiskFullError(ValueError, OSError):
+    """A write into the workdir failed for lack of disk space (errno ENOSPC / EDQUOT)."""
+
+    errno = errno.ENOSPC
+
+
+class CorruptCheckpointError(ValueError):
+    """A committed checkpoint could not be read back (``path``: its folder, ``detail``: why)."""
+
+    def __init__(self, path: pathlib.Path, detail: str):
+        self.path, self.detail = path, detail
+        super().__init__(f"checkpoint {str(path)!r} is unreadable ({detail}). Delete that folder "
+                         "and rerun: the stage is recomputed.")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -26,13 +66,85 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(str(version).split(".")[:2])
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it was raised from) says the disk is full: an OSError with
+    errno ENOSPC/EDQUOT, or — tensorstore and orbax's background threads re-raise other types — a
+    message that says so."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            return True
+        if any(t in str(e).lower() for t in _DISK_FULL_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _disk_full(workdir: pathlib.Path, what: str, e: BaseException) -> DiskFullError:
+    return DiskFullError(
+        f"no space left on the disk of workdir {str(workdir)!r} while writing {what} ({e}). Free "
+        "some space (or copy the workdir to a larger disk) and rerun the same command: the state "
+        "before this write is intact and the run resumes from its last committed checkpoint.")
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{str(path)!r} is unreadable ({e}): this is not a tr_jax workdir, or it "
+                         "was damaged. Use another --workdir (or delete this one to start "
+                         "over).") from e
+
+
+_FAULTS: dict[str, int] = {}
+
+
+def fault_point(point: str) -> None:
+    """Fault injection for the kill-anywhere test: with ``TR_JAX_KILL_AT=point:n`` in the
+    environment, the process SIGKILLs itself the n-th time it reaches ``point``. Points:
+    ``save:written`` (a checkpoint is written but not yet swapped in), ``save:swapping`` (the old
+    version moved aside, the new one not yet in place), ``text:written`` (a table written to its
+    temporary file, not yet renamed). A no-op without the variable."""
+    spec = os.environ.get("TR_JAX_KILL_AT")
+    if not spec:
+        return
+    where, _, n = spec.rpartition(":")
+    if where != point:
+        return
+    _FAULTS[point] = _FAULTS.get(point, 0) + 1
+    if str(_FAULTS[point]) == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Workdir:
-    def __init__(self, path: str | os.PathLike, config_json: str):
+    def __init__(self, path: str | os.PathLike, config_json: str, version: str | None = None):
+        if version is None:
+            from tr_jax import __version__ as version
         self.path = pathlib.Path(path).absolute()
-        self.path.mkdir(parents=True, exist_ok=True)
-        cfg_file = self.path / "config.json"
+        self.version = str(version)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if _is_disk_full(e):
+                raise _disk_full(self.path, "the workdir", e) from e
+            raise
+        cfg_file, ver_file = self.path / "config.json", self.path / VERSION_FILE
         if cfg_file.exists():
-            old = json.loads(cfg_file.read_text())
+            if ver_file.exists():
+                old_version = _read_json(ver_file).get("tr_jax_version", "?")
+                if _major_minor(old_version) != _major_minor(self.version):
+                    raise ValueError(
+                        f"workdir {str(self.path)!r} was written by tr_jax {old_version}, this is "
+                        f"tr_jax {self.version}: its checkpoints and tables may not be compatible. "
+                        f"Use another --workdir for tr_jax {self.version} (or delete this one to "
+                        f"start over), or finish it with tr_jax "
+                        f"{'.'.join(_major_minor(old_version))}.x.")
+            old = _read_json(cfg_file)
             new = json.loads(config_json)
             if old != new:
                 fo, fn = _flat(old), _flat(new)
@@ -42,48 +154,167 @@ class Workdir:
                     f"workdir {str(self.path)!r} holds a run of a different config ({shown}"
                     f"{', ...' if len(diff) > 6 else ''}). Use another --workdir, or delete this "
                     "one to start over.")
-        else:
+        if not ver_file.exists():  # a new workdir (or one from before versions were recorded)
+            atomic_write_text(ver_file, json.dumps({"tr_jax_version": self.version}) + "\n")
+        if not cfg_file.exists():
             atomic_write_text(cfg_file, config_json)
         self._ckpt = ocp.StandardCheckpointer()
+        self._tidy()
+
+    def _tidy(self) -> None:
+        """Repair or remove what a killed run left half written: checkpoint swaps (finished, see
+        :meth:`_recover`), orbax's temporary folders, temporary table and figure files."""
+        stages = self.path / "stages"
+        if stages.is_dir():
+            for p in stages.iterdir():
+                if ".orbax-checkpoint-tmp" in p.name:
+                    shutil.rmtree(p, ignore_errors=True)
+            for p in stages.iterdir():
+                if p.name.startswith(".") and p.name.endswith((".new", ".old")) and p.exists():
+                    self._recover(p.name[1:-4])
+        temps = [p for name in ("config.json", VERSION_FILE, "results.csv", "cells.csv", "summary.txt")
+                 for p in self.path.glob(f".{name}.*")]
+        if (self.path / "figures").is_dir():
+            temps += list((self.path / "figures").glob(".*.png.*.tmp"))
+        for p in temps:
+            if p.is_file():
+                p.unlink(missing_ok=True)
 
     def stage_dir(self, name: str) -> pathlib.Path:
         return self.path / "stages" / name
 
-    def has(self, name: str) -> bool:
+    def _tmp_dirs(self, name: str) -> tuple[pathlib.Path, pathlib.Path]:
         d = self.stage_dir(name)
+        return d.with_name(f".{name}.new"), d.with_name(f".{name}.old")
+
+    @staticmethod
+    def _committed(d: pathlib.Path) -> bool:
         return d.is_dir() and (d / "_CHECKPOINT_METADATA").exists()
 
-    def save(self, name: str, tree: Any) -> None:
-        """Commit ``tree`` (any pytree of arrays) as checkpoint ``name`` (atomic: orbax renames a
-        finished temporary folder)."""
+    def _recover(self, name: str) -> None:
+        """Finish a swap a killed run left half done (see the module docstring): a committed
+        ``.{name}.new`` is the newest state and is put in place; else, when ``{name}`` itself is
+        missing, a committed ``.{name}.old`` is put back. Leftovers are deleted."""
+        d = self.stage_dir(name)
+        new, old = self._tmp_dirs(name)
+        if self._committed(new):
+            if d.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.rename(d, old)
+            os.rename(new, d)
+        elif not self._committed(d) and self._committed(old):
+            shutil.rmtree(d, ignore_errors=True)
+            os.rename(old, d)
+        for leftover in (new, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def has(self, name: str) -> bool:
+        self._recover(name)
+        return self._committed(self.stage_dir(name))
+
+    def save(self, name: str, tree: Any, note: str = "") -> None:
+        """Commit ``tree`` (any pytree of arrays) as checkpoint ``name``, atomically (see the
+        module docstring), and log ``committed {name} {note}`` in log.txt."""
         import jax
-        self._ckpt.save(self.stage_dir(name), jax.tree.map(np.asarray, tree), force=True)
-        self._ckpt.wait_until_finished()
+        d = self.stage_dir(name)
+        new, old = self._tmp_dirs(name)
+        self._recover(name)
+        try:
+            d.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(new, ignore_errors=True)
+            self._ckpt.save(new, jax.tree.map(np.asarray, tree), force=True)
+            self._ckpt.wait_until_finished()
+        except Exception as e:
+            shutil.rmtree(new, ignore_errors=True)
+            for p in d.parent.glob(f".{name}.new*"):  # orbax's own temporary folder
+                shutil.rmtree(p, ignore_errors=True)
+            if _is_disk_full(e):
+                raise _disk_full(self.path, f"checkpoint {str(d)!r}", e) from e
+            raise
+        fault_point("save:written")
+        if d.exists():
+            os.rename(d, old)
+        fault_point("save:swapping")
+        os.rename(new, d)
+        shutil.rmtree(old, ignore_errors=True)
+        self.log(f"[{time.strftime('%H:%M:%S')}] committed {name}{' ' + note if note else ''}")
 
     def load(self, name: str, like: Any = None) -> Any:
         """Checkpoint ``name`` as numpy arrays; with ``like`` (a pytree of the same structure) the
-        containers (NamedTuples, optimiser states) are rebuilt too."""
+        containers (NamedTuples, optimiser states) are rebuilt too, and shapes and dtypes checked.
+        An unreadable checkpoint raises :class:`CorruptCheckpointError` naming its folder."""
         import jax
         d = self.stage_dir(name)
-        if like is None:
-            return jax.tree.map(np.asarray, self._ckpt.restore(d))
-        return jax.tree.map(np.asarray, self._ckpt.restore(d, jax.tree.map(np.asarray, like)))
+        self._recover(name)
+        try:
+            if like is None:
+                return jax.tree.map(np.asarray, self._ckpt.restore(d))
+            like = jax.tree.map(np.asarray, like)
+            out = jax.tree.map(np.asarray, self._ckpt.restore(d, like))
+            for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(like)):
+                if a.shape != b.shape or a.dtype != b.dtype:
+                    raise ValueError(f"an array of shape {a.shape} {a.dtype} where "
+                                     f"{b.shape} {b.dtype} was expected")
+            return out
+        except Exception as e:
+            raise CorruptCheckpointError(d, f"{type(e).__name__}: {str(e)[:300]}") from e
+
+    def restore(self, name: str, like: Any = None,
+                warn: Callable[[str], None] | None = None) -> Any | None:
+        """``load(name, like)``, or None when the checkpoint is absent or uncommitted — or
+        unreadable: then ``warn`` is told, the folder is moved aside to ``{name}.corrupt`` and the
+        caller recomputes the stage."""
+        if not self.has(name):
+            return None
+        try:
+            return self.load(name, like)
+        except CorruptCheckpointError as e:
+            aside = self.stage_dir(f"{name}.corrupt")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(self.stage_dir(name), aside)
+            (warn or self.log)(
+                f"WARNING: checkpoint {str(e.path)!r} is unreadable ({e.detail}); treating {name} as "
+                f"not done and recomputing it. The unreadable checkpoint was moved to "
+                f"{str(aside)!r} (delete it at will).")
+            return None
 
     def remove(self, name: str) -> None:
         shutil.rmtree(self.stage_dir(name), ignore_errors=True)
 
     def log(self, line: str) -> None:
-        with open(self.path / "log.txt", "a") as f:
-            f.write(line.rstrip() + "\n")
+        try:
+            with open(self.path / "log.txt", "a") as f:
+                f.write(line.rstrip() + "\n")
+        except OSError as e:
+            if _is_disk_full(e):
+                raise _disk_full(self.path, "log.txt", e) from e
+            raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write then rename: a reader never sees a half-written file."""
+    """Write then rename: a reader never sees a half-written file, and a failed write (a full disk:
+    :class:`DiskFullError` naming the file) leaves the previous file intact."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        fault_point("text:written")
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, Exception) and _is_disk_full(e):
+            raise _disk_full(path.parent, f"{str(path)!r}", e) from e
+        raise
 
 
 def atomic_write_csv(path: str | os.PathLike, df) -> None:
