@@ -71,7 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.regimes = ml_collections.ConfigDict(RegimeRule().to_dict())
     c.run = ml_collections.ConfigDict(dict(
         members_strategy="auto", chunk_steps=0, eval_batch_size=500, checkpoint_every=5,
-        max_members=0, memory_budget_gb=0.0))
+        max_members=0, memory_budget_gb=0.0, precision="float32"))
+    # precision: compute precision of training, "float32" or "bfloat16" (convs and classifier in
+    # bf16; params, BN statistics and the loss float32; see tr_jax.training.steps).
     # max_members: members per compiled program (0 = a whole shape group); memory_budget_gb > 0
     # caps it further by the measured footprint of one member (see `tr-jax run --dry-run`).
     # checkpoint_every: epochs between progress checkpoints inside the dense and retrain stages
@@ -192,6 +194,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"measure.lmc_points={merged.measure.lmc_points} must be >= 2")
     RegimeRule.from_dict(merged.regimes.to_dict())
     resolve(merged.run.members_strategy)
+    from tr_jax.training.steps import PRECISIONS
+    if merged.run.precision not in PRECISIONS:
+        raise ValueError(f"run.precision {merged.run.precision!r} is not one of {PRECISIONS}")
     return merged
 
 

@@ -206,7 +206,7 @@ def train_curves(model: nn.Module, params_a, params_b, mask, batch_stats, images
                                 jnp.asarray(step0, jnp.int32), ep, lr_e, wd)
                 total = total + bs * jnp.sum(loss, axis=-1)
             totals.append(total / n_seen)
-        history.append(jnp.stack(totals) if strategy == "loop" else totals[0])
+        history.append(jnp.stack(totals) if mem.per_member(strategy) else totals[0])
     final = mem.join_groups([g[0] for g in groups], strategy)
     return final.mid, np.asarray(jnp.stack(history, axis=-1))
 

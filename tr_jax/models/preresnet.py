@@ -9,6 +9,10 @@
 Init: convs N(0, sqrt(2 / (k*k*out))) (He fan-out, untruncated normal); BN 1/0; Linear weight and
 bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default). Module names follow the reference's
 state_dict (``conv1``, ``layer1_0/bn1`` ..., ``bn``, ``fc``) so that checkpoints map one-to-one.
+
+``dtype`` is the compute dtype of the convolutions and the classifier (mixed precision: bfloat16
+casts their inputs and kernels); parameters stay float32 and every conv/classifier output is
+cast back to float32, so BatchNorm statistics, the residual sums and the loss are float32.
 """
 from __future__ import annotations
 
@@ -33,24 +37,31 @@ def torch_linear_init(fan_in: int):
     return init
 
 
-def conv3x3(features: int, stride: int, name: str) -> nn.Conv:
+def conv3x3(features: int, stride: int, name: str, dtype: Any = jnp.float32) -> nn.Conv:
     return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                   use_bias=False, kernel_init=conv_init, name=name)
+                   use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
+
+
+def f32(x: jnp.ndarray) -> jnp.ndarray:
+    """``x`` as float32 (a no-op at float32 compute)."""
+    return x.astype(jnp.float32)
 
 
 class BasicBlock(nn.Module):
     planes: int
     stride: int = 1
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mode: str) -> jnp.ndarray:
         out = nn.relu(BatchNorm(name="bn1")(x, mode))
-        out = conv3x3(self.planes, self.stride, "conv1")(out)
+        out = f32(conv3x3(self.planes, self.stride, "conv1", self.dtype)(out))
         out = nn.relu(BatchNorm(name="bn2")(out, mode))
-        out = conv3x3(self.planes, 1, "conv2")(out)
+        out = f32(conv3x3(self.planes, 1, "conv2", self.dtype)(out))
         if self.stride != 1 or x.shape[-1] != self.planes:
-            x = nn.Conv(self.planes, (1, 1), strides=(self.stride, self.stride), padding="VALID",
-                        use_bias=False, kernel_init=conv_init, name="downsample")(x)
+            x = f32(nn.Conv(self.planes, (1, 1), strides=(self.stride, self.stride),
+                            padding="VALID", use_bias=False, kernel_init=conv_init,
+                            dtype=self.dtype, name="downsample")(x))
         return out + x
 
 
@@ -60,20 +71,22 @@ class PreResNet(nn.Module):
     depth: int = 20
     num_classes: int = 10
     width: float = 1.0
+    dtype: Any = jnp.float32  # compute dtype of convs and classifier; params stay float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mode: str = "eval") -> jnp.ndarray:
         n = check_depth(self.depth)
         widths = [int(16 * self.width), int(32 * self.width), int(64 * self.width)]
-        x = conv3x3(widths[0], 1, "conv1")(x)
+        x = f32(conv3x3(widths[0], 1, "conv1", self.dtype)(x))
         for stage, planes in enumerate(widths):
             for b in range(n):
                 stride = 2 if (stage > 0 and b == 0) else 1
-                x = BasicBlock(planes, stride, name=f"layer{stage + 1}_{b}")(x, mode)
+                x = BasicBlock(planes, stride, self.dtype, name=f"layer{stage + 1}_{b}")(x, mode)
         x = nn.relu(BatchNorm(name="bn")(x, mode))
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=torch_linear_init(widths[2]),
-                        bias_init=torch_linear_init(widths[2]), name="fc")(x)
+        return f32(nn.Dense(self.num_classes, kernel_init=torch_linear_init(widths[2]),
+                            bias_init=torch_linear_init(widths[2]), dtype=self.dtype,
+                            name="fc")(x))
 
 
 def check_depth(depth: int) -> int:

@@ -126,7 +126,8 @@ class Pipeline:
         step = StepConfig(mean=tuple(self.ds.mean), std=tuple(self.ds.std), batch_size=bs,
                           pad=c.augment.pad, flip=c.augment.flip, momentum=section.momentum,
                           unroll=unroll, optimizer=section.get("optimizer", "sgd"),
-                          sam=sam or section.get("sam_rho", 0.0) > 0)
+                          sam=sam or section.get("sam_rho", 0.0) > 0,
+                          precision=c.run.get("precision", "float32"))
         iteration = section.schedule == "iteration"
         return Trainer(self.model, step, self.strategy, chunk_steps=chunk,
                        drop_last=bool(section.drop_last), eval_batch_size=c.run.eval_batch_size,

@@ -4,7 +4,9 @@ SPEC §1.3, §1.4, §1.6).
 ``Trainer`` compiles, once per (strategy, chunk shape), the per-member ``train_steps`` lifted to a
 group of members, and runs an epoch as a few jitted chunks of unrolled steps (plus one call for the
 last partial batch when ``drop_last`` is False). No Python runs per step, and the dataset stays on
-the device: every call gets the same device arrays.
+the device: every call gets the same device arrays. The state is donated to each call (its
+buffers are reused in place). Under the ``threads`` strategy the per-member calls are dispatched
+from several host threads (``tr_jax.training.members.run_groups``).
 
 Learning-rate schedules are traced ``[n_steps]`` multipliers of each member's base lr, computed on
 the host per chunk, so no schedule ever recompiles:
@@ -87,6 +89,16 @@ def _compiled_eval(model: nn.Module, cfg: StepConfig, strategy: str) -> Callable
     return mem.over_members(fn, strategy, (0, 0, 0, None, None, None))
 
 
+def _run(work: Callable, groups: list, strategy: str, fns: list[Callable]) -> list:
+    """``work`` over the groups (host threads under ``threads``). A compiled function that was
+    never called is first called from this thread alone (the first group), so that concurrent
+    first calls do not compile it twice."""
+    if groups and mem.num_threads(strategy) > 1 and any(
+            getattr(f, "_cache_size", lambda: 1)() == 0 for f in fns):
+        return [work(groups[0])] + mem.run_groups(work, groups[1:], strategy)
+    return mem.run_groups(work, groups, strategy)
+
+
 class Trainer:
     """Advances a stack of members (a ``TrainState`` with a leading [M] axis) together.
 
@@ -111,11 +123,17 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
 
     # -- compiled functions, cached per static shape --------------------------------------
+    @property
+    def _program(self) -> str:
+        """The strategy the compiled programs are built for: ``loop`` and ``threads`` share one
+        single-member program (bit-identical results, one compile)."""
+        return "loop" if mem.per_member(self.strategy) else self.strategy
+
     def _train_fn(self, n_steps: int, batch_size: int) -> Callable:
-        return _compiled_train(self.model, self.cfg, self.strategy, n_steps, batch_size)
+        return _compiled_train(self.model, self.cfg, self._program, n_steps, batch_size)
 
     def _eval_fn(self) -> Callable:
-        return _compiled_eval(self.model, self.cfg, self.strategy)
+        return _compiled_eval(self.model, self.cfg, self._program)
 
     # -- the step plan ------------------------------------------------------------------------
     def steps_per_epoch(self, num_train: int) -> int:
@@ -155,30 +173,34 @@ class Trainer:
         ep = jnp.asarray(epoch, jnp.int32)
         calls = [(self._train_fn(n, bs), jnp.asarray(step0, jnp.int32), jnp.asarray(scales))
                  for (step0, n, bs), scales in zip(plan, self.lr_plan(images.shape[0], epoch))]
-        new, losses = [], []
-        for g in groups:
+        n_steps = sum(n for _, n, _ in plan)
+
+        def work(g):
             total = 0.0
             for fn, step0, scales in calls:
                 g, loss = fn(g, images, labels, step0, ep, scales)
                 total = total + jnp.sum(loss, axis=-1)
-            new.append(g)
-            losses.append(total / sum(n for _, n, _ in plan))
-        return new, losses
+            return g, total / n_steps
+
+        out = _run(work, groups, self.strategy, [fn for fn, _, _ in calls])
+        return [g for g, _ in out], [loss for _, loss in out]
 
     def evaluate(self, groups: list[TrainState], images: jnp.ndarray,
                  labels: jnp.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Eval-mode (error, mean loss) of every member, each shaped [M] (groups joined)."""
         n = images.shape[0]
         fn = self._eval_fn()
-        errs, losses = [], []
-        for g in groups:
+        batches = list(padded_batches(images, labels, self.eval_batch_size))
+
+        def work(g):
             wrong, loss = 0, 0.0
-            for x, y, valid in padded_batches(images, labels, self.eval_batch_size):
+            for x, y, valid in batches:
                 w, lsum = fn(g.params, g.batch_stats, g.mask, x, y, valid)
                 wrong, loss = wrong + w, loss + lsum
-            errs.append(np.atleast_1d(np.asarray(wrong) / n))
-            losses.append(np.atleast_1d(np.asarray(loss) / n))
-        return np.concatenate(errs), np.concatenate(losses)
+            return np.atleast_1d(np.asarray(wrong) / n), np.atleast_1d(np.asarray(loss) / n)
+
+        out = _run(work, groups, self.strategy, [fn])
+        return np.concatenate([e for e, _ in out]), np.concatenate([lo for _, lo in out])
 
     def fit(self, state: TrainState, images: jnp.ndarray, labels: jnp.ndarray, epochs: int,
             test: tuple[jnp.ndarray, jnp.ndarray] | None = None, eval_epochs: Iterable[int] = (),

@@ -1,17 +1,29 @@
 """How members advance together: the ``members_strategy`` switch (DESIGN.md).
 
 * ``loop``           a Python loop over members, each a jitted call on an unstacked member;
+* ``threads[:k]``    ``loop``'s per-member calls dispatched from k host threads (default: one per
+                     CPU core), so independent members' programs overlap on the cores;
 * ``vmap``           one jitted call, ``jax.vmap`` over the members axis (per-member conv weights
                      become a grouped convolution);
 * ``map``            one jitted call, ``lax.map`` over members (sequential inside one program);
 * ``map_chunked:k``  ``lax.map`` with ``batch_size=k`` (vmap over k members at a time).
 
-``auto`` picks the default for the backend from ``experiments/bench_members.py``: ``loop`` on CPU
-(vmap of PreResNet measured 0.24-0.85x a loop on 2 cores), ``vmap`` on GPU/TPU.
-Results agree across strategies within float tolerance; bit-for-bit only for a fixed strategy.
+``auto`` picks the default for the backend from ``experiments/bench_members.py``: ``threads`` on
+CPU, ``vmap`` on GPU/TPU. Measured on the 2-core CPU (loaded by other jobs; member-images/s
+against M sequential single-member runs, medians, PreResNet-20): at 8x8x1 ``threads`` 1.18-1.25x,
+``vmap`` 1.07-1.20x, ``loop`` 1.0x (M = 4, 16); at 32x32x3 ``threads`` ~1.0x and ``vmap`` 0.24x
+(grouped convolutions), ``lax.map`` of conv steps far slower (rolled loops). ``loop`` and
+``threads`` run the very same compiled single-member program, so they agree bit for bit; the
+stacked strategies agree with them within float tolerance.
+
+On CPU every program tr_jax compiles here gets ``compiler_options()``: XLA's YNNPACK fusions off
+(their weight-gradient convolutions ran 1.5-2.2x slower than XLA's Eigen ones and single-threaded;
+a PreResNet-20 train step 1.1x faster on one core, up to 1.6x on two).
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -19,22 +31,73 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-STRATEGIES = ("loop", "vmap", "map", "map_chunked:k", "auto")
+STRATEGIES = ("loop", "threads", "threads:k", "vmap", "map", "map_chunked:k", "auto")
+PER_MEMBER = ("loop", "threads")  # strategies whose groups are single unstacked members
+
+# XLA CPU: YNNPACK fusions off (see the module docstring; measured in bench_vs_torch.py).
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def default_strategy(backend: str | None = None) -> str:
+    """The measured default members strategy of ``backend`` (default: JAX's default backend)."""
+    backend = backend or jax.default_backend()
+    return "threads" if backend == "cpu" else "vmap"
 
 
 def resolve(strategy: str, backend: str | None = None) -> str:
     """Validate ``strategy``; turn ``auto`` into the backend's measured default."""
     if strategy == "auto":
-        backend = backend or jax.default_backend()
-        return "loop" if backend == "cpu" else "vmap"
-    if strategy in ("loop", "vmap", "map"):
+        return default_strategy(backend)
+    if strategy in ("loop", "threads", "vmap", "map"):
         return strategy
-    if strategy.startswith("map_chunked:"):
-        k = strategy.split(":", 1)[1]
-        if k.isdigit() and int(k) > 0:
-            return strategy
+    for prefix in ("map_chunked:", "threads:"):
+        if strategy.startswith(prefix):
+            k = strategy.split(":", 1)[1]
+            if k.isdigit() and int(k) > 0:
+                return strategy
     raise ValueError(f"members_strategy {strategy!r} is not one of {STRATEGIES} "
-                     "(map_chunked:k with a positive integer k)")
+                     "(map_chunked:k / threads:k with a positive integer k)")
+
+
+def per_member(strategy: str) -> bool:
+    """Whether ``strategy`` advances unstacked single members (``loop``, ``threads[:k]``)."""
+    return resolve(strategy).split(":", 1)[0] in PER_MEMBER
+
+
+def num_threads(strategy: str) -> int:
+    """Host threads that dispatch members: k of ``threads:k``, one per CPU core for ``threads``,
+    1 for every other strategy."""
+    s = resolve(strategy)
+    if s.startswith("threads:"):
+        return int(s.split(":", 1)[1])
+    return max(1, os.cpu_count() or 1) if s == "threads" else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _options_supported(backend: str) -> bool:
+    """Whether this jaxlib accepts ``_CPU_OPTIONS`` (checked once on a trivial program)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(
+            jnp.zeros((2,), jnp.float32)).compile()
+        return True
+    except Exception:  # unknown option in another jaxlib: keep XLA's defaults
+        return False
+
+
+def compiler_options(backend: str | None = None) -> dict | None:
+    """XLA compiler options for tr_jax's compiled steps on ``backend`` (None: XLA's defaults).
+
+    CPU: YNNPACK fusions off, unless ``XLA_FLAGS`` already chooses them or this jaxlib does not
+    know the option. Elsewhere: None."""
+    backend = backend or jax.default_backend()
+    if backend != "cpu" or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    return dict(_CPU_OPTIONS) if _options_supported(backend) else None
+
+
+def jit(fn: Callable, **kwargs) -> Callable:
+    """``jax.jit`` with this backend's ``compiler_options()``."""
+    return jax.jit(fn, compiler_options=compiler_options(), **kwargs)
 
 
 def over_members(fn: Callable, strategy: str, in_axes: Sequence[int | None],
@@ -42,13 +105,13 @@ def over_members(fn: Callable, strategy: str, in_axes: Sequence[int | None],
     """Jitted ``fn`` lifted to a *group* of members under ``strategy``.
 
     ``in_axes[i]`` is 0 for per-member arguments (leading members axis) and None for shared ones
-    (the dataset). Under ``loop`` a group is one member without a members axis.
+    (the dataset). Under ``loop`` and ``threads`` a group is one member without a members axis.
     """
     strategy = resolve(strategy)
-    if strategy == "loop":
-        return jax.jit(fn, donate_argnums=donate_argnums)
+    if per_member(strategy):
+        return jit(fn, donate_argnums=donate_argnums)
     if strategy == "vmap":
-        return jax.jit(jax.vmap(fn, in_axes=tuple(in_axes)), donate_argnums=donate_argnums)
+        return jit(jax.vmap(fn, in_axes=tuple(in_axes)), donate_argnums=donate_argnums)
     batch = None if strategy == "map" else int(strategy.split(":", 1)[1])
 
     def mapped(*args):
@@ -60,7 +123,18 @@ def over_members(fn: Callable, strategy: str, in_axes: Sequence[int | None],
 
         return lax.map(body, per_member, batch_size=batch)
 
-    return jax.jit(mapped, donate_argnums=donate_argnums)
+    return jit(mapped, donate_argnums=donate_argnums)
+
+
+def run_groups(work: Callable[[Any], Any], groups: Sequence[Any], strategy: str) -> list[Any]:
+    """``[work(g) for g in groups]``, from ``num_threads(strategy)`` host threads under
+    ``threads`` (results in order). ``work`` must not share mutable state across groups."""
+    n = min(num_threads(strategy), len(groups))
+    if n <= 1:
+        return [work(g) for g in groups]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(n, thread_name_prefix="tr_jax_members") as pool:
+        return list(pool.map(work, groups))
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -97,16 +171,16 @@ def shard_members(stacked: Any, devices: Sequence[Any] | None = None) -> Any:
 
 
 def split_groups(stacked: Any, strategy: str) -> list[Any]:
-    """The groups a strategy advances: one per member for ``loop``, else the whole stack, its
-    members axis sharded over every device (``shard_members``)."""
-    if resolve(strategy) == "loop":
+    """The groups a strategy advances: one per member for ``loop`` and ``threads``, else the
+    whole stack, its members axis sharded over every device (``shard_members``)."""
+    if per_member(strategy):
         return unstack(stacked)
     return [shard_members(stacked)]
 
 
 def join_groups(groups: Sequence[Any], strategy: str, num: int | None = None) -> Any:
     """Inverse of ``split_groups``; ``num`` trims a padded members axis back to ``num``."""
-    out = stack(groups) if resolve(strategy) == "loop" else groups[0]
+    out = stack(groups) if per_member(strategy) else groups[0]
     if num is not None and num_members(out) != num:
         out = jax.tree.map(lambda x: x[:num], out)
     return out

@@ -9,6 +9,11 @@ Data order and augmentation are a pure function of (member key, epoch, step): ep
 ``fold_in(k_e, s + 1)``. So results do not depend on how an epoch is cut into jitted chunks, nor on
 which other members run beside this one.
 
+Mixed precision (``StepConfig.precision="bfloat16"``): the training forward and backward passes run
+the model's convolutions and classifier in bfloat16 (inputs and kernels cast; the model's
+``dtype``), while parameters, optimiser state, BatchNorm statistics and the loss stay float32.
+Evaluation always runs in float32.
+
 The optimiser (SGD or Adam, ``tr_jax.training.optim``) and whether a step is a SAM step are static
 ``StepConfig`` fields; the learning rate (per step: the schedule is a traced ``[n_steps]`` array of
 multipliers), weight decay and SAM's rho are traced per-member values, so one compiled program
@@ -32,6 +37,9 @@ from jax import lax
 from tr_jax import models
 from tr_jax.data.augment import augment, normalize
 from tr_jax.training import optim
+
+
+PRECISIONS = ("float32", "bfloat16")
 
 
 class TrainState(NamedTuple):
@@ -59,6 +67,24 @@ class StepConfig:
     unroll: bool = True  # fully unroll the steps of a chunk (XLA CPU: rolled conv loops are slow)
     optimizer: str = "sgd"  # 'sgd' | 'adam' (must match the ``init_state`` that made the state)
     sam: bool = False       # SAM steps (two passes) with the optimiser above as the base step
+    precision: str = "float32"  # compute precision of training ('float32' | 'bfloat16')
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+
+
+def compute_model(model: nn.Module, precision: str) -> nn.Module:
+    """``model`` computing its convolutions and classifier in ``precision`` (parameters stay
+    float32): the model itself for 'float32', a clone with ``dtype=bfloat16`` for 'bfloat16'."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if precision == "float32":
+        return model
+    if "dtype" not in getattr(model, "__dataclass_fields__", {}):
+        raise ValueError(f"precision={precision!r} needs a model with a compute dtype; "
+                         f"{type(model).__name__} has none (use precision='float32')")
+    return model.clone(dtype=jnp.bfloat16)
 
 
 def init_state(variables: dict, mask: Any, key: jax.Array, lr: float, weight_decay: float,
@@ -100,6 +126,7 @@ def train_step(model: nn.Module, cfg: StepConfig, state: TrainState, x: jnp.ndar
     """One masked optimiser step (a SAM step when ``cfg.sam``) on a normalised batch
     x [B, H, W, C], labels y [B], at learning rate ``lr`` []. Returns the new state and the
     (first-pass) training loss."""
+    model = compute_model(model, cfg.precision)
 
     def train_loss(params):
         variables = {"params": masked(params, state.mask), "batch_stats": state.batch_stats}
