@@ -152,12 +152,12 @@ def _advise(args: argparse.Namespace) -> None:
     print(adv.text())
     print(accuracy_sentence(score))
     if args.json:
-        from tr_jax.report import _atomic_write_text
+        from tr_jax.sweep.store import atomic_write_text
         out = {"workdir": str(sweep.workdir), "advice": adv.to_dict(), "text": adv.text(),
                "accuracy": score.to_dict(), "rule": sweep.rule.to_dict(),
                "rule_source": sweep.rule_source}
         import pathlib
-        _atomic_write_text(pathlib.Path(args.json), json.dumps(_json_safe(out), indent=1) + "\n")
+        atomic_write_text(pathlib.Path(args.json), json.dumps(_json_safe(out), indent=1) + "\n")
 
 
 if __name__ == "__main__":

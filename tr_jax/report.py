@@ -42,6 +42,7 @@ import pandas as pd
 
 from . import casestudies, plots, regimes
 from .regimes import REGIMES, RegimeRule
+from .sweep.store import atomic_write_text
 
 __all__ = ["Sweep", "load_workdir", "match_density", "match_temperature", "write_report",
            "load_labels"]
@@ -676,23 +677,6 @@ def _fit_section(sw: Sweep, labels: Any) -> list[_Block]:
             _Block("table", table=pd.DataFrame(rows, columns=["", "value"]))]
 
 
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Write to a temporary file in the same directory, then rename (readers never see half a
-    report); the file gets the usual umask permissions, not mkstemp's 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~plots._umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _panels(cells: pd.DataFrame) -> list[str]:
     out = []
     for m in plots.ALL_PANELS:
@@ -790,6 +774,6 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
     html_path = out / "report.html"
     md_path = out / "report.md"
-    _atomic_write_text(html_path, _render_html(blocks, title))
-    _atomic_write_text(md_path, _render_md(blocks, figdir, out))
+    atomic_write_text(html_path, _render_html(blocks, title))
+    atomic_write_text(md_path, _render_md(blocks, figdir, out))
     return {"html": html_path, "markdown": md_path, "figures_dir": figdir, "figures": figures}
