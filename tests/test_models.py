@@ -72,3 +72,49 @@ def test_bn_modes(fidelity):
                                d["after_train/layer1.0.bn1.running_var"], rtol=1e-5)
     with pytest.raises(ValueError, match="'bogus'"):
         tj.models.apply(m, v, x, mode="bogus")
+
+
+def _plain_bn(x, scale, bias, eps=1e-5):
+    """Textbook batch-statistics BatchNorm with jnp reductions (the reference for the dot form)."""
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    return (x - mean) / jnp.sqrt(var + eps) * scale + bias
+
+
+def _bn(x, scale, bias, mode="train"):
+    v = {"params": {"scale": scale, "bias": bias},
+         "batch_stats": {"mean": jnp.zeros_like(scale), "var": jnp.ones_like(scale)}}
+    out, _ = tj.models.BatchNorm().apply(v, x, mode, mutable=["batch_stats", "bn_stats"])
+    return out
+
+
+def test_batchnorm_dot_sums_match_plain_reductions_in_value_gradient_and_hvp():
+    """The dot-product channel sums give textbook BatchNorm's outputs, gradients and
+    Hessian-vector products (forward-over-reverse through the custom_jvp broadcast), also
+    under vmap over members; and neither the forward nor the backward pass keeps a
+    ``reduce_sum`` over the activations (XLA CPU runs those as a slow reduce-window)."""
+    ks = jax.random.split(jax.random.key(3), 4)
+    x = 2.0 * jax.random.normal(ks[0], (6, 5, 5, 7)) + 1.0
+    scale, bias = jax.random.normal(ks[1], (7,)), jax.random.normal(ks[2], (7,))
+    ct = jax.random.normal(ks[3], x.shape)
+
+    def loss(f):
+        return lambda x, s, b: jnp.vdot(jnp.tanh(f(x, s, b)), ct)
+
+    np.testing.assert_allclose(_bn(x, scale, bias), _plain_bn(x, scale, bias), rtol=1e-5, atol=1e-5)
+    g_new = jax.grad(loss(_bn), (0, 1, 2))(x, scale, bias)
+    g_ref = jax.grad(loss(_plain_bn), (0, 1, 2))(x, scale, bias)
+    for a, b in zip(g_new, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    tangent = (ct, bias, scale)
+    h_new = jax.jvp(jax.grad(loss(_bn), (0, 1, 2)), (x, scale, bias), tangent)[1]
+    h_ref = jax.jvp(jax.grad(loss(_plain_bn), (0, 1, 2)), (x, scale, bias), tangent)[1]
+    for a, b in zip(h_new, h_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    xs = jnp.stack([x, 0.5 * x - 1.0])
+    np.testing.assert_allclose(jax.vmap(lambda x: _bn(x, scale, bias))(xs)[1],
+                               _plain_bn(xs[1], scale, bias), rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss(_bn), (0, 1, 2)))(x, scale, bias))
+    assert "reduce_sum" not in jaxpr and "dot_general" in jaxpr
+    eval_grad = jax.grad(loss(lambda x, s, b: _bn(x, s, b, "eval")), (0, 1, 2))
+    assert "reduce_sum" not in str(jax.make_jaxpr(eval_grad)(x, scale, bias))

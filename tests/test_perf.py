@@ -52,33 +52,33 @@ def _members(M, mean=0.5, n=128, seed=0):
 def test_one_compile_per_member_group(strategy, mean):
     """Several epochs of several equal chunks compile the train function once (lr schedules and
     epochs are traced values); a second group of the same shapes compiles nothing."""
-    model, cfg, state, X, Y = _members(3, mean)
+    model, cfg, state, X, Y = _members(2, mean)
     with CompileCounter("train_steps") as c:
         tr = Trainer(model, cfg, strategy, chunk_steps=2, milestones=(1,))  # 4 steps = 2 chunks
-        final, _ = tr.fit(state, X, Y, 3)
+        final, _ = tr.fit(state, X, Y, 2)
         assert c.count == 1
-        other = _members(3, mean, seed=7)[2]  # same shapes (vmap: same M)
-        Trainer(model, cfg, strategy, chunk_steps=2, milestones=(2,)).fit(other, X, Y, 2)
+        other = _members(2, mean, seed=7)[2]  # same shapes (vmap: same M)
+        Trainer(model, cfg, strategy, chunk_steps=2, milestones=(0,)).fit(other, X, Y, 2)
         assert c.count == 1
-    assert jax.tree.leaves(final.params)[0].shape[0] == 3
+    assert jax.tree.leaves(final.params)[0].shape[0] == 2
 
 
 def test_threads_equals_loop_and_separate_runs():
     """``threads`` runs loop's single-member program from host threads: bit-identical to
     ``loop``, and equal to each member trained alone."""
-    model, cfg, state, X, Y = _members(3, 0.43, n=100)  # a partial last batch: 2 programs
-    res = {s: Trainer(model, cfg, s, chunk_steps=2).fit(jax.tree.map(jnp.copy, state), X, Y, 2)[0]
-           for s in ("loop", "threads:3")}
-    for a, b in zip(jax.tree.leaves(res["loop"]), jax.tree.leaves(res["threads:3"])):
+    model, cfg, state, X, Y = _members(2, 0.43)
+    res = {s: Trainer(model, cfg, s, chunk_steps=2).fit(jax.tree.map(jnp.copy, state), X, Y, 1)[0]
+           for s in ("loop", "threads:2")}
+    for a, b in zip(jax.tree.leaves(res["loop"]), jax.tree.leaves(res["threads:2"])):
         np.testing.assert_array_equal(a, b)
     for i, one in enumerate(unstack(state)):
-        alone = Trainer(model, cfg, "loop", chunk_steps=2).fit(stack([one]), X, Y, 2)[0]
-        for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(res["threads:3"].params)):
+        alone = Trainer(model, cfg, "loop", chunk_steps=2).fit(stack([one]), X, Y, 1)[0]
+        for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(res["threads:2"].params)):
             np.testing.assert_allclose(a[0], b[i], rtol=1e-5, atol=1e-6)
-    err, _ = Trainer(model, cfg, "threads").evaluate(unstack(res["threads:3"]), X, Y)
+    err, _ = Trainer(model, cfg, "threads").evaluate(unstack(res["threads:2"]), X, Y)
     err_loop, _ = Trainer(model, cfg, "loop").evaluate(unstack(res["loop"]), X, Y)
     np.testing.assert_array_equal(err, err_loop)
-    assert err.shape == (3,)
+    assert err.shape == (2,)
 
 
 def test_strategy_names():
@@ -103,7 +103,7 @@ def test_cpu_compiler_options_turn_ynnpack_off():
 def test_bfloat16_training_stays_close_to_float32():
     """bf16 compute: convs really run in bf16, params / optimiser state / BN stats stay float32,
     and one epoch ends near the float32 run."""
-    model, cfg, state, X, Y = _members(1, 0.44)
+    model, cfg, state, X, Y = _members(1, 0.43)  # float32 program shared with the test above
     cfg16 = StepConfig(**{**cfg.__dict__, "precision": "bfloat16"})
     x = jnp.zeros((4, 8, 8, 1), jnp.float32)
     v = {"params": unstack(state.params)[0], "batch_stats": unstack(state.batch_stats)[0]}
@@ -112,13 +112,13 @@ def test_bfloat16_training_stays_close_to_float32():
     assert "conv_general_dilated" in jaxpr and "bf16[4,8,8,8]" in jaxpr  # bf16 conv outputs
     out = {}
     for name, c in (("f32", cfg), ("bf16", cfg16)):
-        tr = Trainer(model, c, "loop", chunk_steps=4, milestones=())
+        tr = Trainer(model, c, "loop", chunk_steps=2, milestones=())
         final, _ = tr.fit(jax.tree.map(jnp.copy, state), X, Y, 1)
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(
             (final.params, final.batch_stats, final.opt_state)) if jnp.issubdtype(
                 leaf.dtype, jnp.floating))
         variables = {"params": unstack(final.params)[0], "batch_stats": unstack(final.batch_stats)[0]}
-        out[name] = (final, tj.models.apply(model, variables, tj.data.normalize(X, (0.44,), (0.25,))))
+        out[name] = (final, tj.models.apply(model, variables, tj.data.normalize(X, (0.43,), (0.25,))))
     p32, p16 = (jax.tree.leaves(out[k][0].params) for k in ("f32", "bf16"))
     moved = max(float(jnp.abs(a - b).max()) for a, b in zip(p32, jax.tree.leaves(state.params)))
     diff = max(float(jnp.abs(a - b).max()) for a, b in zip(p32, p16))
@@ -136,3 +136,38 @@ def test_precision_errors_name_the_value():
     cfg.run.precision = "fp16"
     with pytest.raises(ValueError, match="'fp16'"):
         config.validate(cfg)
+
+
+
+def test_backend_batch_defaults_and_their_errors():
+    """0 = the backend's measured default; a positive value is kept; a negative one is refused
+    with the value named (directly and through the config)."""
+    assert mem.eval_batch_size(0, "cpu") == 128 and mem.eval_batch_size(0, "gpu") == 500
+    assert mem.eval_batch_size(37, "cpu") == 37
+    assert mem.bn_chunk_batches(0, "cpu") == 1 and mem.bn_chunk_batches(0, "tpu") == 16
+    assert mem.bn_chunk_batches(5, "gpu") == 5
+    with pytest.raises(ValueError, match="-3"):
+        mem.eval_batch_size(-3)
+    with pytest.raises(ValueError, match="-2"):
+        mem.bn_chunk_batches(-2)
+    cfg = config.default_config()
+    cfg.run.eval_batch_size = -4
+    with pytest.raises(ValueError, match="run.eval_batch_size=-4"):
+        config.validate(cfg)
+
+
+def test_recalibration_and_evaluation_do_not_depend_on_how_batches_are_grouped():
+    """BN statistics are the same whatever ``chunk_batches`` (batches per compiled call, a
+    partial last batch included), and error counts the same whatever the evaluation batch."""
+    model, cfg, state, X, Y = _members(1, 0.41, n=150)
+    v = {"params": unstack(state.params)[0], "batch_stats": unstack(state.batch_stats)[0]}
+    stats = [tj.landscape.recalibrate(model, v, X, (0.41,), (0.25,), batch_size=32,
+                                      chunk_batches=c)["batch_stats"] for c in (1, 3, 0)]
+    for other in stats[1:]:
+        for a, b in zip(jax.tree.leaves(stats[0]), jax.tree.leaves(other)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    v = {"params": v["params"], "batch_stats": stats[0]}
+    runs = [tj.landscape.evaluate(model, v, X, Y, (0.41,), (0.25,), batch_size=b)
+            for b in (7, 64, 0)]
+    assert len({float(r["error"]) for r in runs}) == 1
+    np.testing.assert_allclose([float(r["loss"]) for r in runs], float(runs[0]["loss"]), rtol=1e-5)

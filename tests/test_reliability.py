@@ -197,7 +197,7 @@ def test_a_workdir_of_another_tr_jax_version_is_refused(tmp_path, capsys):
     Workdir(wd, to_json(load_config(TINY)), version="0.0.3")
     assert cli.main(["run", TINY, "--workdir", str(wd), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "written by tr_jax 0.0.3" in err and "this is tr_jax 0.1" in err
+    assert "written by tr_jax 0.0.3" in err and "this is tr_jax 0.2" in err
 
 
 @pytest.mark.parametrize("overrides, parts", [

@@ -12,4 +12,4 @@ by compiled steps. Public API (see README):
 """
 from tr_jax import casestudies, data, landscape, models, pruning, regimes, training  # noqa: F401
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

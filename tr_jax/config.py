@@ -70,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
     # 0 = auto (1 on CPU, 32 on accelerators: see experiments/bench_landscape.py).
     c.regimes = ml_collections.ConfigDict(RegimeRule().to_dict())
     c.run = ml_collections.ConfigDict(dict(
-        members_strategy="auto", chunk_steps=0, eval_batch_size=500, checkpoint_every=5,
+        members_strategy="auto", chunk_steps=0, eval_batch_size=0, checkpoint_every=5,
         max_members=0, memory_budget_gb=0.0, precision="float32"))
     # precision: compute precision of training, "float32" or "bfloat16" (convs and classifier in
     # bf16; params, BN statistics and the loss float32; see tr_jax.training.steps).
@@ -78,6 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
     # caps it further by the measured footprint of one member (see `tr-jax run --dry-run`).
     # checkpoint_every: epochs between progress checkpoints inside the dense and retrain stages
     # (a killed run resumes from the last one; 0 = only at the end of a stage).
+    # eval_batch_size: test images per evaluation call; 0 = auto (128 on CPU, where 500 images of
+    # activations leave the caches, 500 elsewhere); error counts do not depend on it.
     # chunk_steps: train steps per jitted call; 0 = auto (4 Python-unrolled steps on CPU, where a
     # rolled loop of conv steps is slow; a whole epoch as one lax.scan on GPU/TPU).
     return c
@@ -179,6 +181,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError(f"dense.sam_rho={merged.dense.sam_rho} must be >= 0 (0 = no SAM)")
     if not merged.dense.seeds:
         raise ValueError("dense.seeds is empty")
+    if merged.run.eval_batch_size < 0:
+        raise ValueError(f"run.eval_batch_size={merged.run.eval_batch_size} must be >= 0 (0 = auto)")
     if merged.run.chunk_steps < 0:
         raise ValueError(f"run.chunk_steps={merged.run.chunk_steps} must be >= 0 (0 = auto)")
     if merged.run.checkpoint_every < 0:

@@ -227,7 +227,7 @@ def curve_points(params_a, mid, params_b, ts):
 def curve_errors(model: nn.Module, params_a, mid, params_b, images: jnp.ndarray,
                  labels: jnp.ndarray, *, mean: Sequence[float], std: Sequence[float],
                  ts: Sequence[float] = CURVE_TS, bn_batch_size: int = 64,
-                 test: tuple[jnp.ndarray, jnp.ndarray] | None = None, eval_batch_size: int = 500,
+                 test: tuple[jnp.ndarray, jnp.ndarray] | None = None, eval_batch_size: int = 0,
                  points_per_call: int | None = None) -> dict[str, np.ndarray]:
     """Errors (fractions) and mean cross-entropy along P curves, BN recalibrated at every point.
 

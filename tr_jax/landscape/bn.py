@@ -9,7 +9,6 @@ second call.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 
 from tr_jax import models
 from tr_jax.data.augment import normalize
+from tr_jax.training import members as mem
 from tr_jax.training.steps import batch_metrics, padded_batches
 
 
@@ -33,10 +33,10 @@ def collect_sums(model: nn.Module, variables: dict, x: jnp.ndarray, mean: tuple,
     return jax.tree.map(lambda s: b * jnp.sum(s, axis=0), stats)
 
 
-_collect_sums = jax.jit(collect_sums, static_argnames=("model", "mean", "std"))
+_collect_sums = mem.lazy_jit(collect_sums, static_argnames=("model", "mean", "std"))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
+@mem.lazy_jit(static_argnames=("model", "mean", "std"))
 def _collect_sums_points(model: nn.Module, params: Any, batch_stats: Any, x: jnp.ndarray,
                          mean: tuple, std: tuple) -> dict:
     """``collect_sums`` for K parameter points at once (params leaves [K, ...]): one pass over
@@ -60,11 +60,12 @@ def _batch_pieces(images: jnp.ndarray, batch_size: int, chunk_batches: int) -> l
 
 
 def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Sequence[float],
-                std: Sequence[float], batch_size: int = 64, chunk_batches: int = 16) -> dict:
-    """Variables with ``batch_stats`` recomputed on ``images`` (uint8 [N, H, W, C], in order)."""
+                std: Sequence[float], batch_size: int = 64, chunk_batches: int = 0) -> dict:
+    """Variables with ``batch_stats`` recomputed on ``images`` (uint8 [N, H, W, C], in order);
+    ``chunk_batches`` batches per compiled call (0: ``members.bn_chunk_batches``' default)."""
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
     sums = None
-    for x in _batch_pieces(images, batch_size, chunk_batches):
+    for x in _batch_pieces(images, batch_size, mem.bn_chunk_batches(chunk_batches)):
         part = _collect_sums(model, variables, x, mean, std)
         sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
     stats = jax.tree.map(lambda s: s / images.shape[0], sums)
@@ -73,29 +74,30 @@ def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Se
 
 def recalibrate_points(model: nn.Module, params: Any, batch_stats: Any, images: jnp.ndarray,
                        mean: Sequence[float], std: Sequence[float], batch_size: int = 64,
-                       chunk_batches: int = 16) -> Any:
+                       chunk_batches: int = 0) -> Any:
     """Recalibrated ``batch_stats`` (leaves [K, ...]) of K parameter points (params leaves
     [K, ...]; ``batch_stats`` one member's tree, used for its structure only): one pass over the
     data serves every point."""
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
     sums = None
-    for x in _batch_pieces(images, batch_size, chunk_batches):
+    for x in _batch_pieces(images, batch_size, mem.bn_chunk_batches(chunk_batches)):
         part = _collect_sums_points(model, params, batch_stats, x, mean, std)
         sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
     return jax.tree.map(lambda s: s / images.shape[0], sums)
 
 
-_eval_batch = jax.jit(batch_metrics, static_argnames=("model", "mean", "std"))
+_eval_batch = mem.lazy_jit(batch_metrics, static_argnames=("model", "mean", "std"))
 
 
 def evaluate(model: nn.Module, variables: dict, images: jnp.ndarray, labels: jnp.ndarray,
-             mean: Sequence[float], std: Sequence[float], batch_size: int = 500,
+             mean: Sequence[float], std: Sequence[float], batch_size: int = 0,
              return_logits: bool = False) -> dict[str, Any]:
-    """Eval-mode error (fraction) and mean cross-entropy on a dataset; optionally the logits."""
+    """Eval-mode error (fraction) and mean cross-entropy on a dataset; optionally the logits.
+    ``batch_size`` images per call (0: ``members.eval_batch_size``' backend default)."""
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
     n = images.shape[0]
     wrong, loss, logits = 0, 0.0, []
-    for x, y, valid in padded_batches(images, labels, batch_size):
+    for x, y, valid in padded_batches(images, labels, mem.eval_batch_size(batch_size)):
         w, ls, lg = _eval_batch(model, variables, x, y, valid, mean, std)
         wrong, loss = wrong + w, loss + ls
         if return_logits:
@@ -106,7 +108,7 @@ def evaluate(model: nn.Module, variables: dict, images: jnp.ndarray, labels: jnp
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("model", "mean", "std"))
+@mem.lazy_jit(static_argnames=("model", "mean", "std"))
 def _eval_batch_points(model: nn.Module, variables: dict, x, y, valid, mean: tuple, std: tuple):
     def one(v):
         wrong, loss, _ = batch_metrics(model, v, x, y, valid, mean, std)
@@ -116,12 +118,12 @@ def _eval_batch_points(model: nn.Module, variables: dict, x, y, valid, mean: tup
 
 def evaluate_stacked(model: nn.Module, variables: dict, images: jnp.ndarray, labels: jnp.ndarray,
                      mean: Sequence[float], std: Sequence[float],
-                     batch_size: int = 500) -> dict[str, jnp.ndarray]:
+                     batch_size: int = 0) -> dict[str, jnp.ndarray]:
     """``evaluate`` for K members at once (every leaf of ``variables`` [K, ...]): errors and mean
     losses [K], one pass over the data for all of them."""
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
     wrong, loss = 0, 0.0
-    for x, y, valid in padded_batches(images, labels, batch_size):
+    for x, y, valid in padded_batches(images, labels, mem.eval_batch_size(batch_size)):
         w, ls = _eval_batch_points(model, variables, x, y, valid, mean, std)
         wrong, loss = wrong + w, loss + ls
     n = images.shape[0]

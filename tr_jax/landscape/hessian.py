@@ -52,7 +52,6 @@ v^T H v, probe for probe; the sweep passes the mask anyway.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -64,6 +63,7 @@ from jax.tree_util import Partial
 
 from tr_jax import models
 from tr_jax.data.augment import normalize
+from tr_jax.training import members as mem
 from tr_jax.training.steps import cross_entropy
 
 LossFn = Callable[[Any], jnp.ndarray]
@@ -126,7 +126,7 @@ def _resolve_loop(loop: str, *trees: Any) -> str:
     return loop if loop != "auto" else ("while" if traced else "host")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@mem.lazy_jit(static_argnums=(0, 1))
 def _host_step(step: Callable, static: tuple, loss_fn: Partial, params: Any, key: jax.Array,
                mask: Any, tol: Any, state: Any) -> Any:
     return step(static, _linear_hvp(loss_fn, params), params, key, mask, tol, state)

@@ -41,7 +41,7 @@ def _take(tree: Any, idx: np.ndarray) -> Any:
 def evaluate_points(model: nn.Module, params: Any, batch_stats: Any, train_images: jnp.ndarray,
                     train_labels: jnp.ndarray, *, mean: Sequence[float], std: Sequence[float],
                     bn_batch_size: int = 64, test: tuple[jnp.ndarray, jnp.ndarray] | None = None,
-                    eval_batch_size: int = 500,
+                    eval_batch_size: int = 0,
                     points_per_call: int | None = None) -> dict[str, np.ndarray]:
     """Errors and losses of K parameter points, BN recalibrated at each (SPEC §2.2 steps 3-4).
 
@@ -75,7 +75,7 @@ def line_points(params_a: Any, params_b: Any, ts: jnp.ndarray) -> Any:
 def pair_curves(model: nn.Module, params_a: Any, params_b: Any, batch_stats: Any,
                 train_images: jnp.ndarray, train_labels: jnp.ndarray, points_fn=line_points, *,
                 mean: Sequence[float], std: Sequence[float], ts=None, bn_batch_size: int = 64,
-                test: tuple[jnp.ndarray, jnp.ndarray] | None = None, eval_batch_size: int = 500,
+                test: tuple[jnp.ndarray, jnp.ndarray] | None = None, eval_batch_size: int = 0,
                 points_per_call: int | None = None) -> dict[str, np.ndarray]:
     """Curves of P pairs (params_a/b leaves [P, ...]) at T points: each metric [P, T].
 
@@ -98,7 +98,7 @@ def interpolation_errors(model: nn.Module, variables_a: dict, variables_b: dict,
                          mean: Sequence[float], std: Sequence[float],
                          ts: Sequence[float] | jnp.ndarray | None = None, bn_batch_size: int = 64,
                          test: tuple[jnp.ndarray, jnp.ndarray] | None = None,
-                         eval_batch_size: int = 500,
+                         eval_batch_size: int = 0,
                          points_per_call: int | None = None) -> dict[str, np.ndarray]:
     """Errors and losses along the straight line between two members sharing a mask.
 

@@ -78,7 +78,7 @@ def measure_pair(path_a: str | os.PathLike, path_b: str | os.PathLike, ds, *, lm
                  bn_batch_size: int = 64, cka_images: int = 6464, hessian: bool = True,
                  hessian_images: int = 200, hessian_probes: int = 100, bezier_epochs: int = 0,
                  seed: int = 0,
-                 eval_batch_size: int = 500) -> dict[str, Any]:
+                 eval_batch_size: int = 0) -> dict[str, Any]:
     """Every measure of SPEC §2 for two imported checkpoints on dataset ``ds`` (a
     ``tr_jax.data.Dataset``). Returns a dict of floats and curves (lists)."""
     model, va, ma, meta_a = load_imported(path_a)

@@ -108,7 +108,7 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, cfg: StepConfig, strategy: str = "auto",
-                 chunk_steps: int = 4, drop_last: bool = False, eval_batch_size: int = 500,
+                 chunk_steps: int = 4, drop_last: bool = False, eval_batch_size: int = 0,
                  milestones: tuple[int, ...] = (80, 120), gamma: float = 0.1,
                  schedule: str = "epoch", max_steps: int | None = None):
         if schedule not in SCHEDULES:
@@ -120,7 +120,7 @@ class Trainer:
         self.schedule, self.max_steps = schedule, max_steps
         self.strategy = mem.resolve(strategy)
         self.chunk_steps, self.drop_last = chunk_steps, drop_last
-        self.eval_batch_size = eval_batch_size
+        self.eval_batch_size = mem.eval_batch_size(eval_batch_size)  # 0: the backend's
 
     # -- compiled functions, cached per static shape --------------------------------------
     @property

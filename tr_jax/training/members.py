@@ -9,16 +9,18 @@
 * ``map_chunked:k``  ``lax.map`` with ``batch_size=k`` (vmap over k members at a time).
 
 ``auto`` picks the default for the backend from ``experiments/bench_members.py``: ``threads`` on
-CPU, ``vmap`` on GPU/TPU. Measured on the 2-core CPU (loaded by other jobs; member-images/s
-against M sequential single-member runs, medians, PreResNet-20): at 8x8x1 ``threads`` 1.18-1.25x,
-``vmap`` 1.07-1.20x, ``loop`` 1.0x (M = 4, 16); at 32x32x3 ``threads`` ~1.0x and ``vmap`` 0.24x
-(grouped convolutions), ``lax.map`` of conv steps far slower (rolled loops). ``loop`` and
+CPU, ``vmap`` on GPU/TPU (not measured here: no accelerator was lent). Measured on the 2-core CPU
+(PreResNet-20, batch 64, member-images/s against M sequential single-member runs, medians, one
+run, machine shared with other jobs): 8x8x1 ``threads`` 1.04 / 1.28 / 1.37 / 1.20x at M = 1 / 4
+/ 16 / 64, ``loop`` 1.00-1.11x, ``vmap`` 0.70-1.01x; 32x32x3 ``threads`` 0.99 / 1.05 / 0.96 /
+1.05x, ``loop`` 0.93-1.14x (the same program as sequential: +-7% is noise), ``vmap`` 0.64x at M=4
+(grouped convolutions); ``lax.map`` of conv steps far slower (rolled loops). ``loop`` and
 ``threads`` run the very same compiled single-member program, so they agree bit for bit; the
 stacked strategies agree with them within float tolerance.
 
 On CPU every program tr_jax compiles here gets ``compiler_options()``: XLA's YNNPACK fusions off
 (their weight-gradient convolutions ran 1.5-2.2x slower than XLA's Eigen ones and single-threaded;
-a PreResNet-20 train step 1.1x faster on one core, up to 1.6x on two).
+a PreResNet-20 32x32 train step 1.5x faster on two free cores, 1.1x on one).
 """
 from __future__ import annotations
 
@@ -42,6 +44,30 @@ def default_strategy(backend: str | None = None) -> str:
     """The measured default members strategy of ``backend`` (default: JAX's default backend)."""
     backend = backend or jax.default_backend()
     return "threads" if backend == "cpu" else "vmap"
+
+
+def eval_batch_size(batch_size: int = 0, backend: str | None = None) -> int:
+    """Images per evaluation call: ``batch_size`` if > 0, else the backend's measured default:
+    128 on CPU, 500 (the reference's test batch) elsewhere. On 2 CPU cores a PreResNet-20 CIFAR
+    evaluation of 1 024 images took 0.78 s in batches of 64-256 and 1.12 s in batches of 500
+    (activations of 500 images leave the caches). Only the float summation order of the mean
+    loss depends on it; error counts do not."""
+    if batch_size < 0:
+        raise ValueError(f"eval batch size {batch_size} must be >= 0 (0 = auto)")
+    if batch_size:
+        return int(batch_size)
+    return 128 if (backend or jax.default_backend()) == "cpu" else 500
+
+
+def bn_chunk_batches(chunk_batches: int = 0, backend: str | None = None) -> int:
+    """BN-recalibration batches per compiled call (``tr_jax.landscape.recalibrate``):
+    ``chunk_batches`` if > 0, else 1 on CPU (2 048 CIFAR images: 1.57 s one batch per call
+    against 2.0-2.3 s for 4-16) and 16 elsewhere. The statistics do not depend on it."""
+    if chunk_batches < 0:
+        raise ValueError(f"chunk_batches={chunk_batches} must be >= 0 (0 = auto)")
+    if chunk_batches:
+        return int(chunk_batches)
+    return 1 if (backend or jax.default_backend()) == "cpu" else 16
 
 
 def resolve(strategy: str, backend: str | None = None) -> str:
@@ -98,6 +124,34 @@ def compiler_options(backend: str | None = None) -> dict | None:
 def jit(fn: Callable, **kwargs) -> Callable:
     """``jax.jit`` with this backend's ``compiler_options()``."""
     return jax.jit(fn, compiler_options=compiler_options(), **kwargs)
+
+
+class _LazyJit:
+    """``jit(fn, **kwargs)`` built on the first call, so that a module-level compiled function
+    does not start JAX's backend (or probe the compiler options) at import time."""
+
+    def __init__(self, fn: Callable, kwargs: dict):
+        functools.update_wrapper(self, fn)
+        self._fn, self._kwargs, self._jitted = fn, kwargs, None
+
+    def _get(self) -> Callable:
+        if self._jitted is None:
+            self._jitted = jit(self._fn, **self._kwargs)
+        return self._jitted
+
+    def __call__(self, *args, **kwargs):
+        return self._get()(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # lower, eval_shape, _cache_size, ...
+        return getattr(self._get(), name)
+
+
+def lazy_jit(fn: Callable | None = None, **kwargs) -> Callable:
+    """``jit`` with this backend's ``compiler_options()``, for module-level functions (also a
+    decorator: ``@lazy_jit(static_argnames=...)``); the jit is made on the first call."""
+    if fn is None:
+        return lambda f: _LazyJit(f, kwargs)
+    return _LazyJit(fn, kwargs)
 
 
 def over_members(fn: Callable, strategy: str, in_axes: Sequence[int | None],
