@@ -123,7 +123,7 @@ def main() -> None:
                     default=[1, 4] if cpu else [1, 4, 16, 64, 256])
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--steps", type=int, default=2 if cpu else 8, help="steps per compiled call")
-    ap.add_argument("--repeats", type=int, default=3 if cpu else 10)
+    ap.add_argument("--repeats", type=int, default=5 if cpu else 10)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--memory-gb", type=float, default=None)
     a = ap.parse_args()

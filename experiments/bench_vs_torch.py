@@ -13,8 +13,13 @@ process, interleaved, medians.
   PyTorch: eager ``nn.Module``, ``torch.optim.SGD``, augmentation as tensor ops on the batch.
   ``--shape digits``: 8x8x1 images, crop padding 1, no flip (the digits configs).
 * LMC point: BN recalibration over ``--lmc-train`` images (batch 64, in order, the exact cumulative
-  average) and evaluation on ``--lmc-test`` images (batch 500): ``tj.landscape.recalibrate`` +
-  ``tj.landscape.evaluate`` against the same in PyTorch (``momentum=None`` BN, ``no_grad``).
+  average) and evaluation on ``--lmc-test`` images: ``tj.landscape.recalibrate`` +
+  ``tj.landscape.evaluate`` with their defaults (batches per call chosen per backend and image
+  size, see ``tr_jax.training.members``) against the same in PyTorch (``momentum=None`` BN,
+  ``no_grad``, test batches of 500), plus tr_jax without the CPU compiler options ("before").
+
+Timed calls are interleaved in a rotated order, each 0.3 s after the previous one ended (PyTorch's
+OpenMP workers spin after a parallel region and would slow the next function).
 
 Both frameworks use ``--threads`` threads (default: every core): ``torch.set_num_threads`` and XLA's
 own pool. Final lines ``RESULT {shape}_name=value``; ``*_vs_torch`` > 1 means tr_jax is faster.

@@ -145,6 +145,8 @@ def test_backend_batch_defaults_and_their_errors():
     assert mem.eval_batch_size(0, "cpu") == 128 and mem.eval_batch_size(0, "gpu") == 500
     assert mem.eval_batch_size(37, "cpu") == 37
     assert mem.bn_chunk_batches(0, "cpu") == 1 and mem.bn_chunk_batches(0, "tpu") == 16
+    assert mem.bn_chunk_batches(0, "cpu", batch_pixels=64 * 8 * 8) == 16  # digits
+    assert mem.bn_chunk_batches(0, "cpu", batch_pixels=64 * 16 * 16) == 4
     assert mem.bn_chunk_batches(5, "gpu") == 5
     with pytest.raises(ValueError, match="-3"):
         mem.eval_batch_size(-3)

@@ -65,7 +65,8 @@ def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Se
     ``chunk_batches`` batches per compiled call (0: ``members.bn_chunk_batches``' default)."""
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
     sums = None
-    for x in _batch_pieces(images, batch_size, mem.bn_chunk_batches(chunk_batches)):
+    chunk = mem.bn_chunk_batches(chunk_batches, batch_pixels=batch_size * images.shape[1] * images.shape[2])
+    for x in _batch_pieces(images, batch_size, chunk):
         part = _collect_sums(model, variables, x, mean, std)
         sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
     stats = jax.tree.map(lambda s: s / images.shape[0], sums)
@@ -80,7 +81,8 @@ def recalibrate_points(model: nn.Module, params: Any, batch_stats: Any, images: 
     data serves every point."""
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
     sums = None
-    for x in _batch_pieces(images, batch_size, mem.bn_chunk_batches(chunk_batches)):
+    chunk = mem.bn_chunk_batches(chunk_batches, batch_pixels=batch_size * images.shape[1] * images.shape[2])
+    for x in _batch_pieces(images, batch_size, chunk):
         part = _collect_sums_points(model, params, batch_stats, x, mean, std)
         sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
     return jax.tree.map(lambda s: s / images.shape[0], sums)

@@ -11,10 +11,11 @@
 ``auto`` picks the default for the backend from ``experiments/bench_members.py``: ``threads`` on
 CPU, ``vmap`` on GPU/TPU (not measured here: no accelerator was lent). Measured on the 2-core CPU
 (PreResNet-20, batch 64, member-images/s against M sequential single-member runs, medians, one
-run, machine shared with other jobs): 8x8x1 ``threads`` 1.04 / 1.28 / 1.37 / 1.20x at M = 1 / 4
-/ 16 / 64, ``loop`` 1.00-1.11x, ``vmap`` 0.70-1.01x; 32x32x3 ``threads`` 0.99 / 1.05 / 0.96 /
-1.05x, ``loop`` 0.93-1.14x (the same program as sequential: +-7% is noise), ``vmap`` 0.64x at M=4
-(grouped convolutions); ``lax.map`` of conv steps far slower (rolled loops). ``loop`` and
+run of ``bench_members.py`` with its defaults; README, Performance): 8x8x1 ``threads`` 0.98 / 1.23
+/ 1.29 / 1.32x at M = 1 / 4 / 16 / 64, ``loop`` 0.96-1.11x, ``vmap`` 1.35x at M=4 but 0.72x at
+M=64; 32x32x3 ``threads`` 0.96 / 1.01 / 0.98 / 1.08x, ``loop`` 0.90-1.02x (the same program as
+sequential: +-7% is noise), ``vmap`` 0.49x at M=4 (grouped convolutions); ``lax.map`` of conv
+steps far slower (rolled loops). ``loop`` and
 ``threads`` run the very same compiled single-member program, so they agree bit for bit; the
 stacked strategies agree with them within float tolerance.
 
@@ -59,15 +60,20 @@ def eval_batch_size(batch_size: int = 0, backend: str | None = None) -> int:
     return 128 if (backend or jax.default_backend()) == "cpu" else 500
 
 
-def bn_chunk_batches(chunk_batches: int = 0, backend: str | None = None) -> int:
+def bn_chunk_batches(chunk_batches: int = 0, backend: str | None = None,
+                     batch_pixels: int = 64 * 32 * 32) -> int:
     """BN-recalibration batches per compiled call (``tr_jax.landscape.recalibrate``):
-    ``chunk_batches`` if > 0, else 1 on CPU (2 048 CIFAR images: 1.57 s one batch per call
-    against 2.0-2.3 s for 4-16) and 16 elsewhere. The statistics do not depend on it."""
+    ``chunk_batches`` if > 0, else 16 on accelerators and, on CPU, as many batches as keep
+    ``batch_pixels`` (batch size x H x W) per call within one CIFAR batch of 64 (at most 16):
+    1 for 32x32 images (2 048 CIFAR images on 2 cores: 1.57 s against 2.0-2.3 s for 4-16 per
+    call), 16 for 8x8 digits (0.29 s against 0.35 s for 1). The statistics do not depend on it."""
     if chunk_batches < 0:
         raise ValueError(f"chunk_batches={chunk_batches} must be >= 0 (0 = auto)")
     if chunk_batches:
         return int(chunk_batches)
-    return 1 if (backend or jax.default_backend()) == "cpu" else 16
+    if (backend or jax.default_backend()) != "cpu":
+        return 16
+    return int(min(16, max(1, (64 * 32 * 32) // max(1, batch_pixels))))
 
 
 def resolve(strategy: str, backend: str | None = None) -> str:
