@@ -66,7 +66,7 @@ def main() -> None:
     Xt, Yt = X[:a.test_images], Y[:a.test_images]
     mean, std = (0.5,) * shape[2], (0.25,) * shape[2]
     model = tj.models.preresnet(a.depth, 10)
-    vs = [tj.models.init(model, jax.random.key(i), shape) for i in range(a.pairs + 1)]
+    vs = [tj.models.init(model, jax.random.key(i), shape) for i in range(max(a.pairs + 1, 3))]
     stack = lambda xs: jax.tree.map(lambda *x: jnp.stack(x), *xs)  # noqa: E731
     pa = stack([v["params"] for v in vs[:-1]])
     pb = stack([v["params"] for v in vs[1:]])
