@@ -46,8 +46,11 @@ def _collect_sums_points(model: nn.Module, params: Any, batch_stats: Any, x: jnp
 
 
 def _batch_pieces(images: jnp.ndarray, batch_size: int, chunk_batches: int) -> list[jnp.ndarray]:
-    """The dataset in order as [nb, b, H, W, C] pieces of at most ``chunk_batches`` full batches,
-    then the last partial batch as its own piece [1, rem, ...] (the reference's batches)."""
+    """The dataset in order as [nb, b, H, W, C] pieces of at most ``chunk_batches`` full batches
+    (0: ``members.bn_chunk_batches``' default for this backend and image size), then the last
+    partial batch as its own piece [1, rem, ...] (the reference's batches)."""
+    chunk_batches = mem.bn_chunk_batches(
+        chunk_batches, batch_pixels=batch_size * images.shape[1] * images.shape[2])
     n_full, rem = divmod(images.shape[0], batch_size)
     step = chunk_batches * batch_size
     pieces = []
@@ -59,17 +62,22 @@ def _batch_pieces(images: jnp.ndarray, batch_size: int, chunk_batches: int) -> l
     return pieces
 
 
+def _mean_stats(collect, images: jnp.ndarray, batch_size: int, chunk_batches: int) -> Any:
+    """The exact size-weighted average of the per-batch statistics ``collect(piece)`` sums."""
+    sums = None
+    for x in _batch_pieces(images, batch_size, chunk_batches):
+        part = collect(x)
+        sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+    return jax.tree.map(lambda s: s / images.shape[0], sums)
+
+
 def recalibrate(model: nn.Module, variables: dict, images: jnp.ndarray, mean: Sequence[float],
                 std: Sequence[float], batch_size: int = 64, chunk_batches: int = 0) -> dict:
     """Variables with ``batch_stats`` recomputed on ``images`` (uint8 [N, H, W, C], in order);
     ``chunk_batches`` batches per compiled call (0: ``members.bn_chunk_batches``' default)."""
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
-    sums = None
-    chunk = mem.bn_chunk_batches(chunk_batches, batch_pixels=batch_size * images.shape[1] * images.shape[2])
-    for x in _batch_pieces(images, batch_size, chunk):
-        part = _collect_sums(model, variables, x, mean, std)
-        sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
-    stats = jax.tree.map(lambda s: s / images.shape[0], sums)
+    stats = _mean_stats(lambda x: _collect_sums(model, variables, x, mean, std), images,
+                        batch_size, chunk_batches)
     return {"params": variables["params"], "batch_stats": stats}
 
 
@@ -80,12 +88,8 @@ def recalibrate_points(model: nn.Module, params: Any, batch_stats: Any, images: 
     [K, ...]; ``batch_stats`` one member's tree, used for its structure only): one pass over the
     data serves every point."""
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
-    sums = None
-    chunk = mem.bn_chunk_batches(chunk_batches, batch_pixels=batch_size * images.shape[1] * images.shape[2])
-    for x in _batch_pieces(images, batch_size, chunk):
-        part = _collect_sums_points(model, params, batch_stats, x, mean, std)
-        sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
-    return jax.tree.map(lambda s: s / images.shape[0], sums)
+    return _mean_stats(lambda x: _collect_sums_points(model, params, batch_stats, x, mean, std),
+                       images, batch_size, chunk_batches)
 
 
 _eval_batch = mem.lazy_jit(batch_metrics, static_argnames=("model", "mean", "std"))
