@@ -390,7 +390,7 @@ def test_four_simulated_devices_give_the_cells_of_one(tmp_path):
         r = subprocess.run([sys.executable, "-m", "tr_jax.cli", "run", TINY, "--workdir", str(wd),
                             "--no-progress", *sets], env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
-        assert f"({n} device(s))" in r.stdout
+        assert f"({n} device(s), 1 process(es))" in r.stdout
         outs[n] = _numbers(wd / "cells.csv")
     num = outs[1].select_dtypes("number").columns
     np.testing.assert_allclose(outs[4][num], outs[1][num], rtol=1e-4, atol=1e-5)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tr_jax import models
+from tr_jax import models, sharding
 from tr_jax.data.augment import normalize
 from tr_jax.landscape.lmc import lmc, pair_curves
 from tr_jax.training import members as mem
@@ -208,7 +208,7 @@ def train_curves(model: nn.Module, params_a, params_b, mask, batch_stats, images
             totals.append(total / n_seen)
         history.append(jnp.stack(totals) if mem.per_member(strategy) else totals[0])
     final = mem.join_groups([g[0] for g in groups], strategy)
-    return final.mid, np.asarray(jnp.stack(history, axis=-1))
+    return final.mid, sharding.to_host(jnp.stack(history, axis=-1))
 
 
 def _batch_stats_template(model: nn.Module, image_shape: tuple[int, ...]):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tr_jax import sharding
 from tr_jax.landscape.bn import evaluate_stacked, recalibrate_points
 
 
@@ -32,6 +33,14 @@ def default_points_per_call() -> int:
     """Points per compiled call: 1 on CPU (measured: vmapped convs lose to a loop there), 32
     elsewhere (bounded so the activations of [points x batch] fit comfortably)."""
     return 1 if jax.default_backend() == "cpu" else 32
+
+
+def resolve_points_per_call(requested: int | None = None) -> int:
+    """Points per compiled call as run: ``requested`` (None/0: the backend's default), rounded up
+    to a multiple of the device count, so that every call's points are split over every device
+    of every process (``tr_jax.sharding``)."""
+    n = int(requested or default_points_per_call())
+    return sharding.padded(n) if sharding.num_shards() > 1 else n
 
 
 def _take(tree: Any, idx: np.ndarray) -> Any:
@@ -51,19 +60,23 @@ def evaluate_points(model: nn.Module, params: Any, batch_stats: Any, train_image
     Returns ``{'train_error', 'train_loss'[, 'test_error', 'test_loss']}``, each float64 [K].
     """
     K = jax.tree.leaves(params)[0].shape[0]
-    ppc = min(K, points_per_call or default_points_per_call())
+    ppc = resolve_points_per_call(points_per_call)
+    if sharding.num_shards() == 1:
+        ppc = min(K, ppc)
     out: dict[str, list] = {}
     for s in range(0, K, ppc):
         idx = np.minimum(np.arange(s, s + ppc), K - 1)
         p = _take(params, idx)
+        if sharding.num_shards() > 1:  # the call's points split over every device
+            p = sharding.shard(p)
         stats = recalibrate_points(model, p, batch_stats, train_images, mean, std, bn_batch_size)
         v = {"params": p, "batch_stats": stats}
         sets = [("train", (train_images, train_labels))] + ([("test", test)] if test else [])
         for name, (x, y) in sets:
             r = evaluate_stacked(model, v, x, y, mean, std, eval_batch_size)
             keep = min(ppc, K - s)
-            out.setdefault(f"{name}_error", []).append(np.asarray(r["error"])[:keep])
-            out.setdefault(f"{name}_loss", []).append(np.asarray(r["loss"])[:keep])
+            out.setdefault(f"{name}_error", []).append(sharding.to_host(r["error"])[:keep])
+            out.setdefault(f"{name}_loss", []).append(sharding.to_host(r["loss"])[:keep])
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 

@@ -12,7 +12,6 @@ inside one program, so a temperature sweep of those knobs is one compiled progra
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from typing import Any
 
@@ -109,16 +108,17 @@ def _chunks(idx: list[int], size: int) -> list[tuple[int, ...]]:
 
 
 def make_plan(cfg: Any, num_train: int, max_members: int | None = None) -> Plan:
-    """The plan of a validated config on a training set of ``num_train`` images."""
-    knob = cfg.knob
-    temps = tuple(cfg.temperatures)
+    """The plan of a validated config on a training set of ``num_train`` images (members and
+    pairs from ``tr_jax.sweep.grid``, their one home)."""
+    from tr_jax.sweep.grid import Grid
+    grid = Grid.from_config(cfg)
+    knob, temps = cfg.knob, grid.temperatures
     cap = int(cfg.run.max_members if max_members is None else max_members)
     programs = []
+    dense_members = tuple(grid.dense_members())
     if knob == "epochs":
-        dense_members = tuple((s, None) for s in cfg.dense.seeds)
         groups = {int(cfg.dense.batch_size): list(range(len(dense_members)))}
     else:
-        dense_members = tuple(itertools.product(cfg.dense.seeds, temps))
         groups: dict[int, list[int]] = {}
         for i, (_, t) in enumerate(dense_members):
             b = int(t) if knob == "batch_size" else int(cfg.dense.batch_size)
@@ -128,16 +128,12 @@ def make_plan(cfg: Any, num_train: int, max_members: int | None = None) -> Plan:
                                        max(temps) if knob == "epochs" else None)
         for chunk in _chunks(idx, cap):
             programs.append(Program("dense", f"dense_p{len(programs)}", chunk, b, epochs, steps))
-    retrain_members = tuple(itertools.product(cfg.dense.seeds, temps, tuple(cfg.prune.densities),
-                                              cfg.retrain.seeds))
+    retrain_members = tuple(grid.members())
     rb = int(cfg.retrain.batch_size)
     epochs, steps = section_length(cfg.retrain, num_train, rb)
     for k, chunk in enumerate(_chunks(list(range(len(retrain_members))), cap)):
         programs.append(Program("retrain", f"retrain_p{k}", chunk, rb, epochs, steps))
-    R = len(cfg.retrain.seeds)
-    pairs = tuple((c * R + i, c * R + j) for c in range(len(retrain_members) // R)
-                  for i, j in itertools.combinations(range(R), 2))
-    return Plan(knob, temps, dense_members, retrain_members, pairs, tuple(programs))
+    return Plan(knob, temps, dense_members, retrain_members, tuple(grid.pairs()), tuple(programs))
 
 
 def members_for_budget(bytes_per_member: float, budget_bytes: float) -> int:

@@ -1,108 +1,100 @@
-"""The whole pipeline for one config: dense -> prune -> retrain -> measure -> regimes -> figures.
+"""The driver of one config's pipeline: dense -> prune -> retrain -> measure -> regimes -> figures.
 
-Members (DESIGN.md): dense members are the dense seeds (the epochs knob takes its temperatures as
-checkpoints of one full-schedule run per seed, SPEC §1.4); retrain members are every
-(dense seed, temperature, density, retrain seed), all stacked in one program (one shape group);
-pairs of retrain seeds of a cell feed LMC and CKA. Member keys are folded from the root key and the
-member's coordinates only, so a member's numbers do not depend on the other members of its program.
+The stage bodies are functions of global arrays (``tr_jax.sweep.stages``); this driver resumes,
+commits and writes. Members and pairs come from ``tr_jax.sweep.grid`` (their one home), member
+keys from their coordinate values. Every process of a multi-process run executes this same code
+on the same workdir: the members axis of every stacked tree is one global ``jax.Array`` sharded
+over every device of every process (``tr_jax.sharding``), checkpoints are orbax saves of the
+sharded arrays (each process writes its shards, one commit), and only process 0 writes tables,
+figures and the log.
 
-Reliability: every stage, program and progress record is an atomically swapped checkpoint (see
-``sweep.store``; each commit is logged in log.txt as ``committed NAME ...``), so a run killed
-anywhere resumes at its last commit and ends with the uninterrupted run's tables; an unreadable
-checkpoint is moved aside with a warning and recomputed. A member that diverges (NaN/inf weights
-or test error) is *sick*: flagged in results.csv (``sick``) and cells.csv (``sick_members``), left
-out of the cell means (no LMC/CKA/regime for a cell without a healthy pair); the sweep goes on.
-Both tables carry the config hash, tr_jax and jax versions, device kind and members strategy.
+Reliability: every stage and program is an atomically swapped checkpoint and every chunk of a
+measure stage commits its own small record (``sweep.store``; each commit is logged), so a run
+killed anywhere resumes at its last commit and ends with the uninterrupted run's tables, having
+written each record once. A member that diverges (NaN/inf weights or test error) is *sick*:
+flagged in results.csv and cells.csv, left out of the cell means; the sweep goes on.
 """
 from __future__ import annotations
 
-import functools
-import itertools
+import json
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pandas as pd
 
-from tr_jax import __version__, landscape, models, plots, pruning, regimes
+from tr_jax import __version__, landscape, models, plots, pruning, regimes, sharding
 from tr_jax.config import config_hash, to_json
 from tr_jax.data.datasets import load_dataset
-from tr_jax.sweep.store import Workdir, atomic_write_csv, atomic_write_text
+from tr_jax.sweep import stages, tables
+from tr_jax.sweep.estimate import dry_run, members_cap  # noqa: F401  (re-exported)
+from tr_jax.sweep.grid import DENSE, Grid, member_key
 from tr_jax.sweep.plan import make_plan
+from tr_jax.sweep.store import Workdir, atomic_write_csv, atomic_write_text
+from tr_jax.sweep.tables import provenance  # noqa: F401  (re-exported)
 from tr_jax.training import StepConfig, Trainer, init_state, stack
-from tr_jax.training.members import resolve as mem_strategy
+from tr_jax.training import members as mem
 
-DENSE, RETRAIN, BEZIER, HESSIAN = 0, 1, 2, 3  # first fold of the root key per stage
-
-
-def _set(a: np.ndarray, i: int, x) -> np.ndarray:
-    a = np.array(a)
-    a[i] = np.asarray(x)
-    return a
-
-
-def finite_members(tree, lead: int = 1) -> np.ndarray:
-    """True where every value of a member (the first ``lead`` axes index members) is finite."""
-    ok = None
-    for x in jax.tree.leaves(tree):
-        x = np.asarray(x)
-        f = np.isfinite(x.reshape(*x.shape[:lead], -1)).all(axis=-1)
-        ok = f if ok is None else ok & f
-    return ok
-
-
-def provenance(strategy: str) -> dict[str, str]:
-    """How a number was made: tr_jax and jax versions, the device kind and the members strategy
-    (a column of results.csv and cells.csv each, next to the config hash)."""
-    return {"tr_jax_version": __version__, "jax_version": jax.__version__,
-            "device_kind": jax.devices()[0].device_kind, "members_strategy": mem_strategy(strategy)}
-
-
-def _pick(tree, idx: np.ndarray):
-    """Rows ``idx`` of every leaf, on the device."""
-    return jax.tree.map(lambda x: jnp.asarray(x[idx]), tree)
-
-
-def member_key(root: jax.Array, *coords: int) -> jax.Array:
-    """fold_in(... fold_in(root, c0) ..., cn): the key of the member at these coordinates."""
-    k = root
-    for c in coords:
-        k = jax.random.fold_in(k, int(c))
-    return k
+CURVE_KEYS = ("train_error", "train_loss", "test_error", "test_loss")
 
 
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=True, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, disable=not (enabled and sharding.is_primary()),
+                leave=True, dynamic_ncols=True)
+
+
+def _padded_idx(idx: np.ndarray, stacked: bool) -> np.ndarray:
+    """``idx`` padded (repeating its last entry) to a multiple of the device count."""
+    idx = np.asarray(idx)
+    if not stacked:
+        return idx
+    n = sharding.padded(len(idx))
+    return np.concatenate([idx, np.repeat(idx[-1:], n - len(idx))])
+
+
+def resolve_strategy(strategy: str) -> str:
+    """The members strategy of this run: ``auto`` is the backend's default, and a multi-process
+    run needs a stacked strategy (its members axis spans processes)."""
+    s = mem.resolve(strategy)
+    if sharding.multi_process() and mem.per_member(s):
+        if strategy != "auto":
+            raise ValueError(f"run.members_strategy={strategy!r} advances members one by one in "
+                             "one process; a multi-process run needs a stacked strategy "
+                             "('vmap', 'map', 'map_chunked:k')")
+        s = "vmap"
+    return s
 
 
 class Pipeline:
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
-                 echo: Callable[[str], None] = print):
-        self.cfg, self.progress, self.echo = cfg, progress, echo
+                 echo: Callable[[str], None] = print, *, model=None, dataset=None):
+        self.cfg, self.progress, self._echo = cfg, progress, echo
         self.hash = config_hash(cfg)
         # the data first: a missing dataset fails before the workdir is created
-        self.ds = load_dataset(cfg.dataset, cfg.data_dir or None)
+        self.ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir or None)
         self.wd = Workdir(workdir, to_json(cfg))
-        self.model = models.build(cfg.model.arch, depth=cfg.model.depth,
-                                  num_classes=self.ds.num_classes, width=cfg.model.width)
-        self.X, self.Y = jnp.asarray(self.ds.train_images), jnp.asarray(self.ds.train_labels)
-        self.Xt, self.Yt = jnp.asarray(self.ds.test_images), jnp.asarray(self.ds.test_labels)
+        self.model = model if model is not None else models.build(
+            cfg.model.arch, depth=cfg.model.depth, num_classes=self.ds.num_classes,
+            width=cfg.model.width)
+        self.X, self.Y, self.Xt, self.Yt = sharding.replicate(
+            (self.ds.train_images, self.ds.train_labels, self.ds.test_images, self.ds.test_labels))
         self.root = jax.random.key(cfg.seed)
-        self.strategy = cfg.run.members_strategy
-        integer = cfg.knob in ("epochs", "batch_size")
-        self.temps = tuple(int(t) if integer else float(t) for t in cfg.temperatures)
-        self.densities = tuple(float(d) for d in cfg.prune.densities)
-        self.plan = make_plan(cfg, self.ds.num_train, self._members_cap())
-
-    def _members_cap(self) -> int:
-        cap, why = members_cap(self.cfg, self.model, self.ds.image_shape)
+        self.strategy = resolve_strategy(cfg.run.members_strategy)
+        self.stacked = not mem.per_member(self.strategy)
+        self.grid = Grid.from_config(cfg)
+        self.temps, self.densities = self.grid.temperatures, self.grid.densities
+        cap, why = members_cap(cfg, self.model, self.ds.image_shape)
         if why:
             self.say(why)
-        return cap
+        self.plan = make_plan(cfg, self.ds.num_train, cap)
+        self.timings: dict[str, float] = {}
+
+    def echo(self, text: str) -> None:
+        if sharding.is_primary():
+            self._echo(text)
 
     def say(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
@@ -110,13 +102,10 @@ class Pipeline:
         self.wd.log(line)
 
     def _restore(self, name: str, like=None):
-        """Checkpoint ``name``, or None when it is absent or unreadable (then it is moved aside
-        with a warning and the caller recomputes it)."""
         return self.wd.restore(name, like, warn=self.say)
 
     def _trainer(self, section: ml_collections.ConfigDict, batch_size: int | None = None,
                  sam: bool = False) -> Trainer:
-        """The Trainer of a training section (dense or retrain) at ``batch_size``."""
         c = self.cfg
         bs = int(batch_size or section.batch_size)
         chunk, unroll = c.run.chunk_steps, True
@@ -138,30 +127,29 @@ class Pipeline:
     def _fit(self, stage: str, trainer: Trainer, state, epochs: int, eval_epochs, desc: str,
              keep_epochs: tuple[int, ...] = ()):
         """``trainer.fit`` that commits a progress checkpoint every ``run.checkpoint_every`` epochs
-        and resumes from it: state, test-error history and kept snapshots (variables at
-        ``keep_epochs``). Data order and augmentation depend on (member key, epoch, step) only, so a
-        resumed run reproduces the uninterrupted one.
+        (the state, as sharded global arrays, and the test-error history) and resumes from it;
+        a kept snapshot (dense variables at ``keep_epochs``) is its own checkpoint, written once.
+        Data order and augmentation depend on (member key, epoch, step) only, so a resumed run
+        reproduces the uninterrupted one.
 
-        Returns (final stacked state, {epoch: test errors [M]}, {epoch: variables [M, ...]}).
+        Returns (final stacked state, {epoch: test errors [M]}, {epoch: host variables [M, ...]}).
         """
         name, every = f"{stage}_progress", self.cfg.run.checkpoint_every
         eval_epochs, keep = tuple(eval_epochs), tuple(keep_epochs)
         M = jax.tree.leaves(state)[0].shape[0]
         variables = lambda st: {"params": st.params, "batch_stats": st.batch_stats}  # noqa: E731
-        # fixed-shape progress record (restorable into a known structure)
         record = {"state": state, "epoch": np.int32(0),
                   "hist": np.full((len(eval_epochs), M), np.nan, np.float64)}
-        if keep:
-            record["snaps"] = jax.tree.map(lambda x: np.zeros((len(keep), *x.shape), x.dtype),
-                                           variables(state))
+        host_vars = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), variables(state))
         start, hist, snaps = 0, {}, {}
         loaded = self._restore(name, like=record)
         if loaded is not None:
             record = loaded
-            state, start = jax.tree.map(jnp.asarray, record["state"]), int(record["epoch"])
+            state, start = record["state"], int(record["epoch"])
             hist = {e: record["hist"][i] for i, e in enumerate(eval_epochs) if e <= start}
-            snaps = {e: jax.tree.map(lambda x, i=i: x[i], record["snaps"])
-                     for i, e in enumerate(keep) if e <= start}
+            for e in keep:
+                if e <= start:
+                    snaps[e] = self.wd.load(f"{stage}_snap{e}", like=host_vars)
             self.say(f"{stage}: resuming from the checkpoint after epoch {start}")
 
         def on_epoch(epoch: int, get_state) -> None:
@@ -170,16 +158,14 @@ class Pipeline:
                 return
             st = get_state()
             if epoch in keep:
-                snaps[epoch] = jax.tree.map(np.asarray, variables(st))
+                snaps[epoch] = sharding.tree_to_host(variables(st))
+                if every:  # a resumable run keeps it (written once)
+                    self.wd.save(f"{stage}_snap{epoch}", snaps[epoch], note="(snapshot)")
             if save:
-                record.update(state=st, epoch=np.int32(epoch))
                 for i, e in enumerate(eval_epochs):
                     if e in hist:
                         record["hist"][i] = hist[e]
-                for i, e in enumerate(keep):
-                    if e in snaps:
-                        record["snaps"] = jax.tree.map(lambda r, x, i=i: _set(r, i, x),
-                                                       record["snaps"], snaps[e])
+                record.update(state=st, epoch=np.int32(epoch))
                 self.wd.save(name, record, note=f"after epoch {epoch}")
 
         with _progress(epochs, desc, self.progress) as bar:
@@ -188,6 +174,11 @@ class Pipeline:
                                       eval_epochs=eval_epochs, on_epoch=on_epoch,
                                       progress=bar.update, start_epoch=start, history=hist)
         return final, hist, snaps
+
+    def _remove_progress(self, stage: str, keep: tuple = ()) -> None:
+        self.wd.remove(f"{stage}_progress")
+        for e in keep:
+            self.wd.remove(f"{stage}_snap{e}")
 
     # -- stage 1: dense training, checkpoints at the temperature grid ---------------------------
     def _dense_state(self, seed: int, temperature):
@@ -203,51 +194,60 @@ class Pipeline:
                           hyper["lr"], hyper["weight_decay"], c.dense.momentum,
                           optimizer=c.dense.optimizer, rho=hyper["sam_rho"])
 
-    def _dense_program(self, prog) -> dict:
-        c, knob = self.cfg, self.cfg.knob
-        members = [self.plan.dense_members[i] for i in prog.members]
-        state = stack([self._dense_state(s, t) for s, t in members])
-        trainer = self._trainer(c.dense, prog.batch_size, sam=knob == "sam_rho")
+    def _dense_keep(self, prog) -> tuple[tuple, tuple]:
         rewind = self._rewind_epoch()
-        temps = self.temps if knob == "epochs" else (prog.epochs,)
-        keep = tuple(sorted(set(temps) | ({rewind} if rewind else set())))
-        init_vars = jax.tree.map(np.asarray, {"params": state.params,  # before buffers are donated
-                                              "batch_stats": state.batch_stats})
-        self.say(f"{prog.name}: {len(members)} dense member(s) x {prog.epochs} epochs "
+        temps = self.temps if self.cfg.knob == "epochs" else (prog.epochs,)
+        return temps, tuple(sorted(set(temps) | ({rewind} if rewind else set())))
+
+    def _dense_program(self, prog) -> dict:
+        members = [self.plan.dense_members[i] for i in prog.members]
+        n = len(members)
+        state = stack([self._dense_state(s, t) for s, t in members])
+        init_vars = sharding.tree_to_host({"params": state.params, "batch_stats": state.batch_stats})
+        if self.stacked:  # sharded over the mesh, padded to a multiple of the devices
+            state = sharding.shard(jax.tree.map(np.asarray, state))
+        trainer = self._trainer(self.cfg.dense, prog.batch_size, sam=self.cfg.knob == "sam_rho")
+        rewind = self._rewind_epoch()
+        temps, keep = self._dense_keep(prog)
+        self.say(f"{prog.name}: {n} dense member(s) x {prog.epochs} epochs "
                  f"({prog.steps} steps, batch {prog.batch_size}, strategy {trainer.strategy})")
         _, hist, snaps = self._fit(prog.name, trainer, state, prog.epochs, temps,
                                    f"dense {prog.name} (epochs)", keep_epochs=keep)
-        # variables [n, T', ...] and test error [n, T'] (T' = the temperatures for epochs, else 1)
-        out = {"variables": jax.tree.map(lambda *xs: np.stack(xs, axis=1), *[snaps[t] for t in temps]),
-               "test_error": np.stack([hist[t] for t in temps], axis=1)}
+        trim = lambda x: np.asarray(x)[:n]  # noqa: E731  (drop the padding)
+        out = {"variables": jax.tree.map(lambda *xs: np.stack([trim(x) for x in xs], axis=1),
+                                         *[snaps[t] for t in temps]),
+               "test_error": np.stack([trim(hist[t]) for t in temps], axis=1)}
         if rewind is not None:  # weight rewinding: the dense weights at rewind_epoch [n, ...]
-            out["rewind_variables"] = snaps[rewind] if rewind else init_vars
+            out["rewind_variables"] = jax.tree.map(trim, snaps[rewind] if rewind else init_vars)
         return out
 
     def dense(self) -> dict:
-        """Dense variables [S, T, ...] and test errors [S, T] at every (seed, temperature)."""
+        """Dense variables [S, T, ...] and test errors [S, T] at every (seed, temperature): host
+        arrays (S x T checkpoints, not M)."""
+        progs = self.plan.stage_programs("dense")
         out = self._restore("dense")
         if out is not None:
             self.say("dense: done before, loaded")
-            self._cleanup("dense", [f"{p.name}{x}" for p in self.plan.stage_programs("dense")
-                                    for x in ("", "_progress")])
+            for p in progs:
+                self.wd.remove(p.name)
+                self._remove_progress(p.name, self._dense_keep(p)[1])
             return out
         t0 = time.time()
-        S, T = len(self.cfg.dense.seeds), len(self.temps)
+        S, T = len(self.grid.dense_seeds), len(self.temps)
         parts = []
-        for prog in self.plan.stage_programs("dense"):
+        for prog in progs:
             res = self._restore(prog.name)
             if res is not None:
                 self.say(f"{prog.name}: done before, loaded")
             else:
                 res = self._dense_program(prog)
-                self.wd.save(prog.name, res, note="(program done)")
-            self.wd.remove(f"{prog.name}_progress")
+                if len(progs) > 1:  # one program: the stage checkpoint is its record
+                    self.wd.save(prog.name, res, note="(program done)")
+            if len(progs) > 1:
+                self._remove_progress(prog.name, self._dense_keep(prog)[1])
             parts.append((prog.members, res))
-        order = np.concatenate([np.asarray(m) for m, _ in parts])
-        inv = np.argsort(order)
-        cat = lambda *xs: np.concatenate(xs)[inv]  # noqa: E731  (back to member order)
-        out = jax.tree.map(cat, *[r for _, r in parts])
+        inv = np.argsort(np.concatenate([np.asarray(m) for m, _ in parts]))
+        out = jax.tree.map(lambda *xs: np.concatenate(xs)[inv], *[r for _, r in parts])
         if self.cfg.knob != "epochs":  # members (seed, temperature) -> [S, T]
             for key in out:  # variables/test_error carry a length-1 temperature axis
                 lead = 1 if key == "rewind_variables" else 2
@@ -256,20 +256,11 @@ class Pipeline:
         self.say(f"dense: done in {time.time() - t0:.1f}s; test accuracy at "
                  + ", ".join(f"{self.cfg.knob} {t}: {100 * (1 - out['test_error'][:, i].mean()):.2f}%"
                              for i, t in enumerate(self.temps)))
-        sick = ~finite_members(out["variables"], lead=2)
-        if sick.any():
-            self.say(f"dense: {int(sick.sum())} checkpoint(s) diverged (non-finite weights): "
-                     "they and their retrained members are reported as sick, the sweep goes on")
         self.wd.save("dense", out, note="(stage done)")
-        for prog in self.plan.stage_programs("dense"):
+        for prog in progs:
             self.wd.remove(prog.name)
+            self._remove_progress(prog.name, self._dense_keep(prog)[1])
         return out
-
-    def _cleanup(self, stage: str, names) -> None:
-        """Remove what a run killed right after committing ``stage`` left behind."""
-        for name in names:
-            if self.wd.stage_dir(name).exists():
-                self.wd.remove(name)
 
     def _rewind_epoch(self) -> int | None:
         r = self.cfg.retrain
@@ -283,200 +274,223 @@ class Pipeline:
         return rc
 
     # -- stage 2+3: prune every checkpoint to every density, retrain with masks ------------------
-    def members(self) -> list[tuple[int, int, float, int]]:
-        c = self.cfg
-        return list(itertools.product(c.dense.seeds, self.temps, self.densities, c.retrain.seeds))
+    def members(self) -> list[tuple[int, Any, float, int]]:
+        return self.grid.members()
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return self.grid.pairs()
+
+    def _template(self) -> dict:
+        """One member's variables as shape structs."""
+        return jax.eval_shape(lambda k: models.init(self.model, k, self.ds.image_shape), self.root)
+
+    def _members_like(self, m: int, m_pad: int, last: int) -> dict:
+        v = self._template()
+        return {"variables": sharding.members_like(v, m_pad),
+                "mask": sharding.members_like(v["params"], m_pad),
+                "density": np.zeros(m, np.float64), "healthy": np.zeros(m, bool),
+                "test_error": np.zeros((m, last), np.float64)}
+
+    def _sources(self, dense: dict) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+        """The replicated dense checkpoints [S*T, ...] that are pruned, the variables retraining
+        starts from, and each member's row in each."""
+        S, T, D, R = self.grid.shape
+        ij = self.grid.member_indices()
+        flat = lambda x, lead: x.reshape(-1, *x.shape[lead:])  # noqa: E731
+        dense_params = sharding.replicate(jax.tree.map(lambda x: flat(x, 2),
+                                                       dense["variables"]["params"]))
+        row = ij[:, 0] * T + ij[:, 1]
+        if self.cfg.retrain.mode == "weight_rewinding":  # masks of the trained checkpoint
+            rv = dense["rewind_variables"]
+            per_seed = self.cfg.knob == "epochs"
+            source = sharding.replicate(jax.tree.map(lambda x: flat(x, 1 if per_seed else 2), rv))
+            return dense_params, source, row, (ij[:, 0] if per_seed else row)
+        source = sharding.replicate(jax.tree.map(lambda x: flat(x, 2), dense["variables"]))
+        return dense_params, source, row, row
 
     def retrain(self, dense: dict) -> dict:
-        out = self._restore("retrain")
+        c, grid = self.cfg, self.grid
+        M, last = grid.num_members, c.measure.test_error_last_epochs
+        progs = self.plan.stage_programs("retrain")
+        m_pad = sharding.padded(M)
+        out = self._restore("retrain", like=self._members_like(M, m_pad, min(last, progs[0].epochs)))
         if out is not None:
             self.say("retrain: done before, loaded")
-            self._cleanup("retrain", [f"{p.name}{x}" for p in self.plan.stage_programs("retrain")
-                                      for x in ("", "_progress")])
+            for p in progs:
+                self.wd.remove(p.name)
+                self.wd.remove(f"{p.name}_progress")
             return out
-        c = self.cfg
-        S, T, D, R = len(c.dense.seeds), len(self.temps), len(self.densities), len(c.retrain.seeds)
-        M = S * T * D * R
-        self.say(f"prune: {S * T} dense checkpoint(s) x {D} densities ({c.prune.scope} magnitude)")
-        dens = jnp.asarray(self.densities, jnp.float32)
-        masks_fn = jax.jit(jax.vmap(lambda p, d: pruning.magnitude_masks(p, d, c.prune.scope),
-                                    in_axes=(None, 0)))
-        masks = []  # [S, T] of [D, ...]
-        with _progress(S * T, "prune (checkpoints)", self.progress) as bar:
-            for si in range(S):
-                for ti in range(T):
-                    params = jax.tree.map(lambda x, si=si, ti=ti: x[si, ti], dense["variables"]["params"])
-                    masks.append(jax.tree.map(np.asarray, masks_fn(params, dens)))
-                    bar.update(1)
-
-        def to_members(x, lead):  # [S(, T(, D)), ...] -> [S, T, D, R, ...] -> [M, ...] (host)
-            x = np.asarray(x)
-            x = x.reshape(*x.shape[:lead], *(1,) * (4 - lead), *x.shape[lead:])
-            return np.broadcast_to(x, (S, T, D, R, *x.shape[4:])).reshape(M, *x.shape[4:])
-
-        if c.retrain.mode == "weight_rewinding":  # masks from the trained checkpoint, weights rewound
-            rv = dense["rewind_variables"]
-            variables = jax.tree.map(lambda x: to_members(x, 1 if c.knob == "epochs" else 2), rv)
-        else:
-            variables = jax.tree.map(lambda x: to_members(x, 2), dense["variables"])
-        mask_m = jax.tree.map(
-            lambda *xs: to_members(np.stack(xs).reshape(S, T, D, *xs[0].shape[1:]), 3), *masks)
-        keys = np.stack([np.asarray(jax.random.key_data(member_key(self.root, RETRAIN, s, r)))
-                         for s, _, _, r in self.members()])
+        S, T, D, R = grid.shape
+        self.say(f"prune: {S * T} dense checkpoint(s) x {D} densities ({c.prune.scope} magnitude), "
+                 "on device")
+        dense_params, source, mask_from, source_from = self._sources(dense)
+        density = np.asarray(self.densities, np.float32)[grid.member_indices()[:, 2]]
+        keys = grid.retrain_keys(self.root)
         rc = self._retrain_section()
-        progs = self.plan.stage_programs("retrain")
         self.say(f"retrain ({rc.mode}): {M} members ({S} dense seed(s) x {T} temperatures x {D} "
                  f"densities x {R} retrain seeds) in {len(progs)} program(s) x {progs[0].epochs} "
-                 f"epochs ({progs[0].steps} steps), strategy {mem_strategy(self.strategy)}")
+                 f"epochs ({progs[0].steps} steps), strategy {self.strategy}, "
+                 f"{sharding.num_shards()} device(s) in {jax.process_count()} process(es)")
         t0 = time.time()
-        parts = []
+        parts, counts = [], []
         for prog in progs:
-            res = self._restore(prog.name)
+            ids = np.asarray(prog.members)
+            n = len(ids)
+            eval_epochs = range(max(1, prog.epochs - last + 1), prog.epochs + 1)
+            res = self._restore(prog.name, like=self._members_like(
+                n, sharding.padded(n), len(eval_epochs)))
             if res is not None:
                 self.say(f"{prog.name}: done before, loaded")
-                self.wd.remove(f"{prog.name}_progress")
-                parts.append(res)
-                continue
-            idx = np.asarray(prog.members)
-            pick = functools.partial(_pick, idx=idx)
-            state = jax.vmap(lambda v, m, k: init_state(v, m, k, rc.lr, rc.weight_decay,
-                                                        rc.momentum))(
-                pick(variables), pick(mask_m), jnp.asarray(keys[idx]))
-            last = c.measure.test_error_last_epochs
-            eval_epochs = range(max(1, prog.epochs - last + 1), prog.epochs + 1)
-            final, hist, _ = self._fit(prog.name, self._trainer(rc), state, prog.epochs,
-                                       eval_epochs, f"retrain {prog.name} (epochs)")
-            # pruned weights stay 0 (a diverged member's NaN/inf weights are its own business: it
-            # is reported as sick, the sweep goes on)
-            healthy = finite_members({"p": final.params, "b": final.batch_stats})
-            pruned_zero = jax.tree.map(
-                lambda p, m, ok=healthy: np.all(np.where(np.asarray(m) == 0, np.asarray(p) == 0,
-                                                         True).reshape(len(ok), -1)[ok]),
-                final.params, final.mask)
-            if not all(bool(x) for x in jax.tree.leaves(pruned_zero)):
-                raise AssertionError("a pruned weight moved away from 0 during retraining")
-            if not healthy.all():
-                self.say(f"{prog.name}: {int((~healthy).sum())} member(s) diverged (non-finite "
-                         "weights): reported as sick, the sweep goes on")
-            res = {"variables": jax.tree.map(np.asarray, {"params": final.params,
-                                                          "batch_stats": final.batch_stats}),
-                   "density": np.asarray(pruning.mask_density_stacked(final.mask)),
-                   "mask": jax.tree.map(np.asarray, final.mask),
-                   "test_error": np.stack([hist[e] for e in eval_epochs], axis=1)}  # [n, last]
-            self.wd.save(prog.name, res, note="(program done)")
-            self.wd.remove(f"{prog.name}_progress")
+            else:
+                res = self._retrain_program(prog, dense_params, source, mask_from, source_from,
+                                            density, keys, rc, eval_epochs)
+                if len(progs) > 1:  # one program: the stage checkpoint is its record
+                    self.wd.save(prog.name, res, note="(program done)")
+                    self.wd.remove(f"{prog.name}_progress")
             parts.append(res)
-        out = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)  # programs are in member order
+            counts.append(n)
+        out = {"variables": stages.concat_members([p["variables"] for p in parts], counts, m_pad),
+               "mask": stages.concat_members([p["mask"] for p in parts], counts, m_pad)}
+        for k in ("density", "healthy", "test_error"):
+            out[k] = np.concatenate([p[k] for p in parts])
         self.say(f"retrain: done in {time.time() - t0:.1f}s")
         self.wd.save("retrain", out, note="(stage done)")
         for prog in progs:
             self.wd.remove(prog.name)
+            self.wd.remove(f"{prog.name}_progress")
         return out
 
-    # -- stage 4: LMC and CKA per pair of retrain seeds ------------------------------------------
-    def pairs(self) -> list[tuple[int, int]]:
-        """(member index a, member index b) of every pair of retrain seeds of every cell."""
-        R = len(self.cfg.retrain.seeds)
-        n_cells = len(self.members()) // R
-        return [(cell * R + i, cell * R + j) for cell in range(n_cells)
-                for i, j in itertools.combinations(range(R), 2)]
+    def _retrain_program(self, prog, dense_params, source, mask_from, source_from, density, keys,
+                         rc, eval_epochs) -> dict:
+        ids = np.asarray(prog.members)
+        n = len(ids)
+        sel = _padded_idx(ids, True)  # every strategy: the padding is a no-op on one device
+        state = stages.build_members(dense_params, source, mask_from[sel], source_from[sel],
+                                     density[sel], keys[sel], lr=rc.lr, weight_decay=rc.weight_decay,
+                                     momentum=rc.momentum, scope=self.cfg.prune.scope)
+        final, hist, _ = self._fit(prog.name, self._trainer(rc), state, prog.epochs, eval_epochs,
+                                   f"retrain {prog.name} (epochs)")
+        variables = {"params": final.params, "batch_stats": final.batch_stats}
+        healthy = stages.finite(variables)[:n]
+        # pruned weights stay 0 (a diverged member's NaN/inf weights are its own business)
+        if not stages.pruned_stay_zero(final.params, final.mask)[:n][healthy].all():
+            raise AssertionError("a pruned weight moved away from 0 during retraining")
+        if not healthy.all():
+            self.say(f"{prog.name}: {int((~healthy).sum())} member(s) diverged (non-finite "
+                     "weights): reported as sick, the sweep goes on")
+        return {"variables": variables, "mask": final.mask,
+                "density": sharding.to_host(pruning.mask_density_stacked(final.mask))[:n]
+                .astype(np.float64),
+                "healthy": healthy,
+                "test_error": np.stack([np.asarray(hist[e])[:n] for e in eval_epochs], axis=1)}
 
-    def _chunked_stage(self, name: str, n_items: int, chunk: int, record: dict, compute,
-                       desc: str) -> dict:
-        """Run ``compute(lo, hi) -> {key: array [hi - lo, ...]}`` over items in chunks, filling the
-        fixed-shape arrays of ``record`` and committing ``{name}_progress`` after every chunk, so a
-        killed stage resumes at its first unfinished chunk (nothing finished is recomputed)."""
-        prog = f"{name}_progress"
-        record = {**record, "done": np.int32(0)}
-        loaded = self._restore(prog, like=record)
-        if loaded is not None:
-            record = loaded
-            self.say(f"{name}: resuming after {int(record['done'])}/{n_items} items")
+    # -- stage 4: per-chunk measure stages ------------------------------------------------------
+    def _chunked(self, stage: str, n_items: int, chunk: int, compute, desc: str) -> dict:
+        """``compute(lo, hi) -> {key: array}`` over items (cells) in chunks, each chunk committed
+        as its own record (written once); a resumed stage reads the records that are done and
+        computes the rest. Returns the chunks' arrays concatenated in item order."""
+        done = {(lo, hi): arrays for lo, hi, arrays in self.wd.load_chunks(stage)}
+        spans = [(lo, min(lo + chunk, n_items)) for lo in range(0, n_items, chunk)]
+        have = sum(hi - lo for lo, hi in spans if (lo, hi) in done)
+        if have:
+            self.say(f"{stage}: resuming after {have}/{n_items} cells")
+        results = []
         with _progress(n_items, desc, self.progress) as bar:
-            bar.update(int(record["done"]))
-            for lo in range(int(record["done"]), n_items, chunk):
-                hi = min(lo + chunk, n_items)
-                for k, v in compute(lo, hi).items():
-                    record[k] = _set(record[k], slice(lo, hi), v)
-                record["done"] = np.int32(hi)
-                if hi < n_items:
-                    self.wd.save(prog, record, note=f"after {hi}/{n_items} items")
-                bar.update(hi - lo)
-        record.pop("done")
-        return record
+            bar.update(have)
+            for lo, hi in spans:
+                if (lo, hi) not in done:
+                    done[(lo, hi)] = {k: np.asarray(v) for k, v in compute(lo, hi).items()}
+                    self.wd.save_chunk(stage, lo, hi, done[(lo, hi)])
+                    bar.update(hi - lo)
+                results.append(done[(lo, hi)])
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
-    CURVE_KEYS = ("train_error", "train_loss", "test_error", "test_loss")
+    def _cells_per_chunk(self, per_cell: int, per_call: int = 1) -> int:
+        """Cells per chunk: with a stacked strategy, enough that a chunk's items (``per_cell``
+        each) fill whole compiled calls of ``per_call`` items spread over every device."""
+        if not self.stacked:
+            return 1
+        unit = int(np.lcm(max(1, per_call), sharding.num_shards()))
+        return min(self.grid.num_cells, int(unit // np.gcd(unit, per_cell)))
 
-    def _curve_stage(self, name: str, n_points: int, curves_of, desc: str) -> dict:
-        """Curves of every pair (LMC line or Bezier), a cell's pairs per call, resumable per cell:
-        ``curves_of(lo, hi)`` returns metrics [hi - lo, n_points] for pairs lo..hi-1; the record
-        holds ``curve_{metric}`` [P, n_points]."""
-        P, R = len(self.pairs()), len(self.cfg.retrain.seeds)
-        per_cell = max(1, P // max(1, len(self.members()) // R))
-        empty = {f"curve_{k}": np.full((P, n_points), np.nan) for k in self.CURVE_KEYS}
-
-        def compute(lo, hi):
-            cur = curves_of(lo, hi)
-            return {f"curve_{k}": cur[k] for k in self.CURVE_KEYS}
-
-        return self._chunked_stage(name, P, per_cell, empty, compute, desc)
+    def _take(self, tree, idx: np.ndarray):
+        """Members ``idx`` of a stacked tree: sharded and padded with a stacked strategy, else
+        one device array per leaf."""
+        if self.stacked:
+            return stages.take_members(tree, _padded_idx(idx, True))
+        return jax.tree.map(lambda x: x[jnp.asarray(idx)], tree)
 
     def measure(self, retrained: dict) -> dict:
         out = self._restore("measure")
         if out is not None:
             self.say("measure: done before, loaded")
-            self._cleanup("measure", ("outputs_progress", "lmc_progress"))
+            self.wd.remove_chunks("outputs")
+            self.wd.remove_chunks("lmc")
             return out
-        c = self.cfg
-        pairs = np.asarray(self.pairs(), np.int64).reshape(-1, 2)
+        c, grid = self.cfg, self.grid
+        R, ppc = len(grid.retrain_seeds), grid.pairs_per_cell
+        pairs = grid.pairs_array()
         ts = np.linspace(0.0, 1.0, c.measure.lmc_points)
         V = retrained["variables"]
         n_cka = min(c.measure.cka_images, self.ds.num_train)
-        M, P, T = len(self.members()), len(pairs), len(ts)
+        P, T = len(pairs), len(ts)
         self.say(f"measure: LMC ({T} points, BN recalibrated on {self.ds.num_train} images) "
                  f"and CKA ({n_cka} images) for {P} pairs")
         t0 = time.time()
+        Xc = self.X[:n_cka]
 
-        def outputs(lo, hi):
-            return {"logits": np.stack([np.asarray(landscape.evaluate(
-                self.model, _pick(V, i), self.X[:n_cka], self.Y[:n_cka], self.ds.mean, self.ds.std,
-                c.run.eval_batch_size, return_logits=True)["logits"]) for i in range(lo, hi)])}
+        def outputs(lo, hi):  # CKA of the pairs of cells lo..hi-1
+            idx = np.arange(lo * R, hi * R)
+            if self.stacked:
+                logits = stages.member_logits(self.model, self._take(V, idx), Xc, self.ds.mean,
+                                              self.ds.std, c.run.eval_batch_size)
+            else:
+                logits = jnp.stack([landscape.evaluate(
+                    self.model, jax.tree.map(lambda x, i=i: x[i], V), Xc, self.Y[:n_cka],
+                    self.ds.mean, self.ds.std, c.run.eval_batch_size,
+                    return_logits=True)["logits"] for i in idx])
+            local = pairs[lo * ppc:hi * ppc] - lo * R
+            return stages.pair_cka(logits, local[:, 0], local[:, 1])
 
-        rec = self._chunked_stage("outputs", M, len(c.retrain.seeds),
-                                  {"logits": np.zeros((M, n_cka, self.ds.num_classes), np.float32)},
-                                  outputs, "outputs for CKA (members)")
-        logits = jnp.asarray(rec["logits"])
-        probs = jax.nn.softmax(logits, axis=-1)
-        out = {"cka_softmax": np.asarray(landscape.cka(probs[pairs[:, 0]], probs[pairs[:, 1]])),
-               "cka_logits": np.asarray(landscape.cka(logits[pairs[:, 0]], logits[pairs[:, 1]]))}
-
-        def curves(lo, hi):  # the pairs lo..hi-1, every t point, in one call
-            pa, pb = _pick(V, pairs[lo:hi, 0]), _pick(V, pairs[lo:hi, 1])
-            return landscape.pair_curves(
-                self.model, pa["params"], pb["params"], jax.tree.map(lambda x: x[0], pa["batch_stats"]),
-                self.X, self.Y, mean=self.ds.mean, std=self.ds.std, ts=ts,
-                bn_batch_size=c.measure.bn_batch_size, test=(self.Xt, self.Yt),
-                eval_batch_size=c.run.eval_batch_size,
-                points_per_call=c.measure.points_per_call or None)
-
-        out.update(self._curve_stage("lmc", T, curves, "LMC (pairs)"))
-        out["lmc"] = np.asarray(landscape.lmc(out["curve_train_error"]))
+        out = self._chunked("outputs", grid.num_cells, self._cells_per_chunk(R), outputs,
+                            "outputs for CKA (cells)")
+        points = landscape.resolve_points_per_call(c.measure.points_per_call)
+        out.update(self._curve_stage("lmc", T, self._line_curves(V, ts), points,
+                                     "LMC (cells)"))
+        out["lmc"] = landscape.lmc(out["curve_train_error"])
         out["loss_barrier"] = landscape.loss_barrier(out["curve_train_loss"])
         out["ts"] = ts
         self.say(f"measure: done in {time.time() - t0:.1f}s")
         self.wd.save("measure", out, note="(stage done)")
-        for name in ("outputs_progress", "lmc_progress"):
-            self.wd.remove(name)
+        self.wd.remove_chunks("outputs")
+        self.wd.remove_chunks("lmc")
         return out
 
-    def _pair_coords(self) -> list[tuple[int, ...]]:
-        """(dense seed, temperature index, density index, retrain seed a, retrain seed b) per pair:
-        the coordinates a pair's key is folded from (independent of chunking and grouping)."""
-        mem = self.members()
-        ti = {t: i for i, t in enumerate(self.temps)}
-        di = {d: i for i, d in enumerate(self.densities)}
-        return [(mem[a][0], ti[mem[a][1]], di[mem[a][2]], mem[a][3], mem[b][3])
-                for a, b in self.pairs()]
+    def _line_curves(self, V, ts):
+        c, pairs = self.cfg, self.grid.pairs_array()
+
+        def curves(p0, p1):
+            pa, pb = self._take(V, pairs[p0:p1, 0]), self._take(V, pairs[p0:p1, 1])
+            res = landscape.pair_curves(
+                self.model, pa["params"], pb["params"],
+                jax.tree.map(lambda x: x[0], pa["batch_stats"]), self.X, self.Y,
+                mean=self.ds.mean, std=self.ds.std, ts=ts, bn_batch_size=c.measure.bn_batch_size,
+                test=(self.Xt, self.Yt), eval_batch_size=c.run.eval_batch_size,
+                points_per_call=c.measure.points_per_call or None)
+            return {k: v[:p1 - p0] for k, v in res.items() if k in CURVE_KEYS}
+        return curves
+
+    def _curve_stage(self, stage: str, n_points: int, curves_of, per_call: int, desc: str) -> dict:
+        """Curves of every pair, resumable per chunk of cells: ``curves_of(p0, p1)`` returns
+        metrics [p1 - p0, n_points] for pairs p0..p1-1; the result holds ``curve_{metric}``."""
+        ppc = self.grid.pairs_per_cell
+        chunk = self._cells_per_chunk(ppc * n_points, per_call)
+
+        def compute(lo, hi):
+            cur = curves_of(lo * ppc, hi * ppc)
+            return {f"curve_{k}": cur[k] for k in CURVE_KEYS}
+
+        return self._chunked(stage, self.grid.num_cells, chunk, compute, desc)
 
     # -- stage 4b: trained Bezier curves per pair (SPEC §2.3) -------------------------------------
     def bezier(self, retrained: dict) -> dict | None:
@@ -486,41 +500,41 @@ class Pipeline:
         out = self._restore("bezier")
         if out is not None:
             self.say("bezier: done before, loaded")
-            self._cleanup("bezier", ("bezier_progress",))
+            self.wd.remove_chunks("bezier")
             return out
-        pairs = np.asarray(self.pairs(), np.int64).reshape(-1, 2)
-        coords = self._pair_coords()
+        pairs, keys = self.grid.pairs_array(), self.grid.bezier_keys(self.root)
         ts = np.linspace(0.0, 1.0, bc.points)
         V, masks = retrained["variables"], retrained["mask"]
-        P, T = len(pairs), len(ts)
-        self.say(f"bezier: {P} curves x {bc.epochs} epochs (batch {bc.batch_size}), evaluated at "
-                 f"{T} points")
+        self.say(f"bezier: {len(pairs)} curves x {bc.epochs} epochs (batch {bc.batch_size}), "
+                 f"evaluated at {len(ts)} points")
         t0 = time.time()
         cpu = jax.default_backend() == "cpu"
+        m = self.cfg.measure
 
-        def curves(lo, hi):
-            pa, pb = _pick(V, pairs[lo:hi, 0]), _pick(V, pairs[lo:hi, 1])
-            mask = _pick(masks, pairs[lo:hi, 0])
-            keys = jnp.stack([jax.random.key_data(member_key(self.root, BEZIER, *co))
-                              for co in coords[lo:hi]])
+        def curves(p0, p1):
+            pa, pb = self._take(V, pairs[p0:p1, 0]), self._take(V, pairs[p0:p1, 1])
+            mask = self._take(masks, pairs[p0:p1, 0])
             mid, _ = landscape.train_curves(
                 self.model, pa["params"], pb["params"], mask,
-                jax.tree.map(lambda x: x[0], pa["batch_stats"]), self.X, self.Y, key=keys,
-                mean=self.ds.mean, std=self.ds.std, epochs=bc.epochs, batch_size=bc.batch_size,
-                lr=bc.lr, weight_decay=bc.weight_decay, momentum=bc.momentum,
+                jax.tree.map(lambda x: x[0], pa["batch_stats"]), self.X, self.Y,
+                key=jnp.asarray(_padded_idx(keys[p0:p1], self.stacked)), mean=self.ds.mean,
+                std=self.ds.std, epochs=bc.epochs, batch_size=bc.batch_size, lr=bc.lr,
+                weight_decay=bc.weight_decay, momentum=bc.momentum,
                 chunk_steps=1 if cpu else None, unroll=cpu, strategy=self.strategy)
-            return landscape.curve_errors(
+            res = landscape.curve_errors(
                 self.model, pa["params"], mid, pb["params"], self.X, self.Y, mean=self.ds.mean,
-                std=self.ds.std, ts=ts, bn_batch_size=self.cfg.measure.bn_batch_size,
-                test=(self.Xt, self.Yt), eval_batch_size=self.cfg.run.eval_batch_size,
-                points_per_call=self.cfg.measure.points_per_call or None)
+                std=self.ds.std, ts=ts, bn_batch_size=m.bn_batch_size, test=(self.Xt, self.Yt),
+                eval_batch_size=self.cfg.run.eval_batch_size,
+                points_per_call=m.points_per_call or None)
+            return {k: v[:p1 - p0] for k, v in res.items() if k in CURVE_KEYS}
 
-        out = self._curve_stage("bezier", T, curves, "Bezier curves (pairs)")
+        per_call = landscape.resolve_points_per_call(m.points_per_call)
+        out = self._curve_stage("bezier", len(ts), curves, per_call, "Bezier curves (cells)")
         out["mc"] = np.asarray(landscape.mode_connectivity(out["curve_train_error"]))
         out["ts"] = ts
         self.say(f"bezier: done in {time.time() - t0:.1f}s")
         self.wd.save("bezier", out, note="(stage done)")
-        self.wd.remove("bezier_progress")
+        self.wd.remove_chunks("bezier")
         return out
 
     # -- stage 4c: Hessian trace and top eigenvalue per retrained member (SPEC §2.5) ------------
@@ -531,125 +545,52 @@ class Pipeline:
         res = self._restore("hessian")
         if res is not None:
             self.say("hessian: done before, loaded")
-            self._cleanup("hessian", ("hessian_progress",))
+            self.wd.remove_chunks("hessian")
             return res
-        M = len(self.members())
+        R = len(self.grid.retrain_seeds)
         n = min(hc.images, self.ds.num_train)
         self.say(f"hessian: trace (<= {hc.max_probes} probes, tol {hc.tol}) and top eigenvalue "
-                 f"of {M} members on {n} training images"
+                 f"of {self.grid.num_members} members on {n} training images"
                  f"{', probes on unpruned weights' if hc.restrict_to_mask else ''}")
         t0 = time.time()
-        V, masks = retrained["variables"], retrained["mask"]
-        fn = functools.partial(landscape.member_hessian, self.model, mean=tuple(self.ds.mean),
-                               std=tuple(self.ds.std), max_probes=int(hc.max_probes),
-                               chunk=int(hc.chunk), max_iters=int(hc.eig_iters))
-        mem = self.members()
+        V, masks, keys = retrained["variables"], retrained["mask"], self.grid.hessian_keys(self.root)
+        X, Y = self.X[:n], self.Y[:n]
+        opts = dict(mean=tuple(self.ds.mean), std=tuple(self.ds.std), max_probes=int(hc.max_probes),
+                    chunk=int(hc.chunk), max_iters=int(hc.eig_iters), tol=float(hc.tol))
 
-        def one(i):
-            v = jax.tree.map(lambda x: jnp.asarray(x[i]), V)
-            m = jax.tree.map(lambda x: jnp.asarray(x[i]), masks) if hc.restrict_to_mask else None
-            key = member_key(self.root, HESSIAN, mem[i][0], self.temps.index(mem[i][1]),
-                             self.densities.index(mem[i][2]), mem[i][3])
-            r = fn(v, m, self.X[:n], self.Y[:n], key, tol=float(hc.tol))
+        def one(i):  # one member, the host loop (what pays on CPU)
+            v = jax.tree.map(lambda x: x[i], V)
+            m = jax.tree.map(lambda x: x[i], masks) if hc.restrict_to_mask else None
+            r = landscape.member_hessian(self.model, v, m, X, Y, jax.random.wrap_key_data(
+                jnp.asarray(keys[i])), **opts)
             return np.asarray([r["trace"], r["trace_stderr"], r["trace_probes"],
                                r["top_eigenvalue"]], np.float64)
 
         def chunk(lo, hi):
-            return {"hessian": np.stack([one(i) for i in range(lo, hi)])}
+            idx = np.arange(lo * R, hi * R)
+            if self.stacked:
+                h = stages.hessian_members(self.model, self._take(V, idx), self._take(masks, idx),
+                                           X, Y, _padded_idx(keys[idx], True),
+                                           restrict_to_mask=bool(hc.restrict_to_mask), **opts)
+                return {"hessian": np.asarray(h, np.float64)[:len(idx)]}
+            return {"hessian": np.stack([one(i) for i in idx])}
 
-        out = self._chunked_stage("hessian", M, len(self.cfg.retrain.seeds),
-                                  {"hessian": np.full((M, 4), np.nan)}, chunk, "Hessian (members)")
+        out = self._chunked("hessian", self.grid.num_cells, self._cells_per_chunk(R), chunk,
+                            "Hessian (cells)")
         res = {"trace": out["hessian"][:, 0], "trace_stderr": out["hessian"][:, 1],
                "trace_probes": out["hessian"][:, 2], "top_eigenvalue": out["hessian"][:, 3]}
         self.say(f"hessian: done in {time.time() - t0:.1f}s")
         self.wd.save("hessian", res, note="(stage done)")
-        self.wd.remove("hessian_progress")
+        self.wd.remove_chunks("hessian")
         return res
 
     # -- stage 5: tables, regimes, figures --------------------------------------------------------
-    def sick(self, dense: dict, retrained: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Diverged members: (dense [S, T], retrain [M], pair [P]) booleans. A dense checkpoint is
-        sick when a weight or BN statistic is NaN/inf; a retrained member when its own are, when
-        a test error of it is not finite, or when its dense checkpoint is sick; a pair when either
-        member is."""
-        S, T = len(self.cfg.dense.seeds), len(self.temps)
-        dense_sick = ~(finite_members(dense["variables"], lead=2)
-                       & np.isfinite(np.asarray(dense["test_error"])).reshape(S, T))
-        M = len(self.members())
-        te = np.asarray(retrained["test_error"]).reshape(M, -1)
-        sick = ~(finite_members(retrained["variables"]) & np.isfinite(te).all(axis=1))
-        sick |= np.repeat(dense_sick.reshape(-1), M // (S * T))  # members are (s, t, d, r)-major
-        pairs = np.asarray(self.pairs(), np.int64).reshape(-1, 2)
-        return dense_sick, sick, sick[pairs[:, 0]] | sick[pairs[:, 1]]
-
-    def tables(self, dense: dict, retrained: dict, measured: dict, bezier: dict | None = None,
-               hessian: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """results.csv (tidy, one row per member or pair and metric, with a ``sick`` flag) and
-        cells.csv (per cell: means over the healthy members and pairs, ``sick_members``; a cell
-        whose pairs are all sick has no LMC/CKA and no regime). Both carry the config hash and
-        the :func:`provenance` columns."""
-        c = self.cfg
-        base = {"config_hash": self.hash, **provenance(self.strategy), "knob": c.knob}
-        dense_sick, sick, pair_sick = self.sick(dense, retrained)
-        rows = []
-        for si, s in enumerate(c.dense.seeds):
-            for ti, t in enumerate(self.temps):
-                rows.append({**base, "stage": "dense", "temperature": t, "dense_seed": s,
-                             "density": 1.0, "retrain_seed": np.nan, "pair": "",
-                             "metric": "test_error", "value": float(dense["test_error"][si, ti]),
-                             "sick": bool(dense_sick[si, ti])})
-        mem = self.members()
-        for i, (s, t, d, r) in enumerate(mem):
-            coords = {**base, "stage": "retrain", "temperature": t, "dense_seed": s, "density": d,
-                      "retrain_seed": r, "pair": "", "sick": bool(sick[i])}
-            rows.append({**coords, "metric": "test_error",
-                         "value": float(np.mean(retrained["test_error"][i]))})
-            rows.append({**coords, "metric": "measured_density",
-                         "value": float(retrained["density"][i])})
-            if hessian is not None:
-                for metric in ("trace", "trace_stderr", "trace_probes", "top_eigenvalue"):
-                    rows.append({**coords, "metric": f"hessian_{metric}",
-                                 "value": float(hessian[metric][i])})
-        for p, (a, b) in enumerate(self.pairs()):
-            s, t, d, ra = mem[a]
-            rb = mem[b][3]
-            coords = {**base, "stage": "pair", "temperature": t, "dense_seed": s, "density": d,
-                      "retrain_seed": np.nan, "pair": f"{ra}-{rb}", "sick": bool(pair_sick[p])}
-            for metric, key in (("lmc", "lmc"), ("cka", "cka_softmax"), ("cka_logits", "cka_logits")):
-                rows.append({**coords, "metric": metric, "value": float(measured[key][p])})
-            rows.append({**coords, "metric": "loss_barrier",
-                         "value": float(measured["loss_barrier"][p])})
-            if bezier is not None:
-                rows.append({**coords, "metric": "bezier_mc", "value": float(bezier["mc"][p])})
-        results = pd.DataFrame(rows)
-        keys = ["knob", "temperature", "density"]
-        members = results[results.stage != "dense"]
-        every_cell = members[keys].drop_duplicates().sort_values(keys).set_index(keys).index
-        healthy = members[~members.sick]
-        metrics = list(dict.fromkeys(members.metric))
-        wide = (healthy.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
-                .reindex(index=every_cell, columns=metrics))  # NaN where every member is sick
-        n_sick = (members[(members.stage == "retrain") & (members.metric == "test_error")]
-                  .groupby(keys)["sick"].sum().reindex(every_cell).fillna(0).astype(int))
-        wide = wide.reset_index()
-        dense_rows = results[(results.stage == "dense") & ~results.sick]
-        dense_err = dense_rows.groupby("temperature")["value"].mean()
-        cells = pd.DataFrame({
-            "knob": wide["knob"], "temperature": wide["temperature"], "density": wide["density"],
-            "test_error": wide["test_error"], "lmc": wide["lmc"], "cka": wide["cka"],
-            "cka_logits": wide["cka_logits"], "loss_barrier": wide["loss_barrier"],
-            "dense_test_error": wide["temperature"].map(dense_err).to_numpy(),
-        })
-        for metric in ("bezier_mc", "hessian_trace", "hessian_top_eigenvalue"):
-            if metric in wide.columns:
-                cells[metric] = wide[metric]
-        cells["normalized_test_error"] = regimes.normalized_test_error(cells)
-        cells["regime"] = regimes.classify(cells, c.regimes.to_dict())
-        cells["advice"] = cells["regime"].map(regimes.advice)
-        cells["sick_members"] = n_sick.to_numpy()
-        for k, v in base.items():
-            if k != "knob":
-                cells[k] = v
+    def tables(self, dense, retrained, measured, bezier=None, hessian=None):
+        """(cells, results) DataFrames (see ``tr_jax.sweep.tables``)."""
+        base = {"config_hash": self.hash, **tables.provenance(self.strategy), "knob": self.cfg.knob}
+        results = tables.results_table(self.grid, base, dense, retrained, measured, bezier, hessian)
+        cells = tables.cells_table(results, self.cfg.regimes.to_dict())
+        dense_sick, sick, _ = tables.sick_members(self.grid, dense, retrained)
         if sick.any() or dense_sick.any():
             self.say(f"sick (diverged) members: {int(dense_sick.sum())} dense checkpoint(s), "
                      f"{int(sick.sum())} retrained member(s); flagged in results.csv (sick) and "
@@ -660,17 +601,15 @@ class Pipeline:
     def curve_figures(self, measured: dict, bezier: dict | None) -> list:
         """Per density: train error along t of every temperature's cell (mean over its pairs and
         dense seeds), the straight line and, when measured, the trained Bezier curve."""
-        mem = self.members()
-        cell_of = np.asarray([(self.temps.index(mem[a][1]), self.densities.index(mem[a][2]))
-                              for a, _ in self.pairs()]).reshape(-1, 2)
+        ij = self.grid.member_indices()[self.grid.pairs_array()[:, 0]]
         paths = []
         for di, d in enumerate(self.densities):
             curves = {}
             for name, src in (("line (LMC)", measured), ("Bezier", bezier)):
                 if src is None:
                     continue
-                errs = [src["curve_train_error"][(cell_of[:, 0] == ti) & (cell_of[:, 1] == di)]
-                        .mean(axis=0) for ti in range(len(self.temps))]
+                errs = [src["curve_train_error"][(ij[:, 1] == ti) & (ij[:, 2] == di)].mean(axis=0)
+                        for ti in range(len(self.temps))]
                 curves[name] = (src["ts"], np.stack(errs))
             paths.append(plots.curves_along_t(
                 curves, [f"{self.cfg.knob} {t}" for t in self.temps],
@@ -678,116 +617,53 @@ class Pipeline:
                 title=f"density {100 * d:g}%"))
         return paths
 
+    def _timed(self, name: str, fn, *args):
+        t = time.time()
+        out = fn(*args)
+        self.timings[name] = time.time() - t
+        return out
+
     def run(self) -> dict:
         t0 = time.time()
         self.say(f"tr_jax {__version__}: config {self.cfg.name!r} (hash {self.hash}) on "
-                 f"{jax.default_backend()} ({jax.device_count()} device(s)); workdir {self.wd.path}")
-        dense = self.dense()
-        retrained = self.retrain(dense)
-        measured = self.measure(retrained)
-        bezier = self.bezier(retrained)
-        hessian = self.hessian(retrained)
+                 f"{jax.default_backend()} ({jax.device_count()} device(s), "
+                 f"{jax.process_count()} process(es)); workdir {self.wd.path}")
+        dense = self._timed("dense", self.dense)
+        retrained = self._timed("retrain", self.retrain, dense)
+        measured = self._timed("measure", self.measure, retrained)
+        bezier = self._timed("bezier", self.bezier, retrained)
+        hessian = self._timed("hessian", self.hessian, retrained)
+        t = time.time()
         cells, results = self.tables(dense, retrained, measured, bezier, hessian)
-        atomic_write_csv(self.wd.path / "results.csv", results)
-        atomic_write_csv(self.wd.path / "cells.csv", cells)
-        # plots.save_figure writes every png to a temporary file and renames it: atomic too
-        transition = regimes.transition_with_uncertainty(results)
-        figures = plots.figure2(cells, self.wd.path / "figures", transition=transition,
-                                panels=[m for m in plots.ALL_PANELS if m in cells.columns])
-        figures.append(plots.three_regimes(
-            cells, self.wd.path / "figures" / f"{self.cfg.knob}_three_regimes.png",
-            rule=self.cfg.regimes.to_dict(), transition_table=transition))
-        figures += self.curve_figures(measured, bezier)
         summary = regimes.summary_table(cells)
-        atomic_write_text(self.wd.path / "summary.txt", summary + "\n")
+        figures = []
+        if sharding.is_primary():  # one writer
+            atomic_write_csv(self.wd.path / "results.csv", results)
+            atomic_write_csv(self.wd.path / "cells.csv", cells)
+            transition = regimes.transition_with_uncertainty(results)
+            figures = plots.figure2(cells, self.wd.path / "figures", transition=transition,
+                                    panels=[m for m in plots.ALL_PANELS if m in cells.columns])
+            figures.append(plots.three_regimes(
+                cells, self.wd.path / "figures" / f"{self.cfg.knob}_three_regimes.png",
+                rule=self.cfg.regimes.to_dict(), transition_table=transition))
+            figures += self.curve_figures(measured, bezier)
+            atomic_write_text(self.wd.path / "summary.txt", summary + "\n")
+        self.timings["tables"] = time.time() - t
+        sharding.barrier("tr_jax:tables")
         acc = 100 * (1 - dense["test_error"][:, -1].mean())
         self.say(f"dense model test accuracy at {self.cfg.knob}={self.temps[-1]}: {acc:.2f}%")
         self.echo(summary)
+        self.timings["total"] = time.time() - t0
         self.say(f"wrote cells.csv, results.csv, {len(figures)} figures in {self.wd.path}; "
-                 f"total {time.time() - t0:.1f}s")
-        return {"cells": cells, "results": results, "figures": figures, "summary": summary}
-
-
-def _step_estimate(model, section, cfg, image_shape, sam: bool, repeats: int = 3) -> dict:
-    """FLOPs, memory and measured seconds of one member's train step (synthetic data, this
-    machine), from the compiled program's cost and memory analyses."""
-    bs = int(section.batch_size if cfg.knob != "batch_size" or section is cfg.retrain
-             else max(cfg.temperatures))
-    rng = np.random.default_rng(0)
-    X = jnp.asarray(rng.integers(0, 256, (bs, *image_shape), dtype=np.uint8))
-    Y = jnp.asarray(rng.integers(0, 10, (bs,)), jnp.int32)
-    step = StepConfig(mean=(0.5,) * image_shape[2], std=(0.25,) * image_shape[2], batch_size=bs,
-                      pad=cfg.augment.pad, flip=cfg.augment.flip, momentum=section.momentum,
-                      optimizer=section.get("optimizer", "sgd"), sam=sam)
-    v = models.init(model, jax.random.key(0), image_shape)
-    state = stack([init_state(v, jax.tree.map(jnp.ones_like, v["params"]), jax.random.key(1),
-                              0.1, 1e-4, section.momentum, optimizer=step.optimizer)])
-    fn = Trainer(model, step, "vmap", chunk_steps=1)._train_fn(1, bs)
-    args = (X, Y, jnp.int32(0), jnp.int32(0), jnp.ones((1,), jnp.float32))
-    compiled = fn.lower(state, *args).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    memo = compiled.memory_analysis()
-    nbytes = sum(getattr(memo, k, 0) for k in ("temp_size_in_bytes", "argument_size_in_bytes",
-                                               "output_size_in_bytes")) if memo else 0
-    times = []
-    for _ in range(repeats):
-        st = jax.tree.map(jnp.copy, state)
-        t = time.perf_counter()
-        jax.block_until_ready(fn(st, *args))
-        times.append(time.perf_counter() - t)
-    return {"flops_per_step": float((cost or {}).get("flops", 0.0)), "bytes_per_member": nbytes,
-            "seconds_per_step": float(np.median(times)), "device": jax.devices()[0].device_kind}
-
-
-def device_memory_bytes() -> int | None:
-    """The accelerator's memory limit (None on CPU or when the backend does not say)."""
-    if jax.default_backend() == "cpu":
-        return None
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("bytes_limit")
-
-
-def members_cap(cfg: ml_collections.ConfigDict, model, image_shape) -> tuple[int, str]:
-    """Members per program: ``run.max_members`` (0 = no cap), lowered to what the memory budget
-    holds — ``run.memory_budget_gb``, or 80 % of the accelerator's memory when it is 0 — at the
-    measured footprint of one member's train step. Returns (cap, explanation)."""
-    from tr_jax.sweep.plan import members_for_budget
-    cap = int(cfg.run.max_members)
-    budget = cfg.run.memory_budget_gb * 2**30 or 0.8 * (device_memory_bytes() or 0)
-    if not budget:
-        return cap, ""
-    per = max(_step_estimate(model, sec, cfg, image_shape, False, repeats=1)["bytes_per_member"]
-              for sec in (cfg.dense, cfg.retrain))
-    fit = members_for_budget(per, budget)
-    cap = min(cap, fit) if cap else fit
-    return cap, (f"memory budget {budget / 2**30:.1f} GiB / {per / 2**20:.1f} MiB per member: at "
-                 f"most {cap} members per program")
-
-
-def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True) -> str:
-    """The plan of a config (members, groups, programs, steps) and, with ``measure``, FLOPs,
-    memory and a time estimate from a short measured step on this machine. Reads no dataset and
-    writes nothing."""
-    from tr_jax.data.datasets import DATASET_SHAPES
-    num_train, shape, classes = DATASET_SHAPES[cfg.dataset]
-    model = models.build(cfg.model.arch, depth=cfg.model.depth, num_classes=classes,
-                         width=cfg.model.width)
-    cap, why = members_cap(cfg, model, shape) if measure else (int(cfg.run.max_members), "")
-    plan = make_plan(cfg, num_train, cap)
-    est = None
-    if measure:
-        est = {"dense": _step_estimate(model, cfg.dense, cfg, shape,
-                                       cfg.knob == "sam_rho" or cfg.dense.sam_rho > 0),
-               "retrain": _step_estimate(model, cfg.retrain, cfg, shape, False)}
-    head = (f"config {cfg.name!r} (hash {config_hash(cfg)}): {cfg.dataset} ({num_train} train "
-            f"images {shape}), {cfg.model.arch}-{cfg.model.depth} width {cfg.model.width}, "
-            f"strategy {mem_strategy(cfg.run.members_strategy)} on {jax.default_backend()} "
-            f"({jax.device_count()} device(s))")
-    return head + "\n" + (why + "\n" if why else "") + plan.describe(est)
+                 f"total {time.time() - t0:.1f}s; stage seconds "
+                 + json.dumps({k: round(v, 2) for k, v in self.timings.items()})
+                 + f"; {self.wd.bytes_written} bytes of checkpoints and records written")
+        return {"cells": cells, "results": results, "figures": figures, "summary": summary,
+                "timings": dict(self.timings), "bytes_written": self.wd.bytes_written}
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
-        echo: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the pipeline of a validated config in ``workdir``."""
-    return Pipeline(cfg, workdir, progress, echo).run()
+        echo: Callable[[str], None] = print, *, model=None, dataset=None) -> dict:
+    """Run (or resume) the pipeline of a validated config in ``workdir``; ``model`` / ``dataset``
+    replace the config's built-in model and dataset."""
+    return Pipeline(cfg, workdir, progress, echo, model=model, dataset=dataset).run()

@@ -37,7 +37,10 @@ from typing import Any, Callable
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tr_jax import sharding
+
 VERSION_FILE = "tr_jax_version.json"
+CHUNKS = ".chunks"  # suffix of a stage's folder of chunk records
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "enospc")
 
@@ -92,6 +95,10 @@ def _disk_full(workdir: pathlib.Path, what: str, e: BaseException) -> DiskFullEr
         "before this write is intact and the run resumes from its last committed checkpoint.")
 
 
+def _dir_bytes(d: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
 def _read_json(path: pathlib.Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -104,20 +111,23 @@ def _read_json(path: pathlib.Path) -> dict:
 _FAULTS: dict[str, int] = {}
 
 
-def fault_point(point: str) -> None:
-    """Fault injection for the kill-anywhere test: with ``TR_JAX_KILL_AT=point:n`` in the
-    environment, the process SIGKILLs itself the n-th time it reaches ``point``. Points:
-    ``save:written`` (a checkpoint is written but not yet swapped in), ``save:swapping`` (the old
-    version moved aside, the new one not yet in place), ``text:written`` (a table written to its
-    temporary file, not yet renamed). A no-op without the variable."""
+def fault_point(point: str, name: str = "") -> None:
+    """Fault injection for the kill-anywhere tests: with ``TR_JAX_KILL_AT=point:n`` (or
+    ``point@name:n``, counting only the writes of checkpoint ``name``) in the environment, the
+    process SIGKILLs itself the n-th time it reaches ``point``. Points: ``save:written`` (a
+    checkpoint is written but not yet swapped in), ``save:swapping`` (the old version moved aside,
+    the new one not yet in place), ``text:written`` (a table written to its temporary file, not
+    yet renamed), ``chunk:written`` (a chunk record written, not yet renamed). A no-op without
+    the variable."""
     spec = os.environ.get("TR_JAX_KILL_AT")
     if not spec:
         return
     where, _, n = spec.rpartition(":")
-    if where != point:
+    where, _, only = where.partition("@")
+    if where != point or (only and only != name):
         return
-    _FAULTS[point] = _FAULTS.get(point, 0) + 1
-    if str(_FAULTS[point]) == n:
+    _FAULTS[spec] = _FAULTS.get(spec, 0) + 1
+    if str(_FAULTS[spec]) == n:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -154,12 +164,16 @@ class Workdir:
                     f"workdir {str(self.path)!r} holds a run of a different config ({shown}"
                     f"{', ...' if len(diff) > 6 else ''}). Use another --workdir, or delete this "
                     "one to start over.")
-        if not ver_file.exists():  # a new workdir (or one from before versions were recorded)
-            atomic_write_text(ver_file, json.dumps({"tr_jax_version": self.version}) + "\n")
-        if not cfg_file.exists():
-            atomic_write_text(cfg_file, config_json)
+        if sharding.is_primary():
+            if not ver_file.exists():  # a new workdir (or one from before versions were recorded)
+                atomic_write_text(ver_file, json.dumps({"tr_jax_version": self.version}) + "\n")
+            if not cfg_file.exists():
+                atomic_write_text(cfg_file, config_json)
         self._ckpt = ocp.StandardCheckpointer()
-        self._tidy()
+        self.bytes_written = 0  # by this run: checkpoints and chunk records (bench_scale reads it)
+        if sharding.is_primary():
+            self._tidy()
+        sharding.barrier("tr_jax:workdir:open")
 
     def _tidy(self) -> None:
         """Repair or remove what a killed run left half written: checkpoint swaps (finished, see
@@ -169,6 +183,9 @@ class Workdir:
             for p in stages.iterdir():
                 if ".orbax-checkpoint-tmp" in p.name:
                     shutil.rmtree(p, ignore_errors=True)
+                elif p.name.endswith(CHUNKS) and p.is_dir():
+                    for q in p.glob(".*.tmp"):
+                        q.unlink(missing_ok=True)
             for p in stages.iterdir():
                 if p.name.startswith(".") and p.name.endswith((".new", ".old")) and p.exists():
                     self._recover(p.name[1:-4])
@@ -210,48 +227,74 @@ class Workdir:
                 shutil.rmtree(leftover, ignore_errors=True)
 
     def has(self, name: str) -> bool:
-        self._recover(name)
+        if sharding.is_primary():
+            self._recover(name)
+        sharding.barrier(f"tr_jax:has:{name}")
         return self._committed(self.stage_dir(name))
 
     def save(self, name: str, tree: Any, note: str = "") -> None:
-        """Commit ``tree`` (any pytree of arrays) as checkpoint ``name``, atomically (see the
-        module docstring), and log ``committed {name} {note}`` in log.txt."""
+        """Commit ``tree`` (a pytree of host arrays and global ``jax.Array`` s) as checkpoint
+        ``name``, atomically (see the module docstring), and log ``committed {name} {note}`` in
+        log.txt. Every process calls it: orbax's multi-process protocol has each process write
+        its own shards of the global arrays, then one commit; process 0 then swaps the folder in.
+        """
         import jax
         d = self.stage_dir(name)
         new, old = self._tmp_dirs(name)
-        self._recover(name)
-        try:
+        primary = sharding.is_primary()
+        if primary:
+            self._recover(name)
             d.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(new, ignore_errors=True)
-            self._ckpt.save(new, jax.tree.map(np.asarray, tree), force=True)
+        sharding.barrier(f"tr_jax:save:{name}:ready")
+        tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), tree)
+        try:
+            self._ckpt.save(new, tree, force=True)
             self._ckpt.wait_until_finished()
         except Exception as e:
-            shutil.rmtree(new, ignore_errors=True)
-            for p in d.parent.glob(f".{name}.new*"):  # orbax's own temporary folder
-                shutil.rmtree(p, ignore_errors=True)
+            if primary:
+                shutil.rmtree(new, ignore_errors=True)
+                for p in d.parent.glob(f".{name}.new*"):  # orbax's own temporary folder
+                    shutil.rmtree(p, ignore_errors=True)
             if _is_disk_full(e):
                 raise _disk_full(self.path, f"checkpoint {str(d)!r}", e) from e
             raise
-        fault_point("save:written")
-        if d.exists():
-            os.rename(d, old)
-        fault_point("save:swapping")
-        os.rename(new, d)
-        shutil.rmtree(old, ignore_errors=True)
-        self.log(f"[{time.strftime('%H:%M:%S')}] committed {name}{' ' + note if note else ''}")
+        sharding.barrier(f"tr_jax:save:{name}:written")
+        if primary:
+            self.bytes_written += _dir_bytes(new)
+            fault_point("save:written", name)
+            if d.exists():
+                os.rename(d, old)
+            fault_point("save:swapping", name)
+            os.rename(new, d)
+            shutil.rmtree(old, ignore_errors=True)
+            self.log(f"[{time.strftime('%H:%M:%S')}] committed {name}{' ' + note if note else ''}")
+        sharding.barrier(f"tr_jax:save:{name}:done")
 
     def load(self, name: str, like: Any = None) -> Any:
-        """Checkpoint ``name`` as numpy arrays; with ``like`` (a pytree of the same structure) the
-        containers (NamedTuples, optimiser states) are rebuilt too, and shapes and dtypes checked.
-        An unreadable checkpoint raises :class:`CorruptCheckpointError` naming its folder."""
+        """Checkpoint ``name``; with ``like`` (a pytree of the same structure) the containers
+        (NamedTuples, optimiser states) are rebuilt too, and shapes and dtypes checked. Leaves of
+        ``like`` that are global arrays or sharded ``jax.ShapeDtypeStruct`` s come back as global
+        arrays sharded the same way (each process reads its own shards); every other leaf as
+        numpy. An unreadable checkpoint raises :class:`CorruptCheckpointError` naming its folder.
+        """
         import jax
         d = self.stage_dir(name)
-        self._recover(name)
+        if sharding.is_primary():
+            self._recover(name)
+        sharding.barrier(f"tr_jax:load:{name}")
+
+        def target(x):
+            if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and getattr(x, "sharding", None):
+                return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+            return np.asarray(x)
+
         try:
             if like is None:
                 return jax.tree.map(np.asarray, self._ckpt.restore(d))
-            like = jax.tree.map(np.asarray, like)
-            out = jax.tree.map(np.asarray, self._ckpt.restore(d, like))
+            like = jax.tree.map(target, like)
+            out = jax.tree.map(lambda r, t: r if isinstance(t, jax.ShapeDtypeStruct)
+                               else np.asarray(r), self._ckpt.restore(d, like), like)
             for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(like)):
                 if a.shape != b.shape or a.dtype != b.dtype:
                     raise ValueError(f"an array of shape {a.shape} {a.dtype} where "
@@ -271,8 +314,11 @@ class Workdir:
             return self.load(name, like)
         except CorruptCheckpointError as e:
             aside = self.stage_dir(f"{name}.corrupt")
-            shutil.rmtree(aside, ignore_errors=True)
-            os.rename(self.stage_dir(name), aside)
+            sharding.barrier(f"tr_jax:corrupt:{name}")
+            if sharding.is_primary():
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(self.stage_dir(name), aside)
+            sharding.barrier(f"tr_jax:corrupt:{name}:moved")
             (warn or self.log)(
                 f"WARNING: checkpoint {str(e.path)!r} is unreadable ({e.detail}); treating {name} as "
                 f"not done and recomputing it. The unreadable checkpoint was moved to "
@@ -280,9 +326,66 @@ class Workdir:
             return None
 
     def remove(self, name: str) -> None:
-        shutil.rmtree(self.stage_dir(name), ignore_errors=True)
+        if sharding.is_primary():
+            shutil.rmtree(self.stage_dir(name), ignore_errors=True)
+        sharding.barrier(f"tr_jax:remove:{name}")
+
+    # -- chunk records: a stage's progress, one small file per finished chunk ------------------
+    def chunks_dir(self, stage: str) -> pathlib.Path:
+        return self.path / "stages" / f"{stage}{CHUNKS}"
+
+    def save_chunk(self, stage: str, lo: int, hi: int, arrays: dict[str, np.ndarray]) -> None:
+        """Commit the results of items ``lo .. hi - 1`` of ``stage`` (small host arrays, the same
+        on every process) as their own record: written once, never rewritten, so the bytes a
+        stage writes stay linear in its items. Process 0 writes (temporary file, fsync, rename)."""
+        if sharding.is_primary():
+            d = self.chunks_dir(stage)
+            d.mkdir(parents=True, exist_ok=True)
+            path = d / f"{int(lo):09d}_{int(hi):09d}.npz"
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+                    f.flush()
+                    os.fsync(f.fileno())
+                fault_point("chunk:written", stage)
+                os.replace(tmp, path)
+            except BaseException as e:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                if isinstance(e, Exception) and _is_disk_full(e):
+                    raise _disk_full(self.path, f"chunk record {str(path)!r}", e) from e
+                raise
+            self.bytes_written += path.stat().st_size
+        sharding.barrier(f"tr_jax:chunk:{stage}:{lo}")
+
+    def load_chunks(self, stage: str) -> list[tuple[int, int, dict[str, np.ndarray]]]:
+        """The committed chunk records of ``stage``: ``(lo, hi, arrays)``, sorted by ``lo``. An
+        unreadable record (a disk fault) is dropped with a warning in the log: its chunk is
+        recomputed."""
+        d = self.chunks_dir(stage)
+        out = []
+        if not d.is_dir():
+            return out
+        for p in sorted(d.glob("[0-9]*_[0-9]*.npz")):
+            lo, hi = (int(x) for x in p.stem.split("_"))
+            try:
+                with np.load(p) as z:
+                    out.append((lo, hi, {k: z[k] for k in z.files}))
+            except Exception as e:  # noqa: BLE001 - any unreadable record is recomputed
+                self.log(f"WARNING: chunk record {str(p)!r} is unreadable ({e}); recomputing it")
+        return out
+
+    def remove_chunks(self, stage: str) -> None:
+        if sharding.is_primary():
+            shutil.rmtree(self.chunks_dir(stage), ignore_errors=True)
+        sharding.barrier(f"tr_jax:chunks:{stage}:removed")
 
     def log(self, line: str) -> None:
+        if not sharding.is_primary():
+            return
         try:
             with open(self.path / "log.txt", "a") as f:
                 f.write(line.rstrip() + "\n")

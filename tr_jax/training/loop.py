@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from tr_jax import sharding
 from tr_jax.training import members as mem
 from tr_jax.training.optim import multistep
 from tr_jax.training.steps import (StepConfig, TrainState, eval_batch, padded_batches,
@@ -197,7 +198,8 @@ class Trainer:
             for x, y, valid in batches:
                 w, lsum = fn(g.params, g.batch_stats, g.mask, x, y, valid)
                 wrong, loss = wrong + w, loss + lsum
-            return np.atleast_1d(np.asarray(wrong) / n), np.atleast_1d(np.asarray(loss) / n)
+            return (np.atleast_1d(sharding.to_host(wrong) / n),
+                    np.atleast_1d(sharding.to_host(loss) / n))
 
         out = _run(work, groups, self.strategy, [fn])
         return np.concatenate([e for e, _ in out]), np.concatenate([lo for _, lo in out])

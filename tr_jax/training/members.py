@@ -31,7 +31,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 STRATEGIES = ("loop", "threads", "threads:k", "vmap", "map", "map_chunked:k", "auto")
@@ -212,22 +211,14 @@ def num_members(stacked: Any) -> int:
     return int(jax.tree.leaves(stacked)[0].shape[0])
 
 
-def shard_members(stacked: Any, devices: Sequence[Any] | None = None) -> Any:
-    """Place a stacked tree with its members axis sharded over ``devices`` (default: all), via a
-    1-D ``jax.sharding.Mesh`` named ``members``; jitted steps then run SPMD, each device on its
-    share of members. The members axis is padded (repeating the last member) to a multiple of the
-    device count; ``join_groups(..., num=M)`` drops the padding. One device: returned as is."""
-    devices = list(jax.devices() if devices is None else devices)
-    if len(devices) == 1:
-        return stacked
-    m, n = num_members(stacked), len(devices)
-    pad = -m % n
-    if pad:
-        stacked = jax.tree.map(
-            lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), stacked)
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
-    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
-    return jax.device_put(stacked, spec)
+def shard_members(stacked: Any) -> Any:
+    """A fresh copy of a stacked tree with its members axis sharded over every device of every
+    process (``tr_jax.sharding.shard``: a 1-D ``Mesh`` named ``members``), padded (repeating the
+    last member) to a multiple of the device count; ``join_groups(..., num=M)`` drops the padding.
+    Jitted steps then run SPMD, each device on its share of members. Always a copy, so a step
+    that donates its state never deletes the caller's arrays (on every backend)."""
+    from tr_jax import sharding
+    return sharding.shard(stacked)
 
 
 def split_groups(stacked: Any, strategy: str) -> list[Any]:

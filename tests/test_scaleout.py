@@ -1,0 +1,188 @@
+"""Scale-out: the members axis is one global array over every device of every process.
+
+Multi-process runs are real: local processes on 127.0.0.1 with gloo CPU collectives, each with 2
+simulated CPU devices, running the same ``tr-jax run`` command on one workdir; every subprocess is
+bounded in time.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+# 4 members, 2 pairs, 2 retrain epochs with a progress checkpoint after the first (lr 0.02: see
+# test_cli.test_four_simulated_devices_give_the_cells_of_one)
+SETS = ["temperatures=(1,)", "dense.epochs=1", "retrain.epochs=2", "run.checkpoint_every=1",
+        "measure.test_error_last_epochs=1", "measure.lmc_points=2", "prune.densities=(0.1, 0.5)",
+        "run.members_strategy=vmap", "dense.lr=0.02", "retrain.lr=0.02", "run.chunk_steps=1",
+        "dense.batch_size=256", "retrain.batch_size=256"]
+TIMEOUT = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, **extra) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **extra}
+    env.pop("TR_JAX_KILL_AT", None)
+    env.update(extra)
+    return env
+
+
+def _cmd(wd: pathlib.Path, *extra: str) -> list[str]:
+    sets = [a for s in SETS for a in ("--set", s)]
+    return [sys.executable, "-m", "tr_jax.cli", "run", TINY, "--workdir", str(wd), "--no-progress",
+            *sets, *extra]
+
+
+def _launch(wd: pathlib.Path, n_proc: int, port: int, **env) -> list[subprocess.Popen]:
+    procs = []
+    for i in range(n_proc):
+        extra = ([] if n_proc == 1 else
+                 ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n_proc),
+                  "--process-id", str(i)])
+        procs.append(subprocess.Popen(_cmd(wd, *extra), env=_env(4 // n_proc, **env),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[tuple[int, str, str]]:
+    out, deadline = [], time.time() + timeout
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=max(1.0, deadline - time.time()))
+            out.append((p.returncode, o, e))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return out
+
+
+def _numbers(path: pathlib.Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    """One process with 4 devices: the reference for the multi-process runs."""
+    wd = tmp_path_factory.mktemp("one_process") / "w"
+    (rc, out, err), = _finish(_launch(wd, 1, 0))
+    assert rc == 0, err[-3000:]
+    assert "(4 device(s), 1 process(es))" in out
+    return wd
+
+
+def test_two_processes_killed_mid_retrain_resume_to_the_tables_of_one(four_devices, tmp_path):
+    """2 processes x 2 devices (gloo, 127.0.0.1) run tiny under vmap. Process 0 is SIGKILLed
+    inside the commit of the retraining's progress checkpoint, process 1 is then killed too (it
+    waits at the commit's barrier). Both restarted with the same command resume after epoch 1 and
+    end with the cells of one process with 4 devices (within 1e-4); only process 0 wrote the
+    tables, the figures and the log."""
+    wd = tmp_path / "w"
+    procs = _launch(wd, 2, _free_port(), TR_JAX_KILL_AT="save:written@retrain_p0_progress:1")
+    try:
+        assert procs[0].wait(timeout=TIMEOUT) == -signal.SIGKILL, procs[0].communicate()[1][-3000:]
+        time.sleep(1.0)
+        procs[1].send_signal(signal.SIGKILL)
+    finally:
+        _finish(procs, 30)
+    assert not (wd / "cells.csv").exists()
+    assert (wd / "stages" / ".retrain_p0_progress.new").is_dir()  # written, not swapped in
+
+    results = _finish(_launch(wd, 2, _free_port()))
+    for rc, _, err in results:
+        assert rc == 0, err[-3000:]
+    (_, out0, _), (_, out1, _) = results
+    assert "(4 device(s), 2 process(es))" in out0
+    assert "retrain_p0: resuming from the checkpoint after epoch 1" in out0
+    assert "wrote cells.csv" in out0 and "wrote cells.csv" not in out1 and out1.strip() == ""
+    log = (wd / "log.txt").read_text()
+    assert log.count("wrote cells.csv") == 1
+    a, b = _numbers(four_devices / "cells.csv"), _numbers(wd / "cells.csv")
+    num = a.select_dtypes("number").columns
+    np.testing.assert_allclose(b[num], a[num], rtol=1e-4, atol=1e-5)
+    assert list(a.regime) == list(b.regime)
+
+
+SHARDING_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from tr_jax import models, sharding
+    from tr_jax.sweep import stages
+    from tr_jax.training import StepConfig, Trainer
+    model = models.build("preresnet", depth=8, num_classes=10, width=0.25)
+    v = models.init(model, jax.random.key(0), (8, 8, 1))
+    dense = jax.tree.map(lambda x: np.stack([np.asarray(x)] * 2), v)
+    keys = np.arange(16, dtype=np.uint32).reshape(8, 2)
+    rows = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    state = stages.build_members(sharding.replicate(dense["params"]), sharding.replicate(dense),
+                                 rows, rows, np.array([0.1, 0.5] * 4, np.float32), keys,
+                                 lr=0.1, weight_decay=1e-4, momentum=0.9)
+    for name, tree in (("built", state),):
+        for leaf in jax.tree.leaves(tree):
+            assert leaf.sharding.spec == jax.sharding.PartitionSpec("members"), leaf.sharding
+            assert [s.data.shape[0] for s in leaf.addressable_shards] == [2, 2, 2, 2]
+    rng = np.random.default_rng(0)
+    X = sharding.replicate(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8))
+    Y = sharding.replicate(rng.integers(0, 10, (64,)).astype(np.int32))
+    step = StepConfig(mean=(0.5,), std=(0.25,), batch_size=32, pad=1, flip=False)
+    final, _ = Trainer(model, step, "vmap", chunk_steps=2).fit(state, X, Y, 1)
+    for leaf in jax.tree.leaves(final.params):
+        assert leaf.sharding.spec == jax.sharding.PartitionSpec("members"), leaf.sharding
+        assert len(leaf.sharding.device_set) == 4
+    # each device holds its own members' weights: the 4 shards differ (not one replicated copy)
+    w = final.params["conv1"]["kernel"]
+    shards = [np.asarray(s.data) for s in w.addressable_shards]
+    assert not np.allclose(shards[0], shards[2])
+    print("SHARDED OK")
+""")
+
+
+def test_stage_state_is_sharded_over_the_members_mesh():
+    """Built members and the retrained state are global arrays split over 4 devices, 2 members
+    each (a no-op sharding would leave one device or replicated copies)."""
+    r = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=_env(4), capture_output=True,
+                       text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "SHARDED OK" in r.stdout
+
+
+def test_fit_never_deletes_the_callers_state():
+    """Trainer.fit donates only internal copies: under vmap (one device) and threads alike, the
+    caller's state is usable afterwards and unchanged."""
+    from tr_jax import models
+    from tr_jax.training import StepConfig, Trainer, init_state, stack
+    model = models.build("preresnet", depth=8, num_classes=10, width=0.25)
+    v = models.init(model, jax.random.key(0), (8, 8, 1))
+    state = stack([init_state(v, jax.tree.map(jnp.ones_like, v["params"]), jax.random.key(i),
+                              0.1, 1e-4) for i in range(2)])
+    before = jax.tree.map(np.asarray, state)
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8))
+    Y = jnp.asarray(rng.integers(0, 10, (64,)).astype(np.int32))
+    step = StepConfig(mean=(0.5,), std=(0.25,), batch_size=32, pad=1, flip=False)
+    for strategy in ("vmap", "threads", "map"):
+        final, _ = Trainer(model, step, strategy, chunk_steps=2).fit(state, X, Y, 1)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(before)):
+            assert not a.is_deleted(), strategy
+            np.testing.assert_array_equal(np.asarray(a), b)
+        assert not np.allclose(np.asarray(final.params["conv1"]["kernel"]),
+                               before.params["conv1"]["kernel"])

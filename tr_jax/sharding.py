@@ -1,0 +1,146 @@
+"""The members mesh: one global ``jax.Array`` per stacked leaf, sharded over every device of every
+process (DESIGN.md, Scale-out).
+
+A sweep's members (or pairs, or LMC points) lie on the leading axis of every leaf. That axis is
+sharded over a 1-D :class:`jax.sharding.Mesh` named ``members`` that holds every device of every
+process (``jax.devices()``), so one process with 4 devices and two processes with 2 devices each
+run the same partitioned programs. Leading axes are padded to a multiple of the device count
+(:func:`padded`) by repeating the last member; the padding's results are dropped on the host.
+
+Host values go in with :func:`replicate` (small arrays every device needs: the dataset, dense
+checkpoints) and :func:`shard` (a stacked tree, members split over the devices); both accept
+host numpy that is identical on every process, and device arrays. Results come out with
+:func:`to_host`, which works for arrays that span devices of other processes too: only small
+per-member metrics should take that way.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MEMBERS = "members"
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh(devices: tuple) -> Mesh:
+    return Mesh(np.asarray(devices, dtype=object), (MEMBERS,))
+
+
+def mesh() -> Mesh:
+    """The 1-D mesh ``members`` over every device of every process."""
+    return _mesh(tuple(jax.devices()))
+
+
+def num_shards() -> int:
+    """Devices the members axis is split over (all devices of all processes)."""
+    return jax.device_count()
+
+
+def padded(m: int, multiple: int | None = None) -> int:
+    """``m`` rounded up to a multiple of the device count (or of ``multiple``)."""
+    n = multiple or num_shards()
+    return -(-int(m) // n) * n
+
+
+def members_sharding() -> NamedSharding:
+    """Leading axis split over the mesh, the rest replicated."""
+    return NamedSharding(mesh(), PartitionSpec(MEMBERS))
+
+
+def replicated_sharding() -> NamedSharding:
+    return NamedSharding(mesh(), PartitionSpec())
+
+
+def multi_process() -> bool:
+    return jax.process_count() > 1
+
+
+def is_primary() -> bool:
+    """Whether this is the process that writes tables, figures and the log (process 0)."""
+    return jax.process_index() == 0
+
+
+def _pad_leaf(x, m_pad: int):
+    pad = m_pad - x.shape[0]
+    if pad <= 0:
+        return x
+    return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
+
+
+@functools.lru_cache(maxsize=None)
+def _resharder(m_pad: int, sharding: NamedSharding):
+    return jax.jit(lambda t: jax.tree.map(lambda x: _pad_leaf(x, m_pad), t),
+                   out_shardings=sharding)
+
+
+def shard(tree: Any, m_pad: int | None = None) -> Any:
+    """A fresh copy of ``tree`` (leaves [M, ...]: host numpy identical on every process, or device
+    arrays) with the members axis padded to ``m_pad`` (default: :func:`padded`) and sharded over
+    the mesh. The caller's arrays are never donated or deleted."""
+    m = int(jax.tree.leaves(tree)[0].shape[0])
+    m_pad = padded(m) if m_pad is None else int(m_pad)
+    return _resharder(m_pad, members_sharding())(tree)
+
+
+def replicate(tree: Any) -> Any:
+    """``tree`` as arrays replicated on every device of the mesh (host numpy must be identical on
+    every process). With one device: plain device arrays."""
+    if num_shards() == 1:
+        return jax.tree.map(jnp.asarray, tree)
+    sh = replicated_sharding()
+
+    def one(x):
+        if isinstance(x, jax.Array) and x.sharding == sh:
+            return x
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.jit(lambda y: y, out_shardings=sh)(x)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sh, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree)
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A (global) array as host numpy, the same on every process: directly when this process holds
+    all of it, else gathered from the processes that hold its shards (every process must call
+    this together). For small per-member metrics, not for stacked weights."""
+    if not isinstance(x, jax.Array):
+        return np.asarray(x)
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def tree_to_host(tree: Any) -> Any:
+    return jax.tree.map(to_host, tree)
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches ``name`` (a no-op with one process)."""
+    if multi_process():
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def like(tree: Any) -> Any:
+    """Restore targets for a tree: ``ShapeDtypeStruct`` with the sharding of each global array,
+    host numpy leaves as themselves."""
+    def one(x):
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return x
+    return jax.tree.map(one, tree)
+
+
+def members_like(template: Any, m_pad: int) -> Any:
+    """``ShapeDtypeStruct`` restore targets of a stacked tree of ``m_pad`` members sharded over the
+    mesh (what :func:`shard` returns), from one member's ``template`` (arrays or shape structs)."""
+    sh = members_sharding()
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((int(m_pad), *x.shape), x.dtype, sharding=sh),
+                        template)

@@ -1,0 +1,117 @@
+"""The sweep's tables: ``results.csv`` (tidy, one row per member or pair and metric) and
+``cells.csv`` (one row per cell, from :func:`tr_jax.regimes.cells_from_results`, the one home of
+the cell aggregation).
+
+Built from small host arrays only (per-member and per-pair metrics), never from weights.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+
+from tr_jax import __version__, regimes
+from tr_jax.sweep.grid import Grid
+from tr_jax.training.members import resolve as mem_strategy
+
+
+def provenance(strategy: str) -> dict[str, str]:
+    """How a number was made: tr_jax and jax versions, the device kind and the members strategy
+    (a column of results.csv and cells.csv each, next to the config hash)."""
+    return {"tr_jax_version": __version__, "jax_version": jax.__version__,
+            "device_kind": jax.devices()[0].device_kind, "members_strategy": mem_strategy(strategy)}
+
+
+def sick_members(grid: Grid, dense: dict, retrained: dict) -> tuple[np.ndarray, np.ndarray,
+                                                                    np.ndarray]:
+    """Diverged members: (dense [S, T], retrain [M], pair [P]) booleans. A dense checkpoint is
+    sick when a weight or BN statistic is NaN/inf; a retrained member when its own are (the
+    ``healthy`` flags computed on device after retraining), when a test error of it is not
+    finite, or when its dense checkpoint is sick; a pair when either member is."""
+    S, T, _, _ = grid.shape
+    dense_ok = np.ones((S, T), bool)
+    for x in jax.tree.leaves(dense["variables"]):
+        x = np.asarray(x)
+        dense_ok &= np.isfinite(x.reshape(S, T, -1)).all(axis=-1)
+    dense_sick = ~(dense_ok & np.isfinite(np.asarray(dense["test_error"])).reshape(S, T))
+    M = grid.num_members
+    te = np.asarray(retrained["test_error"]).reshape(M, -1)
+    sick = ~(np.asarray(retrained["healthy"], bool)[:M] & np.isfinite(te).all(axis=1))
+    sick |= np.repeat(dense_sick.reshape(-1), M // (S * T))  # members are (s, t, d, r)-major
+    pairs = grid.pairs_array()
+    return dense_sick, sick, sick[pairs[:, 0]] | sick[pairs[:, 1]]
+
+
+def results_table(grid: Grid, base: dict[str, Any], dense: dict, retrained: dict, measured: dict,
+                  bezier: dict | None, hessian: dict | None) -> pd.DataFrame:
+    """results.csv: one row per dense checkpoint, retrained member and pair, per metric, with every
+    coordinate a column, a ``sick`` flag and ``base`` (config hash, provenance, knob)."""
+    dense_sick, sick, pair_sick = sick_members(grid, dense, retrained)
+    rows = []
+    for si, s in enumerate(grid.dense_seeds):
+        for ti, t in enumerate(grid.temperatures):
+            rows.append({**base, "stage": "dense", "temperature": t, "dense_seed": s,
+                         "density": 1.0, "retrain_seed": np.nan, "pair": "",
+                         "metric": "test_error", "value": float(dense["test_error"][si, ti]),
+                         "sick": bool(dense_sick[si, ti])})
+    mem = grid.members()
+    for i, (s, t, d, r) in enumerate(mem):
+        coords = {**base, "stage": "retrain", "temperature": t, "dense_seed": s, "density": d,
+                  "retrain_seed": r, "pair": "", "sick": bool(sick[i])}
+        rows.append({**coords, "metric": "test_error",
+                     "value": float(np.mean(retrained["test_error"][i]))})
+        rows.append({**coords, "metric": "measured_density",
+                     "value": float(retrained["density"][i])})
+        if hessian is not None:
+            for metric in ("trace", "trace_stderr", "trace_probes", "top_eigenvalue"):
+                rows.append({**coords, "metric": f"hessian_{metric}",
+                             "value": float(hessian[metric][i])})
+    for p, (a, b) in enumerate(grid.pairs()):
+        s, t, d, ra = mem[a]
+        rb = mem[b][3]
+        coords = {**base, "stage": "pair", "temperature": t, "dense_seed": s, "density": d,
+                  "retrain_seed": np.nan, "pair": f"{ra}-{rb}", "sick": bool(pair_sick[p])}
+        for metric, key in (("lmc", "lmc"), ("cka", "cka_softmax"), ("cka_logits", "cka_logits")):
+            rows.append({**coords, "metric": metric, "value": float(measured[key][p])})
+        rows.append({**coords, "metric": "loss_barrier",
+                     "value": float(measured["loss_barrier"][p])})
+        if bezier is not None:
+            rows.append({**coords, "metric": "bezier_mc", "value": float(bezier["mc"][p])})
+    return pd.DataFrame(rows)
+
+
+def cells_table(results: pd.DataFrame, rule: dict | None = None) -> pd.DataFrame:
+    """cells.csv from results.csv: per cell the means over the healthy members and pairs,
+    ``sick_members``, the regime and advice, and the provenance columns."""
+    keys = ["knob", "temperature", "density"]
+    members = results[results.stage != "dense"]
+    every_cell = members[keys].drop_duplicates().sort_values(keys).set_index(keys).index
+    healthy = members[~members.sick]
+    metrics = list(dict.fromkeys(members.metric))
+    wide = (healthy.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
+            .reindex(index=every_cell, columns=metrics))  # NaN where every member is sick
+    n_sick = (members[(members.stage == "retrain") & (members.metric == "test_error")]
+              .groupby(keys)["sick"].sum().reindex(every_cell).fillna(0).astype(int))
+    wide = wide.reset_index()
+    dense_rows = results[(results.stage == "dense") & ~results.sick]
+    dense_err = dense_rows.groupby("temperature")["value"].mean()
+    cells = pd.DataFrame({
+        "knob": wide["knob"], "temperature": wide["temperature"], "density": wide["density"],
+        "test_error": wide["test_error"], "lmc": wide["lmc"], "cka": wide["cka"],
+        "cka_logits": wide["cka_logits"], "loss_barrier": wide["loss_barrier"],
+        "dense_test_error": wide["temperature"].map(dense_err).to_numpy(),
+    })
+    for metric in ("bezier_mc", "hessian_trace", "hessian_top_eigenvalue"):
+        if metric in wide.columns:
+            cells[metric] = wide[metric]
+    cells["normalized_test_error"] = regimes.normalized_test_error(cells)
+    cells["regime"] = regimes.classify(cells, rule)
+    cells["advice"] = cells["regime"].map(regimes.advice)
+    cells["sick_members"] = n_sick.to_numpy()
+    base = [c for c in ("config_hash", "tr_jax_version", "jax_version", "device_kind",
+                        "members_strategy") if c in results.columns]
+    for k in base:
+        cells[k] = results[k].iloc[0]
+    return cells
