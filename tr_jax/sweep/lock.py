@@ -188,6 +188,7 @@ class WorkdirLock:
         self.took_over: dict | None = None  # the stale holder's record, when acquire took over
         self.record: dict | None = None  # what this process wrote into run.lock (primary)
         self._fd: int | None = None
+        self._nested_in: WorkdirLock | None = None  # the lock this acquisition nests in
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -199,6 +200,7 @@ class WorkdirLock:
             held = _HELD.get(key)
             if held is not None and held[0].run_id == self.run_id:
                 held[1] += 1
+                self._nested_in = held[0]
                 return held[0]
             if held is not None and self.primary and held[0].primary:
                 raise WorkdirLockedError(self._refusal(held[0].record))
@@ -212,16 +214,20 @@ class WorkdirLock:
         return self
 
     def release(self) -> None:
-        """Leave the lock; the primary removes ``run.lock`` (if it is still its own)."""
-        key = str(self.path)
+        """Leave the lock; the last release in this process closes it, and the primary then
+        removes ``run.lock`` (if it is still its own)."""
         with _HELD_MUTEX:
-            held = _HELD.get(key)
-            if held is None or held[0] is not self:
+            held = _HELD.get(str(self.path))
+            owner, self._nested_in = self._nested_in or self, None
+            if held is None or held[0] is not owner:
                 return
             held[1] -= 1
             if held[1] > 0:
                 return
-            del _HELD[key]
+            del _HELD[str(self.path)]
+        owner._close()
+
+    def _close(self) -> None:
         self._stop.set()
         if self._beat is not None:
             self._beat.join(timeout=5)
