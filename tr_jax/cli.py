@@ -23,6 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--dry-run", action="store_true", help="print the plan (members, groups, "
                    "programs, steps, FLOPs, memory, time estimate from a measured step); run nothing")
+    p.add_argument("--distributed", action="store_true", help="one process of a multi-process run: "
+                   "jax.distributed auto-detects the cluster (TPU pod slice, SLURM, Open MPI)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0, for a multi-process run without auto-detection")
+    p.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="number of processes of the run (with --coordinator)")
+    p.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="this process's index, 0..N-1 (with --coordinator)")
     p = sub.add_parser("import-torch", help="convert a reference PyTorch checkpoint (state_dict or "
                        ".pth.tar, pruned or not) into a tr_jax checkpoint")
     p.add_argument("file", help="the .pth / .pth.tar / .npz file")
@@ -70,8 +78,49 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _console_entry() -> None:
+    """The ``tr-jax`` console script: :func:`main`, then an exit that cannot hang.
+
+    Every error ends the process with exit code 2 (130 after Ctrl-C) through ``os._exit``, right
+    after flushing stdout and stderr: a non-daemon thread still alive (orbax's background save
+    thread) cannot keep a failed run's process up, and in a multi-process run the other processes
+    are stopped by the runtime instead of waiting in a collective for this one. Success exits
+    normally (atexit handlers, e.g. ``jax.distributed.shutdown``, run)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("tr-jax: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        code = 130
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+    except BaseException as e:
+        import traceback
+        traceback.print_exc()
+        print(f"tr-jax: error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        code = 2
+    if code != 0:
+        _hard_exit(code)
+    sys.exit(code)
+
+
+def _hard_exit(code: int) -> None:
+    """Flush stdout and stderr, then end the process now, whatever threads are still alive."""
+    import contextlib
+    import os
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed stream: nothing left to flush
+            stream.flush()
+    os._exit(code)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
+        from tr_jax import distributed  # first: before anything touches JAX
+        distributed.initialize(args.distributed, args.coordinator, args.num_processes,
+                               args.process_id)
         if not args.workdir and not args.dry_run:
             raise ValueError("tr-jax run needs --workdir DIR (or --dry-run)")
         from tr_jax.config import load_config
@@ -81,7 +130,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             from tr_jax.sweep.run import dry_run
             print(dry_run(cfg))
             return 0
-        run(cfg, args.workdir, progress=not args.no_progress)
+        from tr_jax.sweep.lock import workdir_lock
+        with workdir_lock(args.workdir):  # one run per workdir (all its processes share it)
+            run(cfg, args.workdir, progress=not args.no_progress)
     elif args.command == "import-torch":
         from tr_jax.sweep.imported import import_torch
         meta = import_torch(args.file, args.out, arch=args.arch, depth=args.depth,
@@ -161,4 +212,4 @@ def _advise(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _console_entry()

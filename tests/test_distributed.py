@@ -1,0 +1,98 @@
+"""tr_jax.distributed: argument checks, the one-process fallbacks, and a real 2-process run on
+127.0.0.1 (gloo CPU collectives): global arrays to host, broadcast, barrier, the shared workdir
+lock and an orbax save/restore of a sharded global array."""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tr_jax import cli, distributed
+from tr_jax.sweep.lock import WorkdirLock
+
+ROOT = pathlib.Path(__file__).parents[1]
+WORKER = pathlib.Path(__file__).with_name("_distributed_worker.py")
+TINY = str(ROOT / "configs" / "tiny.py")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"coordinator": "10.0.0.1", "num_processes": 2, "process_id": 0}, "'10.0.0.1' is not HOST:PORT"),
+    ({"distributed": True, "coordinator": "host:0"}, "'host:0' is not HOST:PORT"),
+    ({"distributed": True, "coordinator": ":1234"}, "':1234' is not HOST:PORT"),
+    ({"coordinator": "h:1", "num_processes": 2}, "without --process-id"),
+    ({"process_id": 0}, "--process-id given without --coordinator, --num-processes"),
+    ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, "--process-id 2 is out of range"),
+    ({"coordinator": "h:1", "num_processes": 0, "process_id": 0}, "--num-processes 0 must be"),
+    ({"coordinator": "h:1", "num_processes": 2, "process_id": -1}, "--process-id -1 must be"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        distributed.initialize(**kwargs)
+
+
+def test_cli_refuses_bad_arguments(capsys):
+    assert cli.main(["run", TINY, "--workdir", "w", "--coordinator", "[::1]", "--num-processes",
+                     "2", "--process-id", "0"]) == 2
+    assert "'[::1]' is not HOST:PORT" in capsys.readouterr().err
+    assert distributed.parse_coordinator("[::1]:1234") == ("[::1]", 1234)
+
+
+def test_one_process_fallbacks():
+    assert distributed.initialize() is False
+    assert distributed.process_count() == 1 and distributed.is_primary()
+    assert distributed.broadcast_str("abc") == "abc"
+    distributed.barrier("nothing to wait for")
+    x = jax.numpy.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(distributed.to_host(x), np.arange(6.0).reshape(2, 3))
+    with pytest.raises(ValueError, match="at most"):
+        distributed.broadcast_str("x" * (distributed.BROADCAST_MAX_BYTES + 1))
+
+
+def test_initialize_after_jax_started_is_refused():
+    jax.devices()  # the backend is up
+    with pytest.raises(ValueError, match="must run before anything uses JAX"):
+        distributed.initialize(coordinator="127.0.0.1:1", num_processes=1, process_id=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_localhost(tmp_path):
+    """Two real processes, 2 CPU devices each, one 4-device mesh."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    with WorkdirLock(tmp_path / "busy", "the-test's-run", heartbeat_s=0):
+        procs = [subprocess.Popen([sys.executable, str(WORKER), str(port), str(i), str(tmp_path),
+                                   "orbax"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        outs = []
+        try:
+            for p in procs:
+                outs.append(p.communicate(timeout=120)[0])
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait(timeout=30)
+    run_ids = set()
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, out[-4000:]
+        lines = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln and " " not in
+                     ln.split("=", 1)[0])
+        assert f"process={i} of=2 devices=4 local=2 primary={i == 0}" in out, out[-4000:]
+        assert lines["to_host_sharded"] == "True" and lines["to_host_replicated"] == "True"
+        assert lines["broadcast"] == "from-0-é"  # process 0's value, in both
+        assert lines["barrier"] == "passed"
+        assert f"lock_primary={i == 0}" in out
+        run_ids.add(out.split("lock_run=")[1].split()[0])
+        assert lines["busy_lock"] == "refused True"  # both refused, neither hung
+        assert lines["orbax"] == "True"
+    assert len(run_ids) == 1  # one lock, one run id for the whole run
+    assert not (tmp_path / "shared" / "run.lock").exists()  # released by process 0
