@@ -49,7 +49,7 @@ def test_a_checkpoint_replaced_when_the_process_dies_is_never_lost(point, tmp_pa
     wd = Workdir(tmp_path / "w", CFG)
     wd.save("p", _tree(1))
 
-    def die(where):
+    def die(where, name=""):
         if where == point:
             raise _Died(where)
 

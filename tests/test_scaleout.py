@@ -29,7 +29,7 @@ SETS = ["temperatures=(1,)", "dense.epochs=1", "retrain.epochs=2", "run.checkpoi
         "measure.test_error_last_epochs=1", "measure.lmc_points=2", "prune.densities=(0.1, 0.5)",
         "run.members_strategy=vmap", "dense.lr=0.02", "retrain.lr=0.02", "run.chunk_steps=1",
         "dense.batch_size=256", "retrain.batch_size=256"]
-TIMEOUT = 300
+TIMEOUT = 600
 
 
 def _free_port() -> int:

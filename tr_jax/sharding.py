@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from tr_jax.distributed import barrier, is_primary, to_host  # noqa: F401  (re-exported)
+
 MEMBERS = "members"
 
 
@@ -58,11 +60,6 @@ def replicated_sharding() -> NamedSharding:
 
 def multi_process() -> bool:
     return jax.process_count() > 1
-
-
-def is_primary() -> bool:
-    """Whether this is the process that writes tables, figures and the log (process 0)."""
-    return jax.process_index() == 0
 
 
 def _pad_leaf(x, m_pad: int):
@@ -105,27 +102,8 @@ def replicate(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
-def to_host(x: Any) -> np.ndarray:
-    """A (global) array as host numpy, the same on every process: directly when this process holds
-    all of it, else gathered from the processes that hold its shards (every process must call
-    this together). For small per-member metrics, not for stacked weights."""
-    if not isinstance(x, jax.Array):
-        return np.asarray(x)
-    if x.is_fully_addressable or x.is_fully_replicated:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def tree_to_host(tree: Any) -> Any:
     return jax.tree.map(to_host, tree)
-
-
-def barrier(name: str) -> None:
-    """Wait until every process reaches ``name`` (a no-op with one process)."""
-    if multi_process():
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
 
 
 def like(tree: Any) -> Any:

@@ -128,3 +128,28 @@ class Grid:
 
     def hessian_keys(self, root: jax.Array) -> np.ndarray:
         return key_data([member_key(root, HESSIAN, *m) for m in self.members()])
+
+    # -- growing a sweep: where each member of this grid sits in a smaller one -----------------
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "Grid":
+        """The grid of a config as a plain (nested) dict, e.g. a workdir's ``config.json``."""
+        import ml_collections
+        return cls.from_config(ml_collections.ConfigDict(cfg))
+
+    def contains(self, other: "Grid") -> bool:
+        return (self.knob == other.knob
+                and all(set(getattr(other, k)) <= set(getattr(self, k))
+                        for k in ("temperatures", "densities", "dense_seeds", "retrain_seeds")))
+
+    def member_map(self, old: "Grid") -> np.ndarray:
+        """For each retrain member of this grid, its index among ``old`` 's members (-1: new)."""
+        return _positions(self.members(), old.members())
+
+    def pair_map(self, old: "Grid") -> np.ndarray:
+        """For each pair of this grid, its index among ``old`` 's pairs (-1: new)."""
+        return _positions(self.pair_values(), old.pair_values())
+
+
+def _positions(items: list, old_items: list) -> np.ndarray:
+    where = {v: i for i, v in enumerate(old_items)}
+    return np.asarray([where.get(v, -1) for v in items], np.int64)

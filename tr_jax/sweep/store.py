@@ -69,6 +69,35 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+GROWN = "grown.json"  # the config of the finished run a grown run extends
+GROWN_SUFFIX = "@grown"
+GROWN_STAGES = ("dense", "retrain", "measure", "bezier", "hessian")
+#: config keys a finished sweep may grow along (each new list a superset of the old one; with
+#: the epochs knob, ``dense.epochs`` may grow too, for later temperature checkpoints)
+GROW_KEYS = ("temperatures", "prune.densities", "dense.seeds", "retrain.seeds")
+
+
+def growth(old: dict[str, Any], new: dict[str, Any], diff: list[str]) -> dict[str, list] | None:
+    """What a config adds to a finished one (``{key: added values}``), or None when it changes
+    anything else (flat configs; ``diff`` the keys whose values differ). ``name`` may change."""
+    added = {}
+    for k in diff:
+        if k == "name":
+            continue
+        if k == "dense.epochs" and old.get("knob") == "epochs":  # a longer run, same schedule
+            if new.get(k, 0) < old.get(k, 0):
+                return None
+            added[k] = [new[k]]
+            continue
+        if k not in GROW_KEYS:
+            return None
+        o, n = list(old.get(k) or []), list(new.get(k) or [])
+        if not set(o) <= set(n):
+            return None
+        added[k] = [v for v in n if v not in o]
+    return added or None
+
+
 def _major_minor(version: str) -> tuple[str, ...]:
     return tuple(str(version).split(".")[:2])
 
@@ -159,11 +188,18 @@ class Workdir:
             if old != new:
                 fo, fn = _flat(old), _flat(new)
                 diff = sorted(k for k in set(fo) | set(fn) if fo.get(k) != fn.get(k))
-                shown = ", ".join(f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in diff[:6])
-                raise ValueError(
-                    f"workdir {str(self.path)!r} holds a run of a different config ({shown}"
-                    f"{', ...' if len(diff) > 6 else ''}). Use another --workdir, or delete this "
-                    "one to start over.")
+                added = growth(fo, fn, diff)
+                if added is None:
+                    shown = ", ".join(f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in diff[:6])
+                    raise ValueError(
+                        f"workdir {str(self.path)!r} holds a run of a different config ({shown}"
+                        f"{', ...' if len(diff) > 6 else ''}). Use another --workdir, or delete "
+                        "this one to start over. (A finished workdir accepts a config that only "
+                        "adds temperatures, densities or seeds.)")
+                self._grow(old, config_json, added)
+        self.grown_from = None  # the config whose finished stages this run extends
+        if (self.path / GROWN).exists():
+            self.grown_from = _read_json(self.path / GROWN)
         if sharding.is_primary():
             if not ver_file.exists():  # a new workdir (or one from before versions were recorded)
                 atomic_write_text(ver_file, json.dumps({"tr_jax_version": self.version}) + "\n")
@@ -174,6 +210,44 @@ class Workdir:
         if sharding.is_primary():
             self._tidy()
         sharding.barrier("tr_jax:workdir:open")
+
+    def _grow(self, old: dict, config_json: str, added: dict[str, list]) -> None:
+        """Accept a config that only adds temperatures, densities or seeds to a *finished* run:
+        its finished stages are kept as ``stages/{stage}@grown`` (with the old config in
+        ``grown.json``) and the new run computes only the new members, taking the old members'
+        numbers from them. Every step is idempotent, so a kill in between is repaired by
+        rerunning the same command."""
+        if not (self.path / "cells.csv").exists() and not (self.path / GROWN).exists():
+            raise ValueError(
+                f"workdir {str(self.path)!r} holds an unfinished run; a sweep can only grow "
+                "(more temperatures, densities or seeds) once it is finished: rerun it with its "
+                "own config first, then with the grown one.")
+        if (self.path / GROWN).exists() and _read_json(self.path / GROWN) != old:
+            raise ValueError(f"workdir {str(self.path)!r} is still growing from an earlier config: "
+                             "finish that run (rerun its command) before growing it again.")
+        if sharding.is_primary():
+            if not (self.path / GROWN).exists():
+                atomic_write_text(self.path / GROWN, json.dumps(old, indent=1) + "\n")
+            stages = self.path / "stages"
+            for name in GROWN_STAGES:
+                d, kept = stages / name, stages / f"{name}{GROWN_SUFFIX}"
+                if self._committed(d) and not kept.exists():
+                    os.rename(d, kept)
+            for name in ("results.csv", "cells.csv", "summary.txt"):
+                (self.path / name).unlink(missing_ok=True)
+            atomic_write_text(self.path / "config.json", config_json)
+        sharding.barrier("tr_jax:workdir:grow")
+        self.log(f"[{time.strftime('%H:%M:%S')}] growing the finished sweep: adds "
+                 + "; ".join(f"{k} {v}" for k, v in added.items()))
+
+    def finish_growth(self) -> None:
+        """Drop the old run's stages once every stage of the grown run is committed."""
+        if sharding.is_primary() and self.grown_from is not None:
+            for name in GROWN_STAGES:
+                shutil.rmtree(self.stage_dir(f"{name}{GROWN_SUFFIX}"), ignore_errors=True)
+            (self.path / GROWN).unlink(missing_ok=True)
+        sharding.barrier("tr_jax:workdir:grown")
+        self.grown_from = None
 
     def _tidy(self) -> None:
         """Repair or remove what a killed run left half written: checkpoint swaps (finished, see
