@@ -168,7 +168,17 @@ class Pipeline(TrainStages, MeasureStages):
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
-        echo: Callable[[str], None] = print, *, model=None, dataset=None) -> dict:
-    """Run (or resume) the pipeline of a validated config in ``workdir``; ``model`` / ``dataset``
-    replace the config's built-in model and dataset."""
-    return Pipeline(cfg, workdir, progress, echo, model=model, dataset=dataset).run()
+        echo: Callable[[str], None] = print, *, model=None, dataset=None,
+        distributed: bool = False, coordinator: str | None = None,
+        num_processes: int | None = None, process_id: int | None = None) -> dict:
+    """Run (or resume) the pipeline of a validated config in ``workdir``.
+
+    ``model`` / ``dataset`` replace the config's built-in model and dataset. ``distributed``,
+    ``coordinator``, ``num_processes``, ``process_id``: as ``tr-jax run``'s flags, start the
+    multi-process runtime first (``tr_jax.distributed.initialize``; call this before anything
+    else uses JAX). The workdir is locked for the run (all processes of one run share the lock)."""
+    from tr_jax import distributed as dist
+    from tr_jax.sweep.lock import workdir_lock
+    dist.initialize(distributed, coordinator, num_processes, process_id)
+    with workdir_lock(workdir):
+        return Pipeline(cfg, workdir, progress, echo, model=model, dataset=dataset).run()

@@ -321,7 +321,13 @@ class Workdir:
             d.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(new, ignore_errors=True)
         sharding.barrier(f"tr_jax:save:{name}:ready")
-        tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), tree)
+        multi = sharding.multi_process()  # there, only global arrays are orbax's to shard
+
+        def leaf(x):
+            if isinstance(x, jax.Array) and not (multi and x.is_fully_addressable):
+                return x
+            return np.asarray(x)
+        tree = jax.tree.map(leaf, tree)
         try:
             self._ckpt.save(new, tree, force=True)
             self._ckpt.wait_until_finished()
