@@ -385,9 +385,11 @@ def workdir_lock(path: str | os.PathLike, run_id: str | None = None,
     """Lock a workdir for this run, in every process of it; a context manager.
 
     With one process: :class:`WorkdirLock` ``(path, run_id, primary=True)``. With several
-    (``jax.distributed`` up): a collective — every process must call it. ``run_id`` defaults to
-    :func:`shared_run_id`; process 0 takes the lock and broadcasts the outcome, so a refusal is
-    raised in every process (no process is left waiting in a collective), then the others join.
+    (``jax.distributed`` up) it is a collective — every process must enter it: ``run_id``
+    defaults to :func:`shared_run_id`; process 0 takes the lock and broadcasts the outcome, so a
+    refusal is raised in every process (none is left waiting in a collective); then the others
+    join. On a normal exit all processes meet at a barrier before process 0 removes the lock, so
+    no process of the run is still writing when the workdir becomes free.
     """
     from tr_jax import distributed
     if distributed.process_count() == 1:
@@ -396,13 +398,15 @@ def workdir_lock(path: str | os.PathLike, run_id: str | None = None,
         return
     run_id = run_id or shared_run_id()
     lk = WorkdirLock(path, run_id, primary=distributed.is_primary(), **kwargs)
-    error = ""
+    error, failure = "", None
     if lk.primary:
         try:
             lk.acquire()
-        except WorkdirLockedError as e:
-            error = str(e) or "refused"
-    error = distributed.broadcast_str(error)
+        except Exception as e:  # told to every process, then raised here as it is
+            error, failure = f"process 0 could not lock the workdir: {e}", e
+    error = distributed.broadcast_str(error[:1000])
+    if failure is not None:
+        raise failure
     if error:
         raise WorkdirLockedError(error)
     try:
@@ -410,5 +414,6 @@ def workdir_lock(path: str | os.PathLike, run_id: str | None = None,
             lk.acquire()
         distributed.barrier("tr_jax.workdir_lock")
         yield lk
+        distributed.barrier("tr_jax.workdir_unlock")
     finally:
         lk.release()
