@@ -246,3 +246,15 @@ def test_a_taker_at_work_is_waited_for_not_raced(tmp_path):
     finally:
         t.join(timeout=10)
         os.close(wfd)
+
+
+def test_workdir_lock_nests_without_a_run_id(tmp_path):
+    from tr_jax.sweep.lock import workdir_lock
+    wd = tmp_path / "w"
+    with workdir_lock(wd, heartbeat_s=0) as outer:
+        with workdir_lock(wd) as inner:  # e.g. sweep.run inside the CLI's lock
+            assert inner is outer
+        assert (wd / LOCK_NAME).exists()
+        with pytest.raises(WorkdirLockedError):
+            WorkdirLock(wd, "another-run").acquire()
+    assert not (wd / LOCK_NAME).exists()

@@ -28,8 +28,8 @@ only after checking that ``run.lock`` is still the very file judged stale (same 
 then checks that ``run.lock`` is its own file; if another taker won in between, it starts over
 and is refused by the winner.
 
-Within one process the lock is re-entrant: taking it again for the same workdir (the CLI and
-:func:`tr_jax.sweep.run` both do) is a no-op that nests.
+Within one process the lock is re-entrant: taking it again for the same workdir with the same
+``run_id``, or with none (the CLI and :func:`tr_jax.sweep.run` may both lock), nests.
 """
 from __future__ import annotations
 
@@ -160,8 +160,9 @@ class WorkdirLock:
     Args:
         path: the workdir (created if missing); the lock is ``path/run.lock``.
         run_id: the run's id, the same string in every process of the run
-            (default: a new one from :func:`make_run_id`; a distributed run must pass one,
-            e.g. :func:`shared_run_id`).
+            (default: this process's current lock of the workdir if it holds one, i.e. nest;
+            else a new one from :func:`make_run_id`; a distributed run must pass one, e.g.
+            :func:`shared_run_id`).
         primary: whether this process creates the lock (process 0); the others only join, i.e.
             check that ``run.lock`` names their ``run_id`` (waiting up to ``join_timeout_s`` for
             it to appear on a shared filesystem).
@@ -179,6 +180,7 @@ class WorkdirLock:
                  join_timeout_s: float = 30.0, echo: Callable[[str], None] | None = None):
         self.workdir = pathlib.Path(path).absolute()
         self.path = self.workdir / LOCK_NAME
+        self._run_id_given = bool(run_id)  # without one, nest in this process's lock if any
         self.run_id = run_id or make_run_id()
         self.primary = primary
         self.stale_after_s = _stale_after_default() if stale_after_s is None else float(stale_after_s)
@@ -198,7 +200,7 @@ class WorkdirLock:
         key = str(self.path)
         with _HELD_MUTEX:
             held = _HELD.get(key)
-            if held is not None and held[0].run_id == self.run_id:
+            if held is not None and (held[0].run_id == self.run_id or not self._run_id_given):
                 held[1] += 1
                 self._nested_in = held[0]
                 return held[0]
@@ -379,30 +381,40 @@ class WorkdirLock:
         raise WorkdirLockedError(self._refusal(rec))
 
 
+def _held_here(path: str | os.PathLike) -> bool:
+    """Whether this process already holds (or has joined) the lock of this workdir."""
+    with _HELD_MUTEX:
+        return str(pathlib.Path(path).absolute() / LOCK_NAME) in _HELD
+
+
 @contextlib.contextmanager
 def workdir_lock(path: str | os.PathLike, run_id: str | None = None,
                  **kwargs) -> Iterator[WorkdirLock]:
     """Lock a workdir for this run, in every process of it; a context manager.
 
     With one process: :class:`WorkdirLock` ``(path, run_id, primary=True)``. With several
-    (``jax.distributed`` up): a collective — every process must call it. ``run_id`` defaults to
-    :func:`shared_run_id`; process 0 takes the lock and broadcasts the outcome, so a refusal is
-    raised in every process (no process is left waiting in a collective), then the others join.
+    (``jax.distributed`` up) it is a collective — every process must enter it: ``run_id``
+    defaults to :func:`shared_run_id`; process 0 takes the lock and broadcasts the outcome, so a
+    refusal is raised in every process (none is left waiting in a collective); then the others
+    join. On a normal exit all processes meet at a barrier before process 0 removes the lock, so
+    no process of the run is still writing when the workdir becomes free.
     """
     from tr_jax import distributed
-    if distributed.process_count() == 1:
+    if distributed.process_count() == 1 or _held_here(path):  # (nested: no collective)
         with WorkdirLock(path, run_id, primary=True, **kwargs) as lk:
             yield lk
         return
     run_id = run_id or shared_run_id()
     lk = WorkdirLock(path, run_id, primary=distributed.is_primary(), **kwargs)
-    error = ""
+    error, failure = "", None
     if lk.primary:
         try:
             lk.acquire()
-        except WorkdirLockedError as e:
-            error = str(e) or "refused"
-    error = distributed.broadcast_str(error)
+        except Exception as e:  # told to every process, then raised here as it is
+            error, failure = f"process 0 could not lock the workdir: {e}", e
+    error = distributed.broadcast_str(error[:1000])
+    if failure is not None:
+        raise failure
     if error:
         raise WorkdirLockedError(error)
     try:
@@ -410,5 +422,6 @@ def workdir_lock(path: str | os.PathLike, run_id: str | None = None,
             lk.acquire()
         distributed.barrier("tr_jax.workdir_lock")
         yield lk
+        distributed.barrier("tr_jax.workdir_unlock")
     finally:
         lk.release()
