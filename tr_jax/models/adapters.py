@@ -205,8 +205,8 @@ class NNXAdapter:
                                            ...)
         if jax.tree.leaves(rest):
             raise ValueError("the NNX model holds state other than nnx.Param and nnx.BatchStat "
-                             f"({sorted(rest.to_pure_dict())}); tr_jax supports only those two")
-        return {"params": params.to_pure_dict(), "batch_stats": stats.to_pure_dict()}
+                             f"({sorted(nnx.to_pure_dict(rest))}); tr_jax supports only those two")
+        return {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(stats)}
 
     def merge(self, variables: dict):
         """The ``nnx.Module`` holding ``variables`` (a fresh object; the pure dicts are unchanged)."""
@@ -215,9 +215,9 @@ class NNXAdapter:
         from flax import nnx
         graphdef, params, stats, rest = self._abstract
         params, stats = copy.deepcopy(params), copy.deepcopy(stats)
-        params.replace_by_pure_dict(variables["params"])
+        nnx.replace_by_pure_dict(params, variables["params"])
         if variables.get("batch_stats"):
-            stats.replace_by_pure_dict(variables["batch_stats"])
+            nnx.replace_by_pure_dict(stats, variables["batch_stats"])
         return nnx.merge(graphdef, params, stats, rest)
 
     def apply(self, variables: dict, images: jnp.ndarray, mode: str):
@@ -233,7 +233,7 @@ class NNXAdapter:
                     mod.__class__ = _collecting(type(mod))
         if mode != "collect":
             logits = m(images)
-            stats = nnx.split(m, nnx.Param, nnx.BatchStat, ...)[2].to_pure_dict()
+            stats = nnx.to_pure_dict(nnx.split(m, nnx.Param, nnx.BatchStat, ...)[2])
             return _apply_result(mode, variables, logits, stats)
         _NNX_RECORD = []
         try:
@@ -288,4 +288,4 @@ def nnx_variables(module: Any) -> dict:
     """``{'params', 'batch_stats'}`` pure dicts of an existing ``nnx.Module`` instance."""
     from flax import nnx
     _, params, stats, _ = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
-    return {"params": params.to_pure_dict(), "batch_stats": stats.to_pure_dict()}
+    return {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(stats)}
