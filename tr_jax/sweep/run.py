@@ -29,6 +29,7 @@ import pandas as pd
 
 from tr_jax import __version__, landscape, models, plots, pruning, regimes
 from tr_jax.config import config_hash, to_json
+from tr_jax.data.arrays import check_dataset
 from tr_jax.data.datasets import load_dataset
 from tr_jax.sweep.store import Workdir, atomic_write_csv, atomic_write_text
 from tr_jax.sweep.plan import make_plan
@@ -81,14 +82,20 @@ def _progress(total: int, desc: str, enabled: bool):
 
 class Pipeline:
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
-                 echo: Callable[[str], None] = print):
+                 echo: Callable[[str], None] = print, *, model=None, dataset=None):
+        """``model`` (a Flax model, see ``tr_jax.models.adapters``) and ``dataset`` (a
+        ``tr_jax.data.Dataset``) replace ``cfg.model`` / ``cfg.dataset`` when given."""
         self.cfg, self.progress, self.echo = cfg, progress, echo
         self.hash = config_hash(cfg)
-        # the data first: a missing dataset fails before the workdir is created
-        self.ds = load_dataset(cfg.dataset, cfg.data_dir or None)
+        # the data first: a missing dataset or bad data fails before the workdir is created
+        self.ds = (check_dataset(dataset) if dataset is not None
+                   else load_dataset(cfg.dataset, cfg.data_dir or None))
+        if model is not None:
+            models.adapter(model)  # not a usable model: fail before any work
         self.wd = Workdir(workdir, to_json(cfg))
-        self.model = models.build(cfg.model.arch, depth=cfg.model.depth,
-                                  num_classes=self.ds.num_classes, width=cfg.model.width)
+        self.model = model if model is not None else models.build(
+            cfg.model.arch, depth=cfg.model.depth, num_classes=self.ds.num_classes,
+            width=cfg.model.width)
         self.X, self.Y = jnp.asarray(self.ds.train_images), jnp.asarray(self.ds.train_labels)
         self.Xt, self.Yt = jnp.asarray(self.ds.test_images), jnp.asarray(self.ds.test_labels)
         self.root = jax.random.key(cfg.seed)
@@ -299,7 +306,8 @@ class Pipeline:
         M = S * T * D * R
         self.say(f"prune: {S * T} dense checkpoint(s) x {D} densities ({c.prune.scope} magnitude)")
         dens = jnp.asarray(self.densities, jnp.float32)
-        masks_fn = jax.jit(jax.vmap(lambda p, d: pruning.magnitude_masks(p, d, c.prune.scope),
+        masks_fn = jax.jit(jax.vmap(lambda p, d: pruning.magnitude_masks(p, d, c.prune.scope,
+                                                                      c.prune.leaves),
                                     in_axes=(None, 0)))
         masks = []  # [S, T] of [D, ...]
         with _progress(S * T, "prune (checkpoints)", self.progress) as bar:
@@ -360,7 +368,7 @@ class Pipeline:
                          "weights): reported as sick, the sweep goes on")
             res = {"variables": jax.tree.map(np.asarray, {"params": final.params,
                                                           "batch_stats": final.batch_stats}),
-                   "density": np.asarray(pruning.mask_density_stacked(final.mask)),
+                   "density": np.asarray(pruning.mask_density_stacked(final.mask, c.prune.leaves)),
                    "mask": jax.tree.map(np.asarray, final.mask),
                    "test_error": np.stack([hist[e] for e in eval_epochs], axis=1)}  # [n, last]
             self.wd.save(prog.name, res, note="(program done)")
@@ -788,6 +796,7 @@ def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True) -> str:
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
-        echo: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the pipeline of a validated config in ``workdir``."""
-    return Pipeline(cfg, workdir, progress, echo).run()
+        echo: Callable[[str], None] = print, *, model=None, dataset=None) -> dict:
+    """Run (or resume) the pipeline of a validated config in ``workdir``; ``model`` / ``dataset``
+    (your own Flax model / ``tj.data.Dataset``) replace the config's ``model`` / ``dataset``."""
+    return Pipeline(cfg, workdir, progress, echo, model=model, dataset=dataset).run()
