@@ -90,8 +90,9 @@ def _channel_stats(x: np.ndarray, given, what: str, name: str) -> tuple[float, .
     else:
         value = np.asarray(given, np.float64).reshape(-1)
         if value.shape[0] != c:
-            raise ValueError(f"dataset {name!r}: {what}={tuple(float(v) for v in value)} has {value.shape[0]} "
-                             f"value(s) but the images have {c} channel(s)")
+            shown = tuple(float(v) for v in value)
+            raise ValueError(f"dataset {name!r}: {what}={shown} has {value.shape[0]} value(s) but "
+                             f"the images have {c} channel(s)")
     if what == "std" and np.any(value <= 0):
         raise ValueError(f"dataset {name!r}: std {tuple(float(v) for v in value)} has a value "
                          "<= 0 (a constant channel?); give std= explicitly")

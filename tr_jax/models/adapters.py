@@ -225,12 +225,12 @@ class NNXAdapter:
         from flax import nnx
         _check_mode(mode)
         m = self.merge(variables)
-        bns = {id(mod): path for path, mod in nnx.iter_modules(m) if isinstance(mod, nnx.BatchNorm)}
-        for path, mod in nnx.iter_modules(m):
-            if isinstance(mod, nnx.BatchNorm):
-                mod.use_running_average = mode == "eval"
-                if mode == "collect":
-                    mod.__class__ = _collecting(type(mod))
+        bns = {id(mod): (path, mod) for path, mod in nnx.iter_modules(m)
+               if isinstance(mod, nnx.BatchNorm)}
+        for _, mod in bns.values():
+            mod.use_running_average = mode == "eval"
+            if mode == "collect":  # this merged copy only; the user's classes are untouched
+                mod.__class__ = _collecting(type(mod))
         if mode != "collect":
             logits = m(images)
             stats = nnx.to_pure_dict(nnx.split(m, nnx.Param, nnx.BatchStat, ...)[2])
@@ -243,8 +243,8 @@ class NNXAdapter:
             _NNX_RECORD = None
         flat = {}
         for mod, mean, var in record:
-            flat[(*bns[id(mod)], "mean")] = mean
-            flat[(*bns[id(mod)], "var")] = var
+            flat[(*bns[id(mod)][0], "mean")] = mean
+            flat[(*bns[id(mod)][0], "var")] = var
         return logits, _nest(flat)
 
 
