@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import threading
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -156,7 +157,9 @@ class LinenAdapter:
         return _apply_result(mode, variables, logits, upd.get("batch_stats", {}))
 
 
-_NNX_RECORD: list | None = None  # (bn object, mean, var) while an NNX collect call is traced
+# (bn object, mean, var) while an NNX collect call is traced; per thread (members strategies may
+# trace from several threads at once)
+_NNX_RECORD = threading.local()
 
 
 def _nnx_collecting_class(cls: type) -> type:
@@ -164,8 +167,9 @@ def _nnx_collecting_class(cls: type) -> type:
 
     class Collecting(cls):  # type: ignore[misc, valid-type]
         def __call__(self, x, *args, **kwargs):
-            if _NNX_RECORD is not None:
-                _NNX_RECORD.append((self, *batch_moments(x, self.axis)))
+            record = getattr(_NNX_RECORD, "items", None)
+            if record is not None:
+                record.append((self, *batch_moments(x, self.axis)))
             return super().__call__(x, *args, **kwargs)
 
     Collecting.__name__ = Collecting.__qualname__ = f"Collecting{cls.__name__}"
@@ -221,7 +225,6 @@ class NNXAdapter:
         return nnx.merge(graphdef, params, stats, rest)
 
     def apply(self, variables: dict, images: jnp.ndarray, mode: str):
-        global _NNX_RECORD
         from flax import nnx
         _check_mode(mode)
         m = self.merge(variables)
@@ -235,12 +238,11 @@ class NNXAdapter:
             logits = m(images)
             stats = nnx.to_pure_dict(nnx.split(m, nnx.Param, nnx.BatchStat, ...)[2])
             return _apply_result(mode, variables, logits, stats)
-        _NNX_RECORD = []
+        _NNX_RECORD.items = record = []
         try:
             logits = m(images)
-            record = _NNX_RECORD
         finally:
-            _NNX_RECORD = None
+            _NNX_RECORD.items = None
         flat = {}
         for mod, mean, var in record:
             flat[(*bns[id(mod)][0], "mean")] = mean
