@@ -292,3 +292,133 @@ def test_normalize_matches_numpy() -> None:
     # single channel (digits)
     d = np.array([[[[0]], [[255]]]], np.uint8)  # [1, 2, 1, 1]
     np.testing.assert_allclose(np.asarray(normalize(d, (0.5,), (0.25,))).ravel(), [-2.0, 2.0])
+
+
+# ----------------------------------------------------------------------------- record order
+
+
+def test_original_order_hand_computed() -> None:
+    from tr_jax.data import original_order
+    ids = [b"train_10", b"train_2", b"train_0", b"train_16399", b"train_1"]
+    np.testing.assert_array_equal(original_order(ids), [2, 4, 1, 0, 3])
+    assert original_order(None) is None and original_order([]) is None
+    assert original_order([b"train_1", b"no number here"]) is None  # mixed: keep record order
+
+
+def _tfds_with_ids(ids_by_split: dict):
+    """``as_dataset_fn`` for ``tfds.testing.mock_data``: CIFAR-like records whose image pixels
+    and label encode the id's number, in the (shuffled) order given."""
+    import tensorflow as tf
+
+    def as_dataset(self, split, *args, **kwargs):
+        ids = ids_by_split[str(split)]
+
+        def gen():
+            for s in ids:
+                k = int(s.split("_")[1])
+                yield {"id": s, "image": np.full((32, 32, 3), k % 256, np.uint8), "label": k % 10}
+        return tf.data.Dataset.from_generator(gen, output_types=self.info.features.dtype,
+                                              output_shapes=self.info.features.shape)
+    return as_dataset
+
+
+def test_tfds_cifar_restores_the_original_order_by_id() -> None:
+    pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    train = [f"train_{k}" for k in (7, 3, 12, 0, 5, 11, 1)]
+    test = [f"test_{k}" for k in (4, 2, 9)]
+    fn = _tfds_with_ids({"train": train, "test": test})
+    with tfds.testing.mock_data(as_dataset_fn=fn, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = load_dataset("cifar10")
+    np.testing.assert_array_equal(ds.train_images[:, 0, 0, 0], [0, 1, 3, 5, 7, 11, 12])
+    np.testing.assert_array_equal(ds.train_labels, [0, 1, 3, 5, 7, 1, 2])
+    np.testing.assert_array_equal(ds.test_images[:, 0, 0, 0], [2, 4, 9])
+    assert ds.mean == tuple(CIFAR_MEAN)
+
+
+def test_tfds_generic_name_mock() -> None:
+    pytest.importorskip("tensorflow")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = load_dataset("tfds:mnist")
+    assert ds.name == "tfds:mnist" and ds.num_classes == 10
+    assert ds.train_images.shape == (12, 28, 28, 1) and ds.train_images.dtype == np.uint8
+    assert ds.test_images.shape == (12, 28, 28, 1)
+    assert len(ds.mean) == 1 and ds.std[0] > 0  # computed from the train split
+
+
+# ----------------------------------------------------------------------------- your arrays
+
+
+def test_from_arrays_round_trip_uint8_and_float() -> None:
+    from tr_jax.data import from_arrays
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 5, 4, 2), dtype=np.uint8)
+    xt = rng.integers(0, 256, (3, 5, 4, 2), dtype=np.uint8)
+    y, yt = np.array([0, 1, 2, 0, 1, 2]), np.array([2, 1, 0])
+    ds = from_arrays(x, y, xt, yt, name="mine")
+    assert ds.name == "mine" and ds.num_classes == 3 and ds.image_shape == (5, 4, 2)
+    np.testing.assert_array_equal(ds.train_images, x)
+    np.testing.assert_array_equal(ds.test_labels, yt)
+    assert ds.train_labels.dtype == np.int32
+    np.testing.assert_allclose(ds.mean, (x / 255.0).mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(ds.std, (x / 255.0).std(axis=(0, 1, 2)), rtol=1e-12)
+    # float pixels on the [0, 1] scale: normalize() gives back (x - mean) / std exactly
+    xf = x / 255.0
+    dsf = from_arrays(xf, y, xt / 255.0, yt, mean=(0.5, 0.25), std=(0.2, 0.1), num_classes=5)
+    assert dsf.num_classes == 5 and dsf.mean == (0.5, 0.25) and dsf.std == (0.2, 0.1)
+    out = np.asarray(normalize(dsf.train_images, dsf.mean, dsf.std))
+    np.testing.assert_allclose(out, (xf - np.array([0.5, 0.25])) / np.array([0.2, 0.1]),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(normalize(ds.train_images, ds.mean, ds.std)),
+                               out * np.array([0.2, 0.1]) / np.array(ds.std)
+                               + (np.array([0.5, 0.25]) - np.array(ds.mean)) / np.array(ds.std),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_npz_dataset(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    arrays = dict(x_train=rng.integers(0, 256, (8, 6, 6, 3), dtype=np.uint8),
+                  y_train=np.arange(8) % 4, x_test=rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8),
+                  y_test=np.array([3, 0]))
+    np.savez(tmp_path / "mine.npz", **arrays)
+    ds = load_dataset(f"npz:{tmp_path / 'mine.npz'}")
+    assert ds.name == "mine" and ds.num_classes == 4 and ds.num_train == 8
+    np.testing.assert_array_equal(ds.test_images, arrays["x_test"])
+    np.savez(tmp_path / "bad.npz", x_train=arrays["x_train"], y_train=arrays["y_train"])
+    with pytest.raises(ValueError, match=r"lacks \['x_test', 'y_test'\]"):
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}")
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        load_dataset(f"npz:{tmp_path / 'nope.npz'}")
+    with pytest.raises(ValueError, match="supplied in Python"):
+        load_dataset("arrays:mine")
+
+
+_X = np.zeros((4, 3, 3, 1), np.uint8)
+_Y = np.array([0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("args, message", [
+    ((np.zeros((4, 3, 3), np.uint8), _Y, _X, _Y), r"x_train has rank 3 .*NHWC.*x\[\.\.\., None\]"),
+    ((_X, _Y, _X, np.array([0, 1, 2, 0])), r"y_test has label 2 \(at index 2\), out of range"),
+    ((_X, np.array([0, -1, 0, 1]), _X, _Y), r"y_train has negative label -1"),
+    ((_X, _Y, np.zeros((4, 3, 4, 1), np.uint8), _Y), r"train images are \(3, 3, 1\) but test "
+                                                      r"images \(3, 4, 1\)"),
+    ((np.where(np.arange(36).reshape(4, 3, 3, 1) == 7, np.nan, 0.5), _Y, _X, _Y),
+     r"x_train has 1 NaN or infinite pixel value\(s\), the first at index \(0, 2, 1, 0\)"),
+    ((_X, _Y, _X[:0], _Y[:0]), r"the test split is empty"),
+    ((_X, _Y[:3], _X, _Y), r"x_train holds 4 images but y_train 3 labels"),
+    ((_X, _Y + 0.5, _X, _Y), r"y_train has dtype float64; labels must be integer"),
+])
+def test_bad_data_is_named(args, message) -> None:
+    from tr_jax.data import from_arrays
+    with pytest.raises(ValueError, match=message):
+        from_arrays(*args, std=(0.5,), name="bad")
+
+
+def test_bad_mean_std_named() -> None:
+    from tr_jax.data import from_arrays
+    with pytest.raises(ValueError, match=r"mean=\(0.5, 0.5\) has 2 value\(s\) but the images have 1"):
+        from_arrays(_X, _Y, _X, _Y, mean=(0.5, 0.5))
+    with pytest.raises(ValueError, match=r"std \(0.0,\) has a value <= 0"):
+        from_arrays(_X, _Y, _X, _Y)  # constant images: computed std 0

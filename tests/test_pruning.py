@@ -126,3 +126,44 @@ def test_new_scopes_are_vmappable_over_densities(scope):
         for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(stacked)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b[i]))
         assert float(tj.pruning.mask_density(one)) == pytest.approx(d, abs=0.01)
+
+
+def _tiny_params():
+    return {"Conv_0": {"kernel": jnp.arange(1.0, 9.0).reshape(1, 1, 2, 4), "bias": jnp.ones(4)},
+            "Conv_1": {"kernel": -jnp.arange(1.0, 9.0).reshape(1, 1, 4, 2), "bias": jnp.ones(2)},
+            "Dense_0": {"kernel": jnp.arange(1.0, 5.0).reshape(2, 2), "bias": jnp.ones(2)}}
+
+
+@pytest.mark.parametrize("leaves, pruned", [
+    ("conv", {"Conv_0/kernel", "Conv_1/kernel"}),
+    ("conv+dense", {"Conv_0/kernel", "Conv_1/kernel", "Dense_0/kernel"}),
+    (r"Conv_1/kernel|Dense_0/kernel", {"Conv_1/kernel", "Dense_0/kernel"}),
+    (r"^Dense_0/bias$", {"Dense_0/bias"}),
+])
+@pytest.mark.parametrize("scope", ["uniform", "lamp", "erk"])
+def test_leaves_prune_exactly_the_named_leaves(leaves, pruned, scope):
+    params = _tiny_params()
+    masks = tj.pruning.magnitude_masks(params, 0.5, scope, leaves=leaves)
+    assert set(tj.pruning.prunable_paths(params, leaves)) == pruned
+    for path, m in _flat(masks).items():
+        name = tj.models.path_str(path)
+        m = np.asarray(m)
+        if name in pruned:
+            assert m.sum() < m.size, (name, scope)
+        else:
+            assert np.all(m == 1), (name, scope)
+    if scope == "uniform":  # per layer: the smaller |w| half goes (hand-computed for the regex)
+        if leaves.startswith("Conv_1"):
+            np.testing.assert_array_equal(np.asarray(masks["Dense_0"]["kernel"]),
+                                          [[0.0, 0.0], [1.0, 1.0]])
+            np.testing.assert_array_equal(np.asarray(masks["Conv_1"]["kernel"]).ravel(),
+                                          [0, 0, 0, 0, 1, 1, 1, 1])
+        d = tj.pruning.mask_density(masks, leaves)
+        assert float(d) == 0.5
+
+
+def test_bad_leaves_name_the_problem():
+    with pytest.raises(ValueError, match=r"prune.leaves='\(conv'.*regex"):
+        tj.pruning.magnitude_masks(_tiny_params(), 0.5, leaves="(conv")
+    with pytest.raises(ValueError, match="selects no parameter.*Dense_0/kernel"):
+        tj.pruning.magnitude_masks(_tiny_params(), 0.5, leaves="nothing_here")

@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tr-jax", description=__doc__.splitlines()[1])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run (or resume) a sweep: dense, prune, retrain, measure, regimes")
-    p.add_argument("config", help="config file defining get_config(), e.g. configs/quick.py")
+    p.add_argument("config", help="config file defining get_config() (and optionally "
+                   "get_model(), get_dataset()), e.g. configs/quick.py")
     p.add_argument("--workdir", default=None, help="run directory (created; resumed if present)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config entry, e.g. --set retrain.epochs=10 (repeatable)")
@@ -123,16 +124,19 @@ def _dispatch(args: argparse.Namespace) -> int:
                                args.process_id)
         if not args.workdir and not args.dry_run:
             raise ValueError("tr-jax run needs --workdir DIR (or --dry-run)")
-        from tr_jax.config import load_config
+        from tr_jax.config import call_hook, config_functions, load_config
         from tr_jax.sweep import run
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
             from tr_jax.sweep.run import dry_run
             print(dry_run(cfg))
             return 0
+        # a config file's get_model() / get_dataset() replace model.arch / dataset
+        hooks = {k: call_hook(f, cfg) for k, f in config_functions(args.config).items()}
         from tr_jax.sweep.lock import workdir_lock
         with workdir_lock(args.workdir):  # one run per workdir (all its processes share it)
-            run(cfg, args.workdir, progress=not args.no_progress)
+            run(cfg, args.workdir, progress=not args.no_progress, model=hooks.get("get_model"),
+                dataset=hooks.get("get_dataset"))
     elif args.command == "import-torch":
         from tr_jax.sweep.imported import import_torch
         meta = import_torch(args.file, args.out, arch=args.arch, depth=args.depth,

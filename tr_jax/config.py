@@ -3,6 +3,14 @@
 A config file (``configs/*.py``) defines ``get_config()`` returning an ``ml_collections.ConfigDict``
 built from ``default_config()``. Every key a user sets must exist in the schema: an unknown or
 mistyped key is an error that names it and suggests the closest known key.
+
+A config file may also define ``get_model()`` (a Flax model: a Linen module, or
+``tj.models.from_nnx(...)``) and/or ``get_dataset()`` (a ``tj.data.Dataset``, e.g. from
+``tj.data.from_arrays``) beside ``get_config()``; ``tr-jax run`` then uses them instead of
+``model.arch`` / ``dataset`` (``config_functions``). Either may take the validated config as its one
+argument. The config hash then covers the file's whole source text (``code_hash``: the functions
+and every class or helper they use from that file), so a changed model is a different workdir;
+code imported from elsewhere is not covered.
 """
 from __future__ import annotations
 
@@ -10,13 +18,14 @@ import ast
 import difflib
 import hashlib
 import importlib.util
+import inspect
 import json
 import pathlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from tr_jax.data.datasets import DATASETS
+from tr_jax.data.datasets import check_name
 from tr_jax.regimes import RegimeRule
 
 #: temperature-like knobs (SPEC §1.4): what the temperature grid of a sweep varies
@@ -29,7 +38,10 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "default"
     c.seed = 0                      # root PRNG key: every member key is folded in from it
-    c.dataset = "cifar10"           # digits | cifar10 | cifar100 | svhn_cropped
+    c.dataset = "cifar10"           # digits | cifar10 | cifar100 | svhn_cropped | npz:PATH | tfds:NAME
+    #                                 | arrays:NAME (given by get_dataset() / dataset=, tr_jax.data)
+    c.code_hash = ""                # sha256 of a config file defining get_model/get_dataset (set by
+    #                                 load_config, so that the config hash covers that code)
     c.data_dir = ""                 # TFDS data_dir ("" = TFDS default, ~/tensorflow_datasets)
     c.model = ml_collections.ConfigDict(dict(arch="preresnet", depth=20, width=1.0))
     c.knob = "epochs"
@@ -43,7 +55,11 @@ def default_config() -> ml_collections.ConfigDict:
     # SAM (SPEC §1.4: global-norm perturbation, BN running stats frozen on the second pass).
     c.augment = ml_collections.ConfigDict(dict(pad=4, flip=True))
     c.prune = ml_collections.ConfigDict(dict(
-        densities=(0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80), scope="uniform"))
+        densities=(0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80), scope="uniform",
+        leaves="conv"))
+    # prune.leaves (SPEC §1.5): which weights are pruned, by every scope alike: "conv" (every conv
+    # kernel, the reference), "conv+dense" (also Dense kernels) or a regex searched in the
+    # parameter path, e.g. "Conv_[1-9]/kernel" (tr_jax.models.is_prunable).
     c.retrain = ml_collections.ConfigDict(dict(
         mode="lr_rewinding", epochs=160, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4,
         milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3), finetune_lr=0.001, rewind_epoch=2,
@@ -114,9 +130,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_keys(cfg, schema)
     merged = schema
     merged.update(cfg)  # recursive, keys already checked
-    if merged.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {merged.dataset!r}.{_did_you_mean(merged.dataset, DATASETS)}"
-                         f" Known: {DATASETS}")
+    check_name(merged.dataset)
     if merged.knob not in KNOBS:
         raise ValueError(f"temperature knob {merged.knob!r} is not supported (known: {KNOBS})")
     m = merged.model
@@ -136,6 +150,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ValueError("prune.densities is empty: give at least one density in (0, 1]")
     if merged.prune.scope not in SCOPES:
         raise ValueError(f"prune.scope {merged.prune.scope!r} is not one of {SCOPES}")
+    from tr_jax.models import check_leaves
+    check_leaves(merged.prune.leaves)
     temps = tuple(merged.temperatures)
     if not temps:
         raise ValueError("temperatures is empty: give the knob's values, e.g. (10, 20) dense epochs")
@@ -205,8 +221,11 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _check_batch_sizes(cfg: ml_collections.ConfigDict, temps: tuple) -> None:
-    """Training batch sizes must fit in the training set (known per dataset without loading it)."""
+    """Training batch sizes must fit in the training set (known per built-in dataset without
+    loading it; other datasets are checked when loaded)."""
     from tr_jax.data.datasets import DATASET_SHAPES
+    if cfg.dataset not in DATASET_SHAPES:
+        return
     n = DATASET_SHAPES[cfg.dataset][0]
     sizes = [("retrain.batch_size", cfg.retrain.batch_size)]
     if cfg.knob == "batch_size":
@@ -238,16 +257,51 @@ def _check_temperatures(cfg: ml_collections.ConfigDict, temps: tuple) -> None:
             raise ValueError(f"temperature {t!r} ({knob}) must be >= 0")
 
 
+def _module(path: pathlib.Path):
+    spec = importlib.util.spec_from_file_location(f"_tr_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def config_of(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     """``get_config()`` of a config file, unvalidated: for config files built on another one
     (``configs/cifar100.py`` starts from ``configs/figure2.py``)."""
     path = pathlib.Path(path)
-    spec = importlib.util.spec_from_file_location(f"_tr_jax_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _module(path)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {str(path)!r} defines no get_config()")
     return module.get_config()
+
+
+#: what a config file may define beside get_config()
+HOOKS = ("get_model", "get_dataset")
+
+
+def config_functions(path: str | pathlib.Path) -> dict[str, Callable[..., Any]]:
+    """The ``get_model`` / ``get_dataset`` a config file defines (absent ones left out)."""
+    module = _module(pathlib.Path(path))
+    out = {}
+    for name in HOOKS:
+        fn = getattr(module, name, None)
+        if fn is not None and not callable(fn):
+            raise ValueError(f"config file {str(path)!r}: {name} must be a function, got {fn!r}")
+        if fn is not None:
+            out[name] = fn
+    return out
+
+
+def code_hash(path: str | pathlib.Path) -> str:
+    """sha256 (16 hex digits) of a config file's source text (``load_config`` records it as
+    ``code_hash`` when the file defines ``get_model`` or ``get_dataset``)."""
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+
+
+def call_hook(fn: Callable[..., Any], cfg: ml_collections.ConfigDict) -> Any:
+    """``fn(cfg)`` if the hook takes an argument, else ``fn()``."""
+    takes = [p for p in inspect.signature(fn).parameters.values()
+             if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return fn(cfg) if takes else fn()
 
 
 def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
@@ -276,6 +330,14 @@ def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_c
             value = tuple(value)
         with node.unlocked() if hasattr(node, "unlocked") else _null():
             node[parts[-1]] = value
+    hooks = config_functions(path)
+    if hooks:
+        with cfg.unlocked() if hasattr(cfg, "unlocked") else _null():
+            cfg.code_hash = code_hash(path)
+    dataset = cfg.get("dataset", "")
+    if str(dataset).startswith("arrays:") and "get_dataset" not in hooks:
+        raise ValueError(f"dataset={dataset!r} names arrays given in Python, but config file "
+                         f"{str(path)!r} defines no get_dataset()")
     return validate(cfg)
 
 
@@ -287,6 +349,22 @@ class _null:
         return False
 
 
+#: keys added after tr_jax 0.2, left out of ``to_json`` (and so of the config hash and a workdir's
+#: config.json) while at these defaults, so that earlier workdirs still resume under the same hash
+_NEW_KEY_DEFAULTS = {("code_hash",): "", ("prune", "leaves"): "conv"}
+
+
+def _drop_new_defaults(d: dict) -> dict:
+    d = json.loads(json.dumps(d))
+    for path, default in _NEW_KEY_DEFAULTS.items():
+        node = d
+        for p in path[:-1]:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and node.get(path[-1], default) == default:
+            node.pop(path[-1], None)
+    return d
+
+
 def to_json(cfg: ml_collections.ConfigDict) -> str:
     def norm(x):
         if isinstance(x, dict):
@@ -294,7 +372,7 @@ def to_json(cfg: ml_collections.ConfigDict) -> str:
         if isinstance(x, (list, tuple)):
             return [norm(v) for v in x]
         return x
-    return json.dumps(norm(cfg.to_dict()), indent=1, sort_keys=True)
+    return json.dumps(norm(_drop_new_defaults(cfg.to_dict())), indent=1, sort_keys=True)
 
 
 def config_hash(cfg: ml_collections.ConfigDict) -> str:

@@ -1,7 +1,12 @@
 """One-shot magnitude pruning masks as pytrees (SPEC §1.5).
 
 A mask is a pytree shaped like ``params`` with 1.0 (kept) / 0.0 (pruned) float leaves; every leaf
-that is not prunable (classifier, BN, biases: see ``tr_jax.models.is_prunable``) is all ones.
+that is not prunable is all ones (so ``params * mask`` needs no special case). Which leaves are
+prunable is the declarative ``leaves`` argument (config ``prune.leaves``, see
+``tr_jax.models.is_prunable``): ``"conv"`` (default, the reference: every conv kernel; classifier, BN
+and biases never), ``"conv+dense"`` (also Dense kernels), or a regex over the parameter path
+(``"Conv_1/kernel|Dense_0/kernel"``). Every scope below works on the chosen leaves alike: "layer"
+means one prunable leaf, and ``density`` is the kept fraction of all prunable weights.
 
 * ``scope="uniform"`` (the reference's ``unif``): every conv layer independently loses
   ``round((1 - density) * numel)`` of its weights with the smallest |w| (PyTorch's
@@ -27,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tr_jax.models import is_prunable
+from tr_jax.models import check_leaves, is_prunable, path_str
 
 SCOPES = ("uniform", "global", "lamp", "erk")
 
@@ -60,7 +65,8 @@ def lamp_scores(w: jnp.ndarray) -> jnp.ndarray:
 
 
 def erk_densities(kernels: list, density: jnp.ndarray) -> list[jnp.ndarray]:
-    """ERK layer densities of conv kernels [kh, kw, in, out] whose weighted mean is ``density``.
+    """ERK layer densities of kernels (conv [kh, kw, in, out], Dense [in, out]) whose weighted mean
+    is ``density``.
 
     raw_l = (kh + kw + in + out) / (kh kw in out); d_l = min(1, eps * raw_l) with eps chosen so
     that sum_l d_l n_l = density * sum_l n_l. The capping is resolved by a fixed number of
@@ -76,15 +82,25 @@ def erk_densities(kernels: list, density: jnp.ndarray) -> list[jnp.ndarray]:
     return [d[i] for i in range(len(kernels))]
 
 
-def magnitude_masks(params, density, scope: str = "uniform"):
-    """Magnitude masks for ``params`` at ``density`` (Python float or traced scalar)."""
+def prunable_paths(params, leaves: str = "conv") -> list[str]:
+    """The paths (``'Conv_0/kernel'``) of the leaves of ``params`` that ``leaves`` prunes."""
+    return [path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+            if is_prunable(p, x, leaves)]
+
+
+def magnitude_masks(params, density, scope: str = "uniform", leaves: str = "conv"):
+    """Magnitude masks for ``params`` at ``density`` (Python float or traced scalar), pruning the
+    leaves that ``leaves`` names (``"conv"``, ``"conv+dense"`` or a path regex)."""
     if scope not in SCOPES:
         raise ValueError(f"pruning scope {scope!r} is not one of {SCOPES}")
     if not isinstance(density, jax.core.Tracer):
         check_density(density)
     density = jnp.asarray(density, jnp.float32)
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    flags = [is_prunable(p, x) for p, x in paths_leaves]
+    flags = [is_prunable(p, x, check_leaves(leaves)) for p, x in paths_leaves]
+    if not any(flags):
+        raise ValueError(f"prune.leaves={leaves!r} selects no parameter; the parameters are "
+                         f"{[path_str(p) for p, _ in paths_leaves]}")
     leaves = [x for _, x in paths_leaves]
     pr = [x for x, f in zip(leaves, flags) if f]
     if scope == "uniform":
@@ -107,12 +123,13 @@ def apply_masks(params, masks):
     return jax.tree.map(lambda p, m: p * m, params, masks)
 
 
-def mask_density(masks) -> jnp.ndarray:
-    """Fraction of prunable entries kept."""
-    pl = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(masks)[0] if is_prunable(p, x)]
+def mask_density(masks, leaves: str = "conv") -> jnp.ndarray:
+    """Fraction of prunable entries kept (prunable as ``leaves`` says)."""
+    pl = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(masks)[0]
+          if is_prunable(p, x, leaves)]
     return sum(jnp.sum(x) for _, x in pl) / sum(x.size for _, x in pl)
 
 
-def mask_density_stacked(masks) -> jnp.ndarray:
+def mask_density_stacked(masks, leaves: str = "conv") -> jnp.ndarray:
     """``mask_density`` of every member of a stacked mask pytree [M, ...] -> [M]."""
-    return jax.vmap(mask_density)(masks)
+    return jax.vmap(lambda m: mask_density(m, leaves))(masks)

@@ -1,32 +1,43 @@
-"""Datasets (embedded digits, TFDS) and on-device augmentation (SPEC §1.1)."""
+"""Datasets (embedded digits, TFDS, your own arrays) and on-device augmentation (SPEC §1.1)."""
 
+from tr_jax.data.arrays import NPZ_KEYS, check_dataset, from_arrays, load_npz
 from tr_jax.data.augment import augment, normalize, random_crop, random_flip
 from tr_jax.data.datasets import (
     CIFAR_MEAN,
     CIFAR_STD,
     DATASETS,
+    PREFIXES,
     SVHN_MEAN,
     SVHN_STD,
     TFDS_DATASETS,
     Dataset,
+    check_name,
     load_dataset,
     load_digits,
     load_tfds,
+    original_order,
 )
 
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "DATASETS",
+    "NPZ_KEYS",
+    "PREFIXES",
     "SVHN_MEAN",
     "SVHN_STD",
     "TFDS_DATASETS",
     "Dataset",
     "augment",
+    "check_dataset",
+    "check_name",
+    "from_arrays",
     "load_dataset",
     "load_digits",
+    "load_npz",
     "load_tfds",
     "normalize",
+    "original_order",
     "random_crop",
     "random_flip",
 ]

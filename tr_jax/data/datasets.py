@@ -25,13 +25,29 @@ Datasets
     No download is ever attempted; prepare the data on a connected machine with
     ``python -c "import tensorflow_datasets as tfds; tfds.builder('cifar10').download_and_prepare()"``
     and copy ``~/tensorflow_datasets/cifar10`` into ``data_dir``.
+``tfds:NAME`` (any prepared TFDS image-classification dataset)
+    Features from the builder's ``supervised_keys`` (else ``image`` and ``label``); the number of
+    classes from the label feature. Test split ``test``; a dataset without one uses
+    ``validation``; one with neither holds out the last 10 % of ``train`` (``train[:90%]`` /
+    ``train[90%:]``, in record order). ``mean``/``std`` are those of the train images.
+``npz:PATH`` and numpy arrays
+    See :mod:`tr_jax.data.arrays` (``load_npz``, ``from_arrays``).
+
+Record order (TFDS)
+    TFDS stores CIFAR in a shuffled record order, not torchvision's; the reference's CKA images (the
+    first 6 464 training images), BN-recalibration order and Hessian images follow torchvision's
+    order. When every record has an ``id`` feature ending in an integer (CIFAR: ``train_16399``,
+    ``test_42``), each split is sorted by (prefix, integer): the original file order. Datasets
+    without an ``id`` feature (SVHN), or with ids of another form, keep TFDS' record order
+    (:func:`original_order`).
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from typing import Any, NamedTuple
+import re
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -117,22 +133,50 @@ def _unknown_name_error(name: str, choices: tuple[str, ...]) -> ValueError:
     return ValueError(f"Unknown dataset {name!r}.{hint} Available datasets: {', '.join(choices)}.")
 
 
+#: dataset-name prefixes: ``npz:PATH`` (tr_jax.data.arrays.load_npz), ``tfds:NAME`` (any TFDS
+#: image-classification dataset), ``arrays:NAME`` (supplied in Python or by a config's
+#: ``get_dataset()``, never loaded by name)
+PREFIXES: tuple[str, ...] = ("npz:", "tfds:", "arrays:")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a known dataset or ``npz:PATH`` / ``tfds:NAME`` / ``arrays:NAME``."""
+    name = str(name)
+    if name in DATASETS or (name.startswith(PREFIXES) and name.split(":", 1)[1]):
+        return name
+    close = difflib.get_close_matches(name, DATASETS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown dataset {name!r}.{hint} Known: {DATASETS}, or 'npz:PATH' (arrays "
+                     "x_train, y_train, x_test, y_test), 'tfds:NAME' (a prepared TFDS dataset), "
+                     "'arrays:NAME' (passed as dataset= / a config's get_dataset())")
+
+
 def load_dataset(name: str, data_dir: str | None = None, **kw: Any) -> Dataset:
-    """Load dataset ``name`` (one of :data:`DATASETS`).
+    """Load dataset ``name``.
 
     Args:
-      name: ``"digits"`` (embedded, ``data_dir`` ignored) or a TFDS name
-        (``"cifar10"``, ``"cifar100"``, ``"svhn_cropped"``).
+      name: ``"digits"`` (embedded, ``data_dir`` ignored), a TFDS name (``"cifar10"``,
+        ``"cifar100"``, ``"svhn_cropped"``), ``"tfds:NAME"`` (any TFDS image-classification
+        dataset) or ``"npz:PATH"`` (a file of arrays, :func:`tr_jax.data.arrays.load_npz`).
       data_dir: TFDS data directory; ``None`` means the TFDS default.
       **kw: forwarded to the specific loader (e.g. ``test_fraction``/``split_seed`` for digits).
 
     Raises:
-      ValueError: unknown ``name`` (the message lists :data:`DATASETS` and a close match).
+      ValueError: unknown ``name`` (the message lists :data:`DATASETS` and a close match), or
+        bad data (named); ``arrays:NAME`` cannot be loaded by name.
     """
     if name == "digits":
         return load_digits(**kw)
     if name in TFDS_DATASETS:
         return load_tfds(name, data_dir=data_dir, **kw)
+    if str(name).startswith("npz:"):
+        from tr_jax.data.arrays import load_npz
+        return load_npz(name[4:], **kw)
+    if str(name).startswith("tfds:"):
+        return load_tfds(name[5:], data_dir=data_dir, **kw)
+    if str(name).startswith("arrays:"):
+        raise ValueError(f"dataset {name!r} is supplied in Python: pass dataset=tj.data.from_arrays"
+                         "(...) to tj.sweep.run, or define get_dataset() in the config file")
     raise _unknown_name_error(name, DATASETS)
 
 
@@ -194,25 +238,55 @@ def _prepare_instructions(name: str, data_dir: str | None) -> str:
     )
 
 
+def original_order(ids: Sequence[Any] | None) -> np.ndarray | None:
+    """The permutation that sorts records by their ``id`` (``b'train_16399'``): by prefix, then by
+    the trailing integer (so ``train_2`` < ``train_10``). None (keep the record order) when there
+    are no ids or any id does not end in an integer: see the module doc, "Record order"."""
+    if ids is None or len(ids) == 0:
+        return None
+    prefixes, numbers = [], []
+    for raw in ids:
+        text = raw.decode() if isinstance(raw, (bytes, np.bytes_)) else str(raw)
+        m = re.fullmatch(r"(.*?)(\d+)", text)
+        if m is None:
+            return None
+        prefixes.append(m.group(1))
+        numbers.append(int(m.group(2)))
+    return np.lexsort((np.asarray(numbers), np.asarray(prefixes)))
+
+
+def _tfds_test_split(builder: Any) -> tuple[str, str]:
+    """(train split, test split): ``test``, else ``validation``, else the last 10 % of ``train``
+    (a builder without split metadata, e.g. under ``tfds.testing.mock_data``, uses ``test``)."""
+    splits = set(getattr(builder.info, "splits", None) or ())
+    if not splits or "test" in splits:
+        return "train", "test"
+    if "validation" in splits:
+        return "train", "validation"
+    return "train[:90%]", "train[90%:]"
+
+
 def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
-    """Load ``cifar10``/``cifar100``/``svhn_cropped`` from a prepared TFDS directory.
+    """Load a prepared TFDS image-classification dataset (``cifar10``/``cifar100``/
+    ``svhn_cropped`` with the reference's constants, or any other ``name`` as ``tfds:NAME``).
 
     Iterates ``tfds.load(name, split=s, data_dir=data_dir, shuffle_files=False,
-    as_supervised=True, download=False).batch(4096)`` with ``tfds.as_numpy`` for ``s`` in
-    ``train``/``test`` and concatenates (``batch_size=-1`` is avoided on purpose: it crashes under
-    ``tfds.testing.mock_data`` with tensorflow 2.21 / tfds 4.9.10). Images ``[N, 32, 32, 3]`` uint8,
-    labels int32, in TFDS file order. TensorFlow is imported here (lazily) with GPUs hidden.
+    download=False).batch(4096)`` with ``tfds.as_numpy`` over the train and test splits and
+    concatenates (``batch_size=-1`` is avoided on purpose: it crashes under
+    ``tfds.testing.mock_data`` with tensorflow 2.21 / tfds 4.9.10). Records are put back in their
+    original order by ``id`` where they have one (module doc, "Record order"). Images uint8
+    ``[N, H, W, C]``, labels int32. TensorFlow is imported here (lazily) with GPUs hidden.
 
     Raises:
-      ValueError: ``name`` is not a supported TFDS dataset.
       ImportError: tensorflow / tensorflow_datasets are not installed.
       FileNotFoundError: the dataset is not prepared in ``data_dir`` (no download is attempted);
         the message says how to prepare it.
+      ValueError: the dataset is not image classification (no image/label features) or its
+        arrays fail :func:`tr_jax.data.arrays.from_arrays`' checks.
     """
-    if name not in TFDS_DATASETS:
-        raise _unknown_name_error(name, TFDS_DATASETS)
-    num_classes, mean, std = _TFDS_META[name]
-
+    if name == "digits":
+        raise ValueError("'digits' is embedded, not a TFDS dataset: use load_digits() or "
+                         "load_dataset('digits')")
     try:
         import tensorflow as tf
         import tensorflow_datasets as tfds
@@ -232,36 +306,45 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
     if isinstance(dataset_not_found, type):
         not_found += (dataset_not_found,)
 
+    try:  # a registered dataset's builder needs no prepared data; an unknown name fails here
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # noqa: BLE001 - tfds raises several types for an unknown name
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"TFDS has no dataset {name!r} ({first}). Built-in names: {DATASETS}; "
+                         "any other TFDS image-classification dataset as 'tfds:NAME'") from e
+    image_key, label_key = builder.info.supervised_keys or ("image", "label")
+    features = builder.info.features
+    if not isinstance(image_key, str) or image_key not in features or label_key not in features:
+        raise ValueError(f"TFDS dataset {name!r} is not image classification: tr_jax needs image "
+                         f"and label features, it has {list(features.keys())}")
+    splits = _tfds_test_split(builder)
+
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for split in ("train", "test"):
+    for split in splits:
         try:
-            ds = tfds.load(
-                name,
-                split=split,
-                data_dir=data_dir,
-                shuffle_files=False,
-                as_supervised=True,
-                download=False,
-            )
+            ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False,
+                           download=False)
         except not_found as e:
             raise FileNotFoundError(_prepare_instructions(name, data_dir)) from e
-        images, labels = [], []
-        for x, y in tfds.as_numpy(ds.batch(_TFDS_BATCH)):
-            images.append(np.asarray(x, dtype=np.uint8))
-            labels.append(np.asarray(y, dtype=np.int32))
+        images, labels, ids = [], [], []
+        for ex in tfds.as_numpy(ds.batch(_TFDS_BATCH)):
+            images.append(np.asarray(ex[image_key], dtype=np.uint8))
+            labels.append(np.asarray(ex[label_key], dtype=np.int32))
+            if "id" in ex:
+                ids.extend(ex["id"])
         if images:
-            arrays[split] = (np.concatenate(images, axis=0), np.concatenate(labels, axis=0))
+            x, y = np.concatenate(images, axis=0), np.concatenate(labels, axis=0)
         else:
-            shape = tuple(ds.element_spec[0].shape)
-            arrays[split] = (np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int32))
+            shape = tuple(ds.element_spec[image_key].shape)
+            x, y = np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int32)
+        order = original_order(ids if len(ids) == len(y) else None)
+        arrays[split] = (x, y) if order is None else (x[order], y[order])
 
-    return Dataset(
-        name=name,
-        train_images=arrays["train"][0],
-        train_labels=arrays["train"][1],
-        test_images=arrays["test"][0],
-        test_labels=arrays["test"][1],
-        num_classes=num_classes,
-        mean=tuple(mean),
-        std=tuple(std),
-    )
+    (xtr, ytr), (xte, yte) = arrays[splits[0]], arrays[splits[1]]
+    if name in _TFDS_META:
+        num_classes, mean, std = _TFDS_META[name]
+        return Dataset(name=name, train_images=xtr, train_labels=ytr, test_images=xte,
+                       test_labels=yte, num_classes=num_classes, mean=tuple(mean), std=tuple(std))
+    from tr_jax.data.arrays import from_arrays
+    k = getattr(features[label_key], "num_classes", None)
+    return from_arrays(xtr, ytr, xte, yte, name=f"tfds:{name}", num_classes=k)

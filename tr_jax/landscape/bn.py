@@ -6,6 +6,14 @@ per-batch means and of the per-batch *unbiased* variances (its cumulative-averag
 b_k / (n_seen + b_k) gives exactly that). Batches are processed ``chunk_batches`` at a time by one
 vmapped call (shared parameters, so the vmap is just a bigger batch), the last partial batch by a
 second call.
+
+Any model works (``tr_jax.models.adapters``): the per-batch statistics come from
+``models.apply(..., mode='collect')``, which for tr_jax's own BatchNorm is its ``collect`` mode and
+for ``flax.linen.BatchNorm`` / ``nnx.BatchNorm`` is each layer's input captured in train mode, its
+mean and unbiased variance computed exactly (whatever the layer's momentum). The recalibrated
+``batch_stats`` of a flax BatchNorm therefore hold SPEC §2.2's averaged *unbiased* variance (the
+reference's), not the biased one that flax's own running update would accumulate. A model without
+BatchNorm recalibrates to ``{}``.
 """
 from __future__ import annotations
 

@@ -9,6 +9,11 @@
 Architectures (``ARCHS``): ``preresnet`` (depth 6n+2, any width), ``vgg`` and ``vgg_bn`` (depth
 11/13/16/19, the reference's ``vgg16`` / ``vgg16_bn``), ``densenet`` (depth 3n+4, growth 12).
 VGG without BN has an empty ``batch_stats``. Reference state_dicts: ``from_torch`` / ``to_torch``.
+
+Your own model works everywhere a built-in one does (``tr_jax.models.adapters``): any Linen module
+called as ``__call__(x, train: bool)`` (``flax.linen.BatchNorm`` as it is; ``from_linen(m,
+train_arg=...)`` for another flag name), or an NNX model ``from_nnx(lambda rngs: Net(rngs=rngs))``.
+Which parameters pruning touches: ``is_prunable(path, leaf, leaves)`` (``prune.leaves``).
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ import jax.numpy as jnp
 
 from tr_jax.models import densenet as _densenet
 from tr_jax.models import vgg as _vgg
+from tr_jax.models.adapters import (LinenAdapter, NativeAdapter, NNXAdapter, adapter,
+                                     from_linen, from_nnx, nnx_variables)
 from tr_jax.models.batchnorm import MODES, BatchNorm
 from tr_jax.models.densenet import DenseNet
 from tr_jax.models.preresnet import PreResNet, check_depth
@@ -82,52 +89,79 @@ def _arch_hint(arch: str) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def init(model: nn.Module, key: jax.Array, input_shape: tuple[int, int, int]) -> dict:
+def init(model: Any, key: jax.Array, input_shape: tuple[int, int, int]) -> dict:
     """Fresh variables ``{'params', 'batch_stats'}`` for inputs of shape [H, W, C].
 
-    Jitted (one compile per model and shape): Flax's eager init dispatches every initializer op
-    separately, 8 s for PreResNet-8 on a 2-core CPU against ~1 s compiled. Also vmappable over keys.
+    ``model``: a built-in model, any Linen module, or an NNX model through ``from_nnx`` (see
+    ``tr_jax.models.adapters``). Jitted (one compile per model and shape): Flax's eager init
+    dispatches every initializer op separately, 8 s for PreResNet-8 on a 2-core CPU against ~1 s
+    compiled. Also vmappable over keys.
     """
-    return _init(model, key, tuple(input_shape))
+    return _init(adapter(model), key, tuple(input_shape))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def _init(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> dict:
-    variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32), mode="eval")
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+def _init(model, key: jax.Array, input_shape: tuple[int, ...]) -> dict:
+    return model.init(key, input_shape)
 
 
-def apply(model: nn.Module, variables: dict, images: jnp.ndarray, train: bool = False,
+def apply(model: Any, variables: dict, images: jnp.ndarray, train: bool = False,
           mode: str | None = None):
-    """Forward pass on NHWC float images.
+    """Forward pass on NHWC float images, for any model ``init`` takes.
 
     ``train=False`` (or mode='eval'): logits with running statistics.
     ``train=True`` (mode='train'): ``(logits, variables)`` with updated running statistics.
     mode='frozen': logits with batch statistics, running statistics unchanged.
-    mode='collect': ``(logits, bn_stats)``: per-layer batch mean and unbiased variance.
+    mode='collect': ``(logits, bn_stats)``: per-layer batch mean and unbiased variance, in the
+    layout of ``batch_stats`` (SPEC §2.2; for ``flax.linen.BatchNorm`` / ``nnx.BatchNorm`` captured
+    from each layer's input, see ``tr_jax.models.adapters``).
     """
     mode = mode or ("train" if train else "eval")
-    v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-    if mode in ("eval", "frozen"):
-        return model.apply(v, images, mode=mode)
-    if mode == "train":
-        logits, upd = model.apply(v, images, mode="train", mutable=["batch_stats"])
-        return logits, {"params": variables["params"], "batch_stats": upd.get("batch_stats", {})}
-    if mode == "collect":
-        logits, upd = model.apply(v, images, mode="collect", mutable=["bn_stats"])
-        return logits, upd.get("bn_stats", {})
-    raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    return adapter(model).apply(variables, images, mode)
 
 
-def is_prunable(path: tuple, leaf: Any) -> bool:
-    """The one place that says which parameters are prunable: every conv kernel (SPEC §1.5).
+#: ``prune.leaves`` presets (SPEC §1.5): which parameters are prunable
+LEAVES = ("conv", "conv+dense")
 
-    Conv kernels are the 4-D leaves (HWIO); the classifier, BN parameters and biases never are.
+
+def path_str(path: tuple) -> str:
+    """A parameter's path as ``'layer1_0/conv1/kernel'`` (what a ``prune.leaves`` regex sees)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def check_leaves(leaves: str) -> str:
+    """``leaves`` if it is a preset of ``LEAVES`` or a valid regex, else a ValueError naming it."""
+    if leaves in LEAVES:
+        return leaves
+    try:
+        re.compile(leaves)
+    except (re.error, TypeError) as e:
+        raise ValueError(f"prune.leaves={leaves!r} is neither one of {LEAVES} nor a valid regex "
+                         f"over parameter paths such as 'Conv_0/kernel': {e}") from e
+    return leaves
+
+
+def is_prunable(path: tuple, leaf: Any, leaves: str = "conv") -> bool:
+    """The one place that says which parameters are prunable (SPEC §1.5).
+
+    ``leaves='conv'`` (the reference): every conv kernel, the 4-D leaves (HWIO); the classifier,
+    BN parameters and biases never are. ``'conv+dense'``: also every 2-D ``kernel`` leaf (Dense
+    layers). Anything else is a regex, matched with ``re.search`` against ``path_str(path)``
+    (e.g. ``'block2/.*kernel'``); the regex alone decides.
     """
-    return getattr(leaf, "ndim", 0) == 4
+    ndim = getattr(leaf, "ndim", 0)
+    if leaves == "conv":
+        return ndim == 4
+    if leaves == "conv+dense":
+        return ndim == 4 or (ndim == 2 and path_str(path).rsplit("/", 1)[-1] == "kernel")
+    return re.search(check_leaves(leaves), path_str(path)) is not None
 
 
 from tr_jax.models.torch_import import from_torch, to_torch  # noqa: E402  (needs build)
 
-__all__ = ["ARCHS", "VGG", "BatchNorm", "DenseNet", "PreResNet", "apply", "build", "densenet",
-           "from_torch", "init", "is_prunable", "preresnet", "to_torch", "vgg"]
+__all__ = ["ARCHS", "LEAVES", "VGG", "BatchNorm", "DenseNet", "LinenAdapter", "NNXAdapter",
+           "NativeAdapter", "PreResNet", "adapter", "apply", "build", "check_leaves", "densenet",
+           "from_linen", "from_nnx", "from_torch", "init", "is_prunable", "nnx_variables",
+           "path_str", "preresnet", "to_torch", "vgg"]

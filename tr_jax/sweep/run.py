@@ -26,6 +26,7 @@ import numpy as np
 
 from tr_jax import __version__, models, plots, regimes, sharding
 from tr_jax.config import config_hash, to_json
+from tr_jax.data.arrays import check_dataset
 from tr_jax.data.datasets import load_dataset
 from tr_jax.sweep import tables
 from tr_jax.sweep.estimate import dry_run, members_cap  # noqa: F401  (re-exported)
@@ -57,7 +58,11 @@ class Pipeline(TrainStages, MeasureStages):
         self.cfg, self.progress, self._echo = cfg, progress, echo
         self.hash = config_hash(cfg)
         # the data first: a missing dataset fails before the workdir is created
-        self.ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir or None)
+        # bad data or a model tr_jax cannot drive fail before the workdir is created
+        self.ds = (check_dataset(dataset) if dataset is not None
+                   else load_dataset(cfg.dataset, cfg.data_dir or None))
+        if model is not None:
+            models.adapter(model)
         self.wd = Workdir(workdir, to_json(cfg))
         self.model = model if model is not None else models.build(
             cfg.model.arch, depth=cfg.model.depth, num_classes=self.ds.num_classes,

@@ -33,11 +33,11 @@ from tr_jax.training.steps import padded_batches
 
 
 @functools.lru_cache(maxsize=None)
-def _builder(scope: str, optimizer: str, momentum: float, out_sharding):
+def _builder(scope: str, leaves: str, optimizer: str, momentum: float, out_sharding):
     def build(dense_params, source, mask_from, source_from, density, keys, lr, wd):
         def one(mi, si, d, k):
             params = jax.tree.map(lambda x: x[mi], dense_params)
-            masks = pruning.magnitude_masks(params, d, scope)
+            masks = pruning.magnitude_masks(params, d, scope, leaves)
             variables = jax.tree.map(lambda x: x[si], source)
             return init_state(variables, masks, k, lr, wd, momentum, optimizer=optimizer)
         return jax.vmap(one)(mask_from, source_from, density, keys)
@@ -46,14 +46,16 @@ def _builder(scope: str, optimizer: str, momentum: float, out_sharding):
 
 def build_members(dense_params: Any, source: Any, mask_from: np.ndarray, source_from: np.ndarray,
                   density: np.ndarray, keys: np.ndarray, *, lr: float, weight_decay: float,
-                  momentum: float, scope: str = "uniform", optimizer: str = "sgd"):
+                  momentum: float, scope: str = "uniform", leaves: str = "conv",
+                  optimizer: str = "sgd"):
     """Retrain members' ``TrainState`` s [m, ...], sharded over the mesh.
 
     dense_params: leaves [C, ...] — the dense checkpoints pruned (replicated); source: variables
     [C', ...] retraining starts from (the checkpoints themselves, or the rewound weights);
     mask_from / source_from [m]: each member's row in them; density [m]; keys [m, 2] (uint32 key
-    data). ``m`` should be a multiple of the device count (``sharding.padded``)."""
-    fn = _builder(scope, optimizer, float(momentum), sharding.members_sharding())
+    data); ``scope`` / ``leaves``: how and which weights are pruned (``tr_jax.pruning``). ``m``
+    should be a multiple of the device count (``sharding.padded``)."""
+    fn = _builder(scope, leaves, optimizer, float(momentum), sharding.members_sharding())
     return fn(dense_params, source, jnp.asarray(mask_from, jnp.int32),
               jnp.asarray(source_from, jnp.int32), jnp.asarray(density, jnp.float32),
               jnp.asarray(keys, jnp.uint32), jnp.float32(lr), jnp.float32(weight_decay))

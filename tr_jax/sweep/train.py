@@ -383,7 +383,8 @@ class TrainStages:
         sel = padded_idx(ids, True)  # every strategy: the padding is a no-op on one device
         state = stages.build_members(dense_params, source, mask_from[sel], source_from[sel],
                                      density[sel], keys[sel], lr=rc.lr, weight_decay=rc.weight_decay,
-                                     momentum=rc.momentum, scope=self.cfg.prune.scope)
+                                     momentum=rc.momentum, scope=self.cfg.prune.scope,
+                                     leaves=self.cfg.prune.leaves)
         final, hist, _ = self._fit(prog.name, self._trainer(rc), state, prog.epochs, eval_epochs,
                                    f"retrain {prog.name} (epochs)")
         variables = {"params": final.params, "batch_stats": final.batch_stats}
@@ -394,9 +395,9 @@ class TrainStages:
         if not healthy.all():
             self.say(f"{prog.name}: {int((~healthy).sum())} member(s) diverged (non-finite "
                      "weights): reported as sick, the sweep goes on")
+        density = pruning.mask_density_stacked(final.mask, self.cfg.prune.leaves)
         return {"variables": variables, "mask": final.mask,
-                "density": sharding.to_host(pruning.mask_density_stacked(final.mask))[:n]
-                .astype(np.float64),
+                "density": sharding.to_host(density)[:n].astype(np.float64),
                 "healthy": healthy,
                 "test_error": np.stack([np.asarray(hist[e])[:n] for e in eval_epochs], axis=1)}
 
