@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tr_jax import __version__, landscape, models, pruning
+from tr_jax.sweep import stages
 from tr_jax.sweep.store import atomic_write_text
 
 
@@ -92,16 +93,17 @@ def measure_pair(path_a: str | os.PathLike, path_b: str | os.PathLike, ds, *, lm
                                 mean=ds.mean, std=ds.std, ts=ts, bn_batch_size=bn_batch_size,
                                 test=(Xt, Yt), eval_batch_size=eval_batch_size)
     n = min(cka_images, ds.num_train)
-    la, lb = (landscape.evaluate(model, v, X[:n], Y[:n], ds.mean, ds.std, eval_batch_size,
-                                 return_logits=True)["logits"] for v in (va, vb))
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), va, vb)  # the pair as two members
+    cka = stages.pair_cka(stages.member_logits(model, both, X[:n], ds.mean, ds.std,
+                                               eval_batch_size), np.array([0]), np.array([1]))
     out: dict[str, Any] = {
         "meta": meta_a, "dataset": ds.name,
         "test_error_a": float(landscape.evaluate(model, va, Xt, Yt, ds.mean, ds.std)["error"]),
         "test_error_b": float(landscape.evaluate(model, vb, Xt, Yt, ds.mean, ds.std)["error"]),
         "lmc": float(landscape.lmc(cur["train_error"][0])),
         "loss_barrier": float(landscape.loss_barrier(cur["train_loss"][0])),
-        "cka": float(landscape.cka(jax.nn.softmax(la), jax.nn.softmax(lb))),
-        "cka_logits": float(landscape.cka(la, lb)),
+        "cka": float(cka["cka_softmax"][0]),
+        "cka_logits": float(cka["cka_logits"][0]),
         "lmc_t": ts.tolist(), "lmc_train_error": cur["train_error"][0].tolist(),
         "lmc_test_error": cur["test_error"][0].tolist(),
     }
