@@ -114,7 +114,8 @@ def test_two_processes_killed_mid_retrain_resume_to_the_tables_of_one(four_devic
     (_, out0, _), (_, out1, _) = results
     assert "(4 device(s), 2 process(es))" in out0
     assert "retrain_p0: resuming from the checkpoint after epoch 1" in out0
-    assert "wrote cells.csv" in out0 and "wrote cells.csv" not in out1 and out1.strip() == ""
+    quiet = [ln for ln in out1.splitlines() if not ln.startswith("[Gloo]")]  # gloo's own lines
+    assert "wrote cells.csv" in out0 and quiet == []
     log = (wd / "log.txt").read_text()
     assert log.count("wrote cells.csv") == 1
     a, b = _numbers(four_devices / "cells.csv"), _numbers(wd / "cells.csv")
