@@ -135,7 +135,7 @@ def test_a_table_write_that_dies_leaves_the_old_table(tmp_path, monkeypatch):
     wd = Workdir(tmp_path / "w", CFG)
     atomic_write_text(wd.path / "cells.csv", "old\n")
 
-    def die(where):
+    def die(where, name=""):
         if where == "text:written":
             raise _Died(where)
 

@@ -25,6 +25,7 @@ failed write stays intact and resumable.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import pathlib
@@ -422,22 +423,9 @@ class Workdir:
             d = self.chunks_dir(stage)
             d.mkdir(parents=True, exist_ok=True)
             path = d / f"{int(lo):09d}_{int(hi):09d}.npz"
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-                    f.flush()
-                    os.fsync(f.fileno())
-                fault_point("chunk:written", stage)
-                os.replace(tmp, path)
-            except BaseException as e:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                if isinstance(e, Exception) and _is_disk_full(e):
-                    raise _disk_full(self.path, f"chunk record {str(path)!r}", e) from e
-                raise
+            buf = io.BytesIO()
+            np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+            atomic_write_bytes(path, buf.getvalue(), "chunk:written", stage)
             self.bytes_written += path.stat().st_size
         sharding.barrier(f"tr_jax:chunk:{stage}:{lo}")
 
@@ -475,20 +463,23 @@ class Workdir:
             raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write then rename: a reader never sees a half-written file, and a failed write (a full disk:
-    :class:`DiskFullError` naming the file) leaves the previous file intact."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fault: str = "text:written",
+                       name: str = "") -> None:
+    """The one atomic writer of tr_jax's files (tables, texts, figures, chunk records): write to
+    a temporary file in the same folder, fsync, rename. A reader never sees a half-written file,
+    and a failed write (a full disk: :class:`DiskFullError` naming the file) leaves the previous
+    file intact. ``fault``/``name``: the :func:`fault_point` passed between write and rename."""
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0o022)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        fault_point("text:written")
+        fault_point(fault, name)
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -498,6 +489,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if isinstance(e, Exception) and _is_disk_full(e):
             raise _disk_full(path.parent, f"{str(path)!r}", e) from e
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` (UTF-8)."""
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_csv(path: str | os.PathLike, df) -> None:
