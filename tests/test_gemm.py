@@ -1,0 +1,116 @@
+"""The ``gemm`` conv layout (issue 18): im2col + batched matmul equals the plain conv per member,
+forward and gradient, for every architecture; no grouped convolution under vmap; the ``gemm``
+members strategy; bfloat16 compute for every architecture."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tr_jax as tj
+from tr_jax.models.conv import conv_gemm, grouped_convolutions, im2col
+from tr_jax.training import members as mem
+
+M = 2
+ARCH_CASES = {  # tiny: 8x8 inputs, small widths / depths (every conv kind: stride 2, 1x1, bias)
+    "preresnet": lambda impl: tj.models.build("preresnet", 8, 10, 0.5, conv_impl=impl),
+    "vgg": lambda impl: tj.models.build("vgg", 11, 10, conv_impl=impl),
+    "densenet": lambda impl: tj.models.build("densenet", 7, 10, conv_impl=impl),
+}
+
+
+def _stacked_variables(model, shape=(8, 8, 3)):
+    return jax.vmap(lambda k: tj.models.init(model, k, shape))(jax.random.split(
+        jax.random.key(0), M))
+
+
+def _loss(model):
+    def loss(params, batch_stats, x):
+        logits, _ = tj.models.apply(model, {"params": params, "batch_stats": batch_stats}, x,
+                                    train=True)
+        return jnp.sum(logits ** 2) / logits.shape[0]
+    return loss
+
+
+@pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 1)])
+def test_conv_gemm_equals_lax_conv(stride, pad, k):
+    x = jax.random.normal(jax.random.key(1), (2, 7, 8, 3))
+    w = jax.random.normal(jax.random.key(2), (k, k, 3, 5))
+    p = ((pad, pad), (pad, pad))
+    want = jax.lax.conv_general_dilated(x, w, (stride, stride), p,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv_gemm(x, w, (stride, stride), p), want, atol=1e-5, rtol=1e-5)
+    assert im2col(x, (k, k), (stride, stride), p).shape == (*want.shape[:3], k * k * 3)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CASES))
+def test_gemm_model_equals_xla_per_member(arch):
+    xla, gemm = ARCH_CASES[arch]("xla"), ARCH_CASES[arch]("gemm")
+    v = _stacked_variables(xla)
+    v_gemm = _stacked_variables(gemm)  # same parameter tree and init
+    assert jax.tree.structure(v) == jax.tree.structure(v_gemm)
+    jax.tree.map(np.testing.assert_array_equal, v, v_gemm)
+    x = jax.random.normal(jax.random.key(3), (M, 4, 8, 8, 3))
+    grad_fn = jax.value_and_grad(_loss(xla))
+    want = [grad_fn(jax.tree.map(lambda a, i=i: a[i], v["params"]),
+                    jax.tree.map(lambda a, i=i: a[i], v["batch_stats"]), x[i]) for i in range(M)]
+    got = jax.vmap(jax.value_and_grad(_loss(gemm)))(v["params"], v["batch_stats"], x)
+    for i in range(M):
+        np.testing.assert_allclose(got[0][i], want[i][0], rtol=1e-4, atol=1e-5)
+        jax.tree.map(lambda g, w, i=i: np.testing.assert_allclose(g[i], w, rtol=2e-3, atol=2e-4),
+                     got[1], want[i][1])
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CASES))
+def test_no_grouped_conv_under_vmap_with_gemm(arch):
+    v = _stacked_variables(ARCH_CASES[arch]("xla"))
+    x = jnp.zeros((M, 2, 8, 8, 3))
+    grads = {impl: jax.vmap(jax.grad(_loss(ARCH_CASES[arch](impl))))
+             for impl in ("xla", "gemm")}
+    assert grouped_convolutions(grads["xla"], v["params"], v["batch_stats"], x)  # the check bites
+    assert grouped_convolutions(grads["gemm"], v["params"], v["batch_stats"], x) == []
+    hlo = jax.jit(grads["gemm"]).lower(v["params"], v["batch_stats"], x).as_text()
+    assert "feature_group_count" not in hlo and "convolution" not in hlo
+
+
+def test_bad_conv_impl_raises():
+    with pytest.raises(ValueError, match="'im2col'.*not one of"):
+        tj.models.build("preresnet", 8, conv_impl="im2col")
+
+
+def test_gemm_strategy_trains_like_vmap():
+    from tr_jax.training import StepConfig, Trainer, init_state, stack
+    assert mem.resolve("gemm") == "gemm" and not mem.per_member("gemm")
+    model = tj.models.preresnet(8, 10, 0.5)
+    v = tj.models.init(model, jax.random.key(0), (8, 8, 1))
+    ones = jax.tree.map(jnp.ones_like, v["params"])
+    state = stack([init_state(v, ones, jax.random.key(i), 0.1, 5e-4) for i in range(M)])
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8))
+    Y = jnp.asarray(rng.integers(0, 10, (64,)), jnp.int32)
+    cfg = StepConfig(mean=(0.5,), std=(0.25,), batch_size=32, pad=1, flip=False)
+    out = {}
+    for s in ("vmap", "gemm"):
+        tr = Trainer(model, cfg, s, chunk_steps=2, milestones=())
+        out[s], _ = tr.fit(jax.tree.map(jnp.copy, state), X, Y, epochs=1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
+                 out["vmap"].params, out["gemm"].params)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CASES))
+def test_bfloat16_compute_every_arch(arch):
+    from tr_jax.training.steps import compute_model
+    model = ARCH_CASES[arch]("xla")
+    v = tj.models.init(model, jax.random.key(0), (8, 8, 3))
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    f32, new32 = tj.models.apply(model, v, x, train=True)
+    bf16, new16 = tj.models.apply(compute_model(model, "bfloat16"), v, x, train=True)
+    assert bf16.dtype == jnp.float32
+    np.testing.assert_allclose(bf16, f32, atol=0.05 + 0.05 * float(jnp.abs(f32).max()))
+    for leaf in jax.tree.leaves(new16):
+        assert leaf.dtype == jnp.float32
+    jaxpr = str(jax.make_jaxpr(lambda p: tj.models.apply(
+        compute_model(model, "bfloat16"), {"params": p, "batch_stats": v["batch_stats"]}, x))(
+        v["params"]))
+    assert "bf16" in jaxpr
