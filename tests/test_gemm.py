@@ -14,15 +14,16 @@ from tr_jax.training import members as mem
 
 M = 2
 ARCH_CASES = {  # tiny: 8x8 inputs, small widths / depths (every conv kind: stride 2, 1x1, bias)
-    "preresnet": lambda impl: tj.models.build("preresnet", 8, 10, 0.5, conv_impl=impl),
+    "preresnet": lambda impl: tj.models.build("preresnet", 8, 10, 0.25, conv_impl=impl),
     "vgg": lambda impl: tj.models.build("vgg", 11, 10, conv_impl=impl),
     "densenet": lambda impl: tj.models.build("densenet", 7, 10, conv_impl=impl),
 }
 
 
-def _stacked_variables(model, shape=(8, 8, 3)):
-    return jax.vmap(lambda k: tj.models.init(model, k, shape))(jax.random.split(
-        jax.random.key(0), M))
+def _members(model, shape=(8, 8, 3)):
+    """M members' variables [M, ...]: one init, the second member's leaves scaled by 1.5."""
+    v = tj.models.init(model, jax.random.key(0), shape)
+    return jax.tree.map(lambda a: jnp.stack([a, 1.5 * a]), v)
 
 
 def _loss(model):
@@ -44,34 +45,36 @@ def test_conv_gemm_equals_lax_conv(stride, pad, k):
     assert im2col(x, (k, k), (stride, stride), p).shape == (*want.shape[:3], k * k * 3)
 
 
+def test_gemm_init_identical():
+    xla, gemm = ARCH_CASES["preresnet"]("xla"), ARCH_CASES["preresnet"]("gemm")
+    jax.tree.map(np.testing.assert_array_equal, tj.models.init(xla, jax.random.key(0), (8, 8, 3)),
+                 tj.models.init(gemm, jax.random.key(0), (8, 8, 3)))
+
+
 @pytest.mark.parametrize("arch", sorted(ARCH_CASES))
 def test_gemm_model_equals_xla_per_member(arch):
+    """Forward and gradient of vmap over the gemm model = the plain conv model per member, and no
+    grouped convolution under vmap with gemm (there is one with the plain conv: the check bites)."""
     xla, gemm = ARCH_CASES[arch]("xla"), ARCH_CASES[arch]("gemm")
-    v = _stacked_variables(xla)
-    v_gemm = _stacked_variables(gemm)  # same parameter tree and init
-    assert jax.tree.structure(v) == jax.tree.structure(v_gemm)
-    jax.tree.map(np.testing.assert_array_equal, v, v_gemm)
-    x = jax.random.normal(jax.random.key(3), (M, 4, 8, 8, 3))
-    grad_fn = jax.value_and_grad(_loss(xla))
+    shapes = {impl: jax.eval_shape(lambda m=m: m.init(
+        jax.random.key(0), jnp.zeros((1, 8, 8, 3)), mode="eval")) for impl, m in
+        (("xla", xla), ("gemm", gemm))}
+    assert jax.tree.structure(shapes["xla"]) == jax.tree.structure(shapes["gemm"])
+    assert jax.tree.leaves(shapes["xla"]) == jax.tree.leaves(shapes["gemm"])
+    v = _members(xla)
+    x = jax.random.normal(jax.random.key(3), (M, 2, 8, 8, 3))
+    vgrad = {impl: jax.vmap(jax.value_and_grad(_loss(m))) for impl, m in
+             (("xla", xla), ("gemm", gemm))}
+    assert grouped_convolutions(vgrad["xla"], v["params"], v["batch_stats"], x)
+    assert grouped_convolutions(vgrad["gemm"], v["params"], v["batch_stats"], x) == []
+    grad_fn = jax.jit(jax.value_and_grad(_loss(xla)))
     want = [grad_fn(jax.tree.map(lambda a, i=i: a[i], v["params"]),
                     jax.tree.map(lambda a, i=i: a[i], v["batch_stats"]), x[i]) for i in range(M)]
-    got = jax.vmap(jax.value_and_grad(_loss(gemm)))(v["params"], v["batch_stats"], x)
+    got = jax.jit(vgrad["gemm"])(v["params"], v["batch_stats"], x)
     for i in range(M):
         np.testing.assert_allclose(got[0][i], want[i][0], rtol=1e-4, atol=1e-5)
         jax.tree.map(lambda g, w, i=i: np.testing.assert_allclose(g[i], w, rtol=2e-3, atol=2e-4),
                      got[1], want[i][1])
-
-
-@pytest.mark.parametrize("arch", sorted(ARCH_CASES))
-def test_no_grouped_conv_under_vmap_with_gemm(arch):
-    v = _stacked_variables(ARCH_CASES[arch]("xla"))
-    x = jnp.zeros((M, 2, 8, 8, 3))
-    grads = {impl: jax.vmap(jax.grad(_loss(ARCH_CASES[arch](impl))))
-             for impl in ("xla", "gemm")}
-    assert grouped_convolutions(grads["xla"], v["params"], v["batch_stats"], x)  # the check bites
-    assert grouped_convolutions(grads["gemm"], v["params"], v["batch_stats"], x) == []
-    hlo = jax.jit(grads["gemm"]).lower(v["params"], v["batch_stats"], x).as_text()
-    assert "feature_group_count" not in hlo and "convolution" not in hlo
 
 
 def test_bad_conv_impl_raises():
@@ -79,23 +82,27 @@ def test_bad_conv_impl_raises():
         tj.models.build("preresnet", 8, conv_impl="im2col")
 
 
-def test_gemm_strategy_trains_like_vmap():
+def test_gemm_strategy_in_trainer():
+    """``Trainer`` runs ``gemm`` as vmap over the gemm model: its train program has no grouped
+    convolution (the vmap one has), and its evaluation equals the per-member program's."""
     from tr_jax.training import StepConfig, Trainer, init_state, stack
     assert mem.resolve("gemm") == "gemm" and not mem.per_member("gemm")
-    model = tj.models.preresnet(8, 10, 0.5)
+    model = tj.models.preresnet(8, 10, 0.25)
     v = tj.models.init(model, jax.random.key(0), (8, 8, 1))
     ones = jax.tree.map(jnp.ones_like, v["params"])
     state = stack([init_state(v, ones, jax.random.key(i), 0.1, 5e-4) for i in range(M)])
     rng = np.random.default_rng(0)
-    X = jnp.asarray(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8))
-    Y = jnp.asarray(rng.integers(0, 10, (64,)), jnp.int32)
+    X = jnp.asarray(rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8))
+    Y = jnp.asarray(rng.integers(0, 10, (32,)), jnp.int32)
     cfg = StepConfig(mean=(0.5,), std=(0.25,), batch_size=32, pad=1, flip=False)
-    out = {}
-    for s in ("vmap", "gemm"):
-        tr = Trainer(model, cfg, s, chunk_steps=2, milestones=())
-        out[s], _ = tr.fit(jax.tree.map(jnp.copy, state), X, Y, epochs=1)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
-                 out["vmap"].params, out["gemm"].params)
+    args = (state, X, Y, jnp.int32(0), jnp.int32(0), jnp.ones((1,), jnp.float32))
+    trainers = {s: Trainer(model, cfg, s, chunk_steps=1, eval_batch_size=32, milestones=())
+                for s in ("gemm", "vmap", "loop")}
+    assert grouped_convolutions(trainers["vmap"]._train_fn(1, 32), *args)
+    assert grouped_convolutions(trainers["gemm"]._train_fn(1, 32), *args) == []
+    err = {s: trainers[s].evaluate(mem.split_groups(state, s), X, Y) for s in ("gemm", "loop")}
+    np.testing.assert_allclose(err["gemm"][1], err["loop"][1], rtol=1e-4)
+    np.testing.assert_array_equal(err["gemm"][0], err["loop"][0])
 
 
 @pytest.mark.parametrize("arch", sorted(ARCH_CASES))
@@ -103,9 +110,9 @@ def test_bfloat16_compute_every_arch(arch):
     from tr_jax.training.steps import compute_model
     model = ARCH_CASES[arch]("xla")
     v = tj.models.init(model, jax.random.key(0), (8, 8, 3))
-    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
-    f32, new32 = tj.models.apply(model, v, x, train=True)
-    bf16, new16 = tj.models.apply(compute_model(model, "bfloat16"), v, x, train=True)
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    (f32, _), (bf16, new16) = jax.jit(lambda v: [tj.models.apply(m, v, x, train=True) for m in (
+        model, compute_model(model, "bfloat16"))])(v)
     assert bf16.dtype == jnp.float32
     np.testing.assert_allclose(bf16, f32, atol=0.05 + 0.05 * float(jnp.abs(f32).max()))
     for leaf in jax.tree.leaves(new16):

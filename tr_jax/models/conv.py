@@ -99,7 +99,8 @@ def conv(features: int, kernel_size: int, stride: int, pad: int, *, name: str,
 
 def grouped_convolutions(fn: Callable, *args) -> list[int]:
     """``feature_group_count`` of every convolution in the jaxpr of ``fn(*args)`` greater than 1
-    (sub-jaxprs included): ``[]`` when ``fn`` computes no grouped convolution."""
+    (sub-jaxprs included): ``[]`` when ``fn`` computes no grouped convolution. ``fn`` may be a
+    jitted function (traced, not compiled)."""
     found: list[int] = []
 
     def walk(jaxpr):
@@ -114,5 +115,6 @@ def grouped_convolutions(fn: Callable, *args) -> list[int]:
                     if hasattr(sub, "eqns"):
                         walk(sub)
 
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    traced = fn.trace(*args).jaxpr if hasattr(fn, "trace") else jax.make_jaxpr(fn)(*args)
+    walk(traced.jaxpr)
     return found
