@@ -90,3 +90,15 @@ def test_real_measurement_tiny(cache):
     got = autotune.choose(MODEL, CFG, SHAPE, 2, ("loop",), chunk_steps=1, repeats=1,
                           budget_s=1e9)
     assert got.strategy == "loop" and got.table[0]["member_steps_s"] > 0
+
+
+def test_device_check_script_parses():
+    """experiments/device_check.sh is valid bash (its CPU fallback is timed in README, not here)."""
+    import pathlib
+    import shutil
+    import subprocess
+    script = pathlib.Path(__file__).parents[1] / "experiments" / "device_check.sh"
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    subprocess.run([bash, "-n", str(script)], check=True)
