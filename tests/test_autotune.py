@@ -40,6 +40,9 @@ def test_cache_written_and_reused(cache, fake_measure):
     assert first.strategy == "gemm" and not first.cached
     assert sorted(fake_measure) == ["gemm", "loop", "vmap"]
     assert len(json.loads(cache.read_text())) == 1
+    hit = autotune.lookup(MODEL, CFG, SHAPE, 2, ("loop", "vmap", "gemm"))
+    assert hit.strategy == "gemm" and hit.cached
+    assert autotune.lookup(MODEL, CFG, SHAPE, 3, ("loop", "vmap", "gemm")) is None
     again = autotune.choose(MODEL, CFG, SHAPE, 2, ("loop", "vmap", "gemm"), budget_s=1e9)
     assert again.cached and again.strategy == "gemm" and len(fake_measure) == 3  # no timing
     autotune.choose(MODEL, CFG, SHAPE, 4, ("loop", "vmap", "gemm"), budget_s=1e9)  # new M

@@ -174,6 +174,25 @@ def measure(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], membe
             "compile_s": times[0]}
 
 
+def lookup(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], members: int,
+           candidates: Sequence[str] | None = None, *, chunk_steps: int = 4) -> Choice | None:
+    """The cached choice for this program shape on this device and version, or None; times
+    nothing (for ``--dry-run`` without measuring)."""
+    cands = _ordered(check_candidates(
+        default_candidates(members) if candidates is None else candidates, model))
+    key, fields = cache_key(model, step_cfg, image_shape, members, chunk_steps, cands)
+    hit = _read_cache(cache_dir() / CACHE_FILE).get(key)
+    if hit and hit.get("fields") == fields:
+        return Choice(hit["strategy"], hit["table"], hit["reason"], cached=True)
+    return None
+
+
+def _ordered(cands: tuple[str, ...]) -> tuple[str, ...]:
+    """``cands`` with the backend default first (otherwise in the given order)."""
+    default = mem.default_strategy()
+    return tuple(sorted(cands, key=lambda s: s != default))
+
+
 def _fastest(table: list[dict], default: str) -> str:
     timed = [r for r in table if "member_steps_s" in r]
     return max(timed, key=lambda r: r["member_steps_s"])["strategy"] if timed else default
@@ -192,17 +211,16 @@ def choose(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], member
     if members < 1:
         raise ValueError(f"members={members} must be >= 1")
     default = mem.default_strategy()
-    cands = check_candidates(default_candidates(members) if candidates is None else candidates,
-                             model)
-    cands = tuple(sorted(cands, key=lambda s: s != default))  # the default first (stable)
+    cands = _ordered(check_candidates(
+        default_candidates(members) if candidates is None else candidates, model))
     cpu = jax.default_backend() == "cpu"
     budget = (CPU_BUDGET_S if cpu else ACCELERATOR_BUDGET_S) if budget_s is None else budget_s
     key, fields = cache_key(model, step_cfg, image_shape, members, chunk_steps, cands)
     path = cache_dir() / CACHE_FILE
     if use_cache:
-        hit = _read_cache(path).get(key)
-        if hit and hit.get("fields") == fields:
-            return Choice(hit["strategy"], hit["table"], hit["reason"], cached=True)
+        hit = lookup(model, step_cfg, image_shape, members, cands, chunk_steps=chunk_steps)
+        if hit is not None:
+            return hit
     table: list[dict] = []
     t0, reason = time.perf_counter(), ""
     for i, s in enumerate(cands):
