@@ -27,8 +27,12 @@ def fake_measure(monkeypatch):
     calls = []
     speed = {"gemm": 300.0, "vmap": 200.0, "threads": 100.0, "loop": 90.0}
 
-    def fake(model, step_cfg, image_shape, members, strategy, chunk_steps, repeats=2):
+    def fake(model, step_cfg, image_shape, members, strategy, chunk_steps, repeats=2,
+             give_up=None):
         calls.append(strategy)
+        first = autotune.time.perf_counter()  # a fake clock in test_budget_skips_with_reason
+        if give_up is not None and give_up(first):
+            return {"compile_s": first}
         return {"member_steps_s": speed.get(strategy, 10.0), "seconds": 0.01, "compile_s": 0.0}
 
     monkeypatch.setattr(autotune, "measure", fake)
@@ -77,7 +81,7 @@ def test_gemm_candidate_needs_conv_impl():
 
 
 def test_budget_skips_with_reason(cache, fake_measure, monkeypatch):
-    t = iter(range(0, 1000, 10))  # every perf_counter call: 10 s later
+    t = iter(range(10, 1000, 10))  # every perf_counter call: 10 s later
     monkeypatch.setattr(autotune.time, "perf_counter", lambda: float(next(t)))
     got = autotune.choose(MODEL, CFG, SHAPE, 2, ("vmap", "gemm", "loop"), budget_s=5.0)
     default = autotune.mem.default_strategy()

@@ -16,9 +16,10 @@ the table of what was measured. The candidates are timed in order, the backend's
 Budget: tuning one shape may spend ``budget_s`` seconds (default: ``CPU_BUDGET_S`` on CPU, 5 % of
 the quick job's ~6 min on 2 cores, ``ACCELERATOR_BUDGET_S`` elsewhere). When the first candidate's
 cost, times the number of candidates, would exceed it, tuning stops there and the backend default
-is kept, with the reason in ``Choice.reason``; later candidates are skipped once the budget is spent.
-The first candidate is timed at the job's own program shape, so its compile is the job's own
-(``Trainer``'s compiled programs are cached per process).
+is kept, with the reason in ``Choice.reason``; later candidates are skipped once the budget is
+spent. The price is set by the first candidate's compile and first call, timed at the job's own
+program shape (pass the job's ``StepConfig`` and steps per call): that compile is the job's own
+(``Trainer``'s compiled programs are cached per process), so a skipped tuning costs one call.
 
 Cache: the choice (or the skip) is kept in ``autotune.json`` under ``cache_dir()``
 (``$TR_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/tr_jax``, else ``~/.cache/tr_jax``), keyed by
@@ -146,11 +147,12 @@ def _write_cache(path: pathlib.Path, key: str, entry: dict) -> str | None:
 
 
 def measure(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], members: int,
-            strategy: str, chunk_steps: int, repeats: int = 2) -> dict:
+            strategy: str, chunk_steps: int, repeats: int = 2,
+            give_up: Callable[[float], bool] | None = None) -> dict:
     """Time ``strategy``'s train programs for ``members`` members: one compile-and-warm-up call,
     then the median of ``repeats`` calls of ``chunk_steps`` steps each (synthetic uint8 data,
     batch ``step_cfg.batch_size``). Returns ``member_steps_s``, ``seconds`` (per call) and
-    ``compile_s`` (the first call)."""
+    ``compile_s`` (the first call); only ``compile_s`` when ``give_up(compile_s)`` is true."""
     from tr_jax import models
     from tr_jax.training import Trainer, init_state, stack
     bs = step_cfg.batch_size
@@ -169,6 +171,8 @@ def measure(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], membe
         groups, _ = tr.train_epoch(groups, X, Y, epoch)
         jax.block_until_ready(groups)
         times.append(time.perf_counter() - t)
+        if epoch == 0 and give_up is not None and give_up(times[0]):
+            return {"compile_s": times[0]}
     sec = statistics.median(times[1:])
     return {"member_steps_s": members * chunk_steps / sec, "seconds": sec,
             "compile_s": times[0]}
@@ -231,24 +235,26 @@ def choose(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], member
         if spent > budget and table:  # the first candidate is always timed
             table.append({"strategy": s, "skipped": f"budget {budget:.0f}s spent"})
             continue
+        # the first candidate's first call (compile + one call) prices the whole tuning
+        over = (lambda first: first * len(cands) > budget) if i == 0 and len(cands) > 1 else None
         try:
             row = {"strategy": s, **measure(model, step_cfg, image_shape, members, s,
-                                            chunk_steps, repeats)}
+                                            chunk_steps, repeats, give_up=over)}
         except Exception as e:  # e.g. out of memory at large M: the others still count
             row = {"strategy": s, "skipped": f"failed: {type(e).__name__}: {str(e)[:200]}"}
+        if "compile_s" in row and "member_steps_s" not in row:
+            first = row.pop("compile_s")
+            reason = (f"autotuning skipped: ~{first * len(cands):.0f}s for {len(cands)} "
+                      f"candidates ({first:.1f}s for the compile and first call of {s!r}) would "
+                      f"exceed the budget {budget:.0f}s" + (
+                          " (5% of the quick job on CPU)" if cpu and budget_s is None else "")
+                      + f"; kept the backend default {default!r}")
+            table += [{"strategy": c, "skipped": "over budget"} for c in cands]
+            break
         table.append(row)
         if echo and "member_steps_s" in row:
             echo(f"autotune M={members} {s}: {row['member_steps_s']:.1f} member-steps/s "
                  f"(compile + first call {row['compile_s']:.1f}s)")
-        cost = time.perf_counter() - t0
-        if i == 0 and len(cands) > 1 and cost * len(cands) > budget:
-            reason = (f"autotuning skipped: ~{cost * len(cands):.0f}s for {len(cands)} "
-                      f"candidates ({cost:.1f}s measured for {s!r}) would exceed the budget "
-                      f"{budget:.0f}s" + (" (5% of the quick job on CPU)" if cpu and
-                                          budget_s is None else "")
-                      + f"; kept the backend default {default!r}")
-            table += [{"strategy": c, "skipped": "over budget"} for c in cands[1:]]
-            break
     best = default if reason else _fastest(table, default)
     base = next((r for r in table if r["strategy"] == default and "member_steps_s" in r), None)
     for r in table:
