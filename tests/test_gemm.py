@@ -45,10 +45,16 @@ def test_conv_gemm_equals_lax_conv(stride, pad, k):
     assert im2col(x, (k, k), (stride, stride), p).shape == (*want.shape[:3], k * k * 3)
 
 
-def test_gemm_init_identical():
-    xla, gemm = ARCH_CASES["preresnet"]("xla"), ARCH_CASES["preresnet"]("gemm")
-    jax.tree.map(np.testing.assert_array_equal, tj.models.init(xla, jax.random.key(0), (8, 8, 3)),
-                 tj.models.init(gemm, jax.random.key(0), (8, 8, 3)))
+@pytest.mark.parametrize("k,stride,pad,bias", [(3, 2, 1, True), (1, 2, 0, False)])
+def test_gemm_conv_init_identical(k, stride, pad, bias):
+    """Both impls of ``models.conv.conv`` make the same parameters (names, shapes, values)."""
+    from tr_jax.models.conv import conv
+    from tr_jax.models.preresnet import conv_init
+    x = jnp.zeros((1, 8, 8, 3))
+    v = {impl: conv(5, k, stride, pad, name="c", kernel_init=conv_init, use_bias=bias,
+                    conv_impl=impl).init(jax.random.key(0), x) for impl in ("xla", "gemm")}
+    assert jax.tree.structure(v["xla"]) == jax.tree.structure(v["gemm"])
+    jax.tree.map(np.testing.assert_array_equal, v["xla"], v["gemm"])
 
 
 @pytest.mark.parametrize("arch", sorted(ARCH_CASES))
