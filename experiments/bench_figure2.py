@@ -2,7 +2,8 @@
 against the device's peak, and the extrapolated wall time of Figure 2's 1 296 retrains.
 
     python experiments/bench_figure2.py [--members 1 4 16 64 256] [--strategy auto] [--steps 4]
-        [--repeats 5] [--peak-tflops T] [--memory-gb G]
+        [--repeats 5] [--peak-tflops T] [--memory-gb G] [--precision bfloat16]
+        [--depth 20] [--shape cifar]
 
 What is timed is the program a sweep's retraining stage runs: ``Trainer``'s compiled group step
 (``tr_jax.training.loop._compiled_train``) for M masked PreResNet-20 members, CIFAR shapes
@@ -26,9 +27,14 @@ cores, whose peak is higher: the fraction is then an upper bound); on CPU and un
 fraction is printed unless ``--peak-tflops`` is given. Defaults finish in a few minutes on the
 2-core CPU (M = 1, 4).
 
-Final lines ``RESULT name=value``: ``figure2_M{M}_member_steps_s``, ``figure2_M{M}_vs_M1``,
-``figure2_M{M}_tflops``, ``figure2_M{M}_mib_per_member``, ``figure2_M{M}_peak_fraction`` (with a
-peak), ``figure2_retrain_hours``.
+``--precision bfloat16``: the step's convs and classifier in bfloat16 (``StepConfig.precision``).
+``--depth`` / ``--shape digits`` (PreResNet-8 on 8x8x1: ``device_check.sh``'s CPU fallback) change
+the program measured; the Figure-2 extrapolation is then not Figure 2's (it says so).
+
+``RESULT name=value`` lines (printed per M, so a run cut short still reports):
+``figure2_M{M}_member_steps_s``, ``figure2_M{M}_vs_M1``, ``figure2_M{M}_tflops``,
+``figure2_M{M}_mib_per_member``, ``figure2_M{M}_peak_fraction`` (with a peak),
+``figure2_retrain_hours``.
 """
 from __future__ import annotations
 
@@ -81,15 +87,22 @@ def program_costs(compiled) -> tuple[float, float]:
     return flops, nbytes
 
 
-def bench(M: int, strategy: str, steps: int, repeats: int) -> dict[str, float]:
+SHAPES = {"cifar": (32, 32, 3), "digits": (8, 8, 1)}
+
+
+def bench(M: int, strategy: str, steps: int, repeats: int, depth: int = 20, shape: str = "cifar",
+          precision: str = "float32") -> dict[str, float]:
     """member-steps/s, FLOPs and bytes per member-step of M members under ``strategy``."""
     rng = np.random.default_rng(0)
     n = 64 * steps
-    X = jnp.asarray(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+    hw = SHAPES[shape]
+    X = jnp.asarray(rng.integers(0, 256, (n, *hw), dtype=np.uint8))
     Y = jnp.asarray(rng.integers(0, 10, (n,)), jnp.int32)
-    model = tj.models.preresnet(20, 10)
-    cfg = StepConfig(mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), batch_size=64)
-    v = tj.models.init(model, jax.random.key(0), (32, 32, 3))
+    model = tj.models.preresnet(depth, 10)
+    c = hw[2]
+    cfg = StepConfig(mean=(0.49, 0.48, 0.45)[:c], std=(0.25, 0.24, 0.26)[:c], batch_size=64,
+                     pad=4 if hw[0] == 32 else 1, flip=hw[0] == 32, precision=precision)
+    v = tj.models.init(model, jax.random.key(0), hw)
     keep = jax.tree.map(lambda p: (jax.random.uniform(jax.random.key(1), p.shape) < 0.5
                                    ).astype(p.dtype), v["params"])  # a 50 % random mask
     one = init_state(v, keep, jax.random.key(2), 0.1, 5e-4)
@@ -126,6 +139,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5 if cpu else 10)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--memory-gb", type=float, default=None)
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--depth", type=int, default=20, help="PreResNet depth (Figure 2: 20)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="cifar", help="(Figure 2: cifar)")
     a = ap.parse_args()
     strategy = mem.resolve(a.strategy)
     kind = jax.devices()[0].device_kind
@@ -133,10 +149,18 @@ def main() -> None:
     budget = device_memory_gb(a.memory_gb)
     t0 = time.perf_counter()
     print(f"backend {jax.default_backend()} ({kind}), strategy {strategy}, {os.cpu_count()} CPU "
-          f"cores, peak {peak or '?'} TFLOP/s, memory budget {budget:.1f} GiB")
+          f"cores, peak {peak or '?'} TFLOP/s, memory budget {budget:.1f} GiB, PreResNet-"
+          f"{a.depth} {a.shape}, {a.precision}", flush=True)
+    printed: set[str] = set()
+
+    def emit():
+        for k, v in res.items():
+            if k not in printed:
+                printed.add(k)
+                print(f"RESULT {k}={v:.4g}", flush=True)
     res, rows = {}, {}
     for M in a.members:
-        r = rows[M] = bench(M, strategy, a.steps, a.repeats)
+        r = rows[M] = bench(M, strategy, a.steps, a.repeats, a.depth, a.shape, a.precision)
         tflops = r["member_steps_s"] * r["flops_per_member_step"] / 1e12
         mib = r["bytes_per_member"] / 2**20
         tag = f"figure2_M{M}"
@@ -149,15 +173,18 @@ def main() -> None:
         print(f"M={M:4d}: {r['member_steps_s']:9.1f} member-steps/s ({res[f'{tag}_vs_M1']:.2f}x "
               f"M={a.members[0]}), {r['flops_per_member_step'] / 1e9:.2f} GFLOP/member-step, "
               f"{tflops:.3f} TFLOP/s" + (f" ({100 * tflops / peak:.1f} % of peak)" if peak else "")
-              + f", {mib:.1f} MiB/member, compile {r['compile_s']:.1f}s")
+              + f", {mib:.1f} MiB/member, compile {r['compile_s']:.1f}s", flush=True)
+        emit()
     fits = [M for M in rows if M * rows[M]["bytes_per_member"] <= budget * 2**30] or [min(rows)]
     best = max(fits, key=lambda M: rows[M]["member_steps_s"])
     hours = FIGURE2_RETRAINS * FIGURE2_STEPS / rows[best]["member_steps_s"] / 3600
     res["figure2_retrain_hours"] = hours
+    other = "" if (a.depth, a.shape) == (20, "cifar") else (
+        f" [NOT Figure 2's program: PreResNet-{a.depth} {a.shape}]")
     print(f"Figure 2 retraining ({FIGURE2_RETRAINS} x {FIGURE2_STEPS:,} member-steps) at M={best}: "
-          f"{hours:.1f} h on one {kind} (goal on one GPU: <= 8 h); total {time.perf_counter() - t0:.0f}s")
-    for k, v in res.items():
-        print(f"RESULT {k}={v:.4g}")
+          f"{hours:.1f} h on one {kind}{other} (goal on one H100/H200-class GPU: <= 3 h); total "
+          f"{time.perf_counter() - t0:.0f}s")
+    emit()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Landscape measures side by side, measured in one run on this machine (issue: vectorised metrics).
 
-    python experiments/bench_landscape.py [--shape digits|cifar] [--depth 8] [--pairs 3]
+    python experiments/bench_landscape.py [--shape digits|cifar] [--depth 8] [--pairs 3] [--lmc-only]
 
 * LMC of 11 t points: the straight-line points of ``--pairs`` pairs evaluated by
   ``pair_curves`` with every point of a pair in one vmapped program (``points_per_call`` = 11 and
@@ -10,6 +10,7 @@
 * One cell's full measurement (CKA outputs, LMC of its pairs, Hessian trace of its members).
 
 Medians of ``--repeats`` runs after a warm-up (compiles excluded). Final lines ``RESULT name=value``.
+``--lmc-only``: the LMC part alone (``device_check.sh``).
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--probes", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--lmc-only", action="store_true", help="skip the Hessian and cell parts")
+    ap.add_argument("--points", type=int, default=11, help="t points per LMC curve")
     a = ap.parse_args()
     shape = SHAPES[a.shape]
     rng = np.random.default_rng(0)
@@ -70,7 +73,7 @@ def main() -> None:
     stack = lambda xs: jax.tree.map(lambda *x: jnp.stack(x), *xs)  # noqa: E731
     pa = stack([v["params"] for v in vs[:-1]])
     pb = stack([v["params"] for v in vs[1:]])
-    ts = np.linspace(0, 1, 11)
+    ts = np.linspace(0, 1, a.points)
     bs = vs[0]["batch_stats"]
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), PreResNet-{a.depth}, "
           f"shape {shape}, {a.images} train / {a.test_images} test images, {a.pairs} pairs")
@@ -82,12 +85,19 @@ def main() -> None:
 
     t_loop = timeit(lambda: per_t_loop(model, vs[0], vs[1], X, Y, Xt, Yt, ts, mean, std), a.repeats)
     t_ppc1 = timeit(curves(1), a.repeats)
-    t_batched = timeit(curves(11), a.repeats)
+    t_batched = timeit(curves(a.points), a.repeats)
     t_pairs_loop = a.pairs * t_ppc1
-    t_pairs = timeit(curves(11 * a.pairs, a.pairs), a.repeats)
-    print(f"LMC, 11 points, 1 pair: per-t loop {t_loop:.2f}s, points_per_call=1 {t_ppc1:.2f}s, "
-          f"11 points batched {t_batched:.2f}s")
-    print(f"LMC, 11 points, {a.pairs} pairs batched {t_pairs:.2f}s vs {t_pairs_loop:.2f}s one point per call")
+    t_pairs = timeit(curves(a.points * a.pairs, a.pairs), a.repeats)
+    print(f"LMC, {a.points} points, 1 pair: per-t loop {t_loop:.2f}s, points_per_call=1 "
+          f"{t_ppc1:.2f}s, {a.points} points batched {t_batched:.2f}s")
+    print(f"LMC, {a.points} points, {a.pairs} pairs batched {t_pairs:.2f}s vs {t_pairs_loop:.2f}s "
+          f"one point per call")
+    lmc_results = (f"RESULT lmc_points_batched_vs_per_t_loop={t_loop / t_batched:.3f}\n"
+                   f"RESULT lmc_points_per_call1_vs_per_t_loop={t_loop / t_ppc1:.3f}\n"
+                   f"RESULT lmc_pairs_batched_vs_one_point_per_call={t_pairs_loop / t_pairs:.3f}")
+    if a.lmc_only:
+        print(lmc_results)
+        return
 
     # Hessian trace: probes batched vs a Python loop over probes
     from tr_jax.landscape import hessian
@@ -129,9 +139,7 @@ def main() -> None:
 
     t_cell = timeit(cell, 1)
     print(f"one cell (3 members, 3 pairs: CKA + LMC 11 points + Hessian trace): {t_cell:.2f}s")
-    print(f"RESULT lmc_points_batched_vs_per_t_loop={t_loop / t_batched:.3f}")
-    print(f"RESULT lmc_points_per_call1_vs_per_t_loop={t_loop / t_ppc1:.3f}")
-    print(f"RESULT lmc_pairs_batched_vs_one_point_per_call={t_pairs_loop / t_pairs:.3f}")
+    print(lmc_results)
     print(f"RESULT hessian_probes_batched_vs_loop={t_h_loop / t_h_batched:.3f}")
     print(f"RESULT cell_measure_seconds={t_cell:.2f}")
 

@@ -2,20 +2,26 @@
 sequential single-member runs (the reference's way), measured in one process, interleaved, medians.
 
     python experiments/bench_members.py [--shapes digits cifar] [--members 1 4 16 64]
-        [--strategies threads loop vmap map map_chunked:4] [--steps N] [--repeats 2] [--all]
+        [--strategies threads loop vmap gemm map map_chunked:4] [--steps N] [--repeats 2] [--all]
+        [--autotune]
     python experiments/bench_members.py --precision-check [--epochs 8]
 
 * ``sequential``: each member trained alone, one after the other, by tr_jax's jitted
   single-member program (one call per step), blocking after each member.
 * every strategy: one epoch of ``--steps`` steps per member (default 4 at 8x8, 1 at 32x32)
   through ``Trainer.train_epoch`` (the code path a sweep runs: ``loop``, ``threads`` = loop's
-  program from host threads, ``vmap``, ``map``, ``map_chunked:k``).
+  program from host threads, ``vmap``, ``gemm`` = vmap of the model with ``conv_impl="gemm"``:
+  im2col + batched matmuls, no grouped convolution, ``map``, ``map_chunked:k``).
 PreResNet-``--depth`` (default 20), batch 64, CIFAR shapes (32x32x3) and digits shapes (8x8x1),
 synthetic uint8 data. ``auto`` resolves to the backend's default (``resolve('auto')``).
 
 Hopeless combinations on CPU are skipped with the reason printed (``--all`` runs them): ``map`` /
 ``map_chunked`` (a rolled ``lax.map`` of conv train steps runs each step ~25-70x slower on XLA
 CPU), ``vmap`` at 32x32 beyond 4 members (grouped convolutions: 0.24-0.53x sequential at M=4).
+
+``--autotune``: also ``tr_jax.autotune.choose`` for each (shape, M) with its default candidates
+(one step per call: mostly the programs compiled above), without its cache and with
+``--autotune-budget`` seconds (default: tr_jax's): its choice, the seconds it took and its table.
 
 ``--precision-check``: PreResNet-8 on the embedded digits data, trained ``--epochs`` epochs in
 float32 and in bfloat16 (``StepConfig.precision``) from the same initialisation: test error both
@@ -103,11 +109,40 @@ class Case:
         return time.perf_counter() - t
 
 
-def bench_members(a) -> dict[str, float]:
+_PRINTED: set[str] = set()
+
+
+def emit(res: dict) -> None:
+    """Print the ``RESULT name=value`` lines of ``res`` not printed yet (flushed)."""
+    for k, v in res.items():
+        if k in _PRINTED:
+            continue
+        _PRINTED.add(k)
+        if isinstance(v, str):
+            print(f"RESULT {k}={v}", flush=True)
+        else:
+            print(f"RESULT {k}={v:.4g}" if "img_s" in k or "error" in k else
+                  f"RESULT {k}={v:.3f}", flush=True)
+
+
+def autotune_case(case: Case, shape: str, M: int, res: dict, budget: float | None) -> None:
+    """The autotuner's choice for this case (no cache; one step per call, the programs the
+    strategies above compiled), printed and put into ``res``."""
+    from tr_jax import autotune
+    t = time.perf_counter()
+    choice = autotune.choose(case.model, case.cfg, case.shape, M, chunk_steps=1,
+                             budget_s=budget, use_cache=False)
+    res[f"{shape}_M{M}_autotune_s"] = time.perf_counter() - t
+    res[f"{shape}_M{M}_autotune"] = choice.strategy
+    print(f"  autotune ({res[f'{shape}_M{M}_autotune_s']:.0f}s): "
+          f"{autotune.describe(choice, M)}")
+
+
+def bench_members(a) -> dict[str, float | str]:
     cpu = jax.default_backend() == "cpu"
     auto = mem.resolve("auto")
     strategies = [s if s != "auto" else auto for s in a.strategies]
-    res: dict[str, float] = {}
+    res: dict[str, float | str] = {}
     for shape in a.shapes:
         steps = a.steps or DEFAULT_STEPS[shape]
         print(f"\n{shape} {SHAPES[shape]}: PreResNet-{a.depth}, batch 64, {steps} steps per "
@@ -142,6 +177,9 @@ def bench_members(a) -> dict[str, float]:
                 print(f"  M={M:3d} {n:>14s}: {ips:8.0f} member-images/s  {ips / base:5.2f}x "
                       f"sequential{'  (auto)' if n == auto else ''}")
             print(f"  (M={M}: {len(times[names[0]])} repeats, {time.perf_counter() - t0:.0f}s)")
+            if a.autotune:
+                autotune_case(case, shape, M, res, a.autotune_budget)
+            emit(res)  # RESULT lines per case: a run cut short by a timeout still reports
     return res
 
 
@@ -184,7 +222,7 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["digits", "cifar"])
     ap.add_argument("--members", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--strategies", nargs="+",
-                    default=["threads", "loop", "vmap", "map", "map_chunked:4"])
+                    default=["threads", "loop", "vmap", "gemm", "map", "map_chunked:4"])
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--steps", type=int, default=0,
                     help="train steps per member and repeat (0: digits 4, cifar 1)")
@@ -192,6 +230,10 @@ def main() -> None:
                     "the sequential runs of a case add up to --min-time seconds")
     ap.add_argument("--min-time", type=float, default=3.0)
     ap.add_argument("--all", action="store_true", help="also run the combinations skipped on CPU")
+    ap.add_argument("--autotune", action="store_true",
+                    help="also time tr_jax.autotune.choose per (shape, M) and print its choice")
+    ap.add_argument("--autotune-budget", type=float, default=None,
+                    help="seconds per case for --autotune (default: tr_jax.autotune's)")
     ap.add_argument("--precision-check", action="store_true")
     ap.add_argument("--epochs", type=int, default=8, help="epochs of --precision-check")
     a = ap.parse_args()
@@ -203,8 +245,7 @@ def main() -> None:
           f"{mem.resolve('auto')}")
     res = precision_check(a) if a.precision_check else bench_members(a)
     print(f"\ntotal {time.perf_counter() - t0:.0f}s, load average {os.getloadavg()[0]:.1f}")
-    for k, v in res.items():
-        print(f"RESULT {k}={v:.4g}" if "img_s" in k or "error" in k else f"RESULT {k}={v:.3f}")
+    emit(res)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from tr_jax.models import vgg as _vgg
 from tr_jax.models.adapters import (LinenAdapter, NativeAdapter, NNXAdapter, adapter,
                                      from_linen, from_nnx, nnx_variables)
 from tr_jax.models.batchnorm import MODES, BatchNorm
+from tr_jax.models.conv import check_conv_impl
 from tr_jax.models.densenet import DenseNet
 from tr_jax.models.preresnet import PreResNet, check_depth
 from tr_jax.models.vgg import VGG
@@ -65,10 +66,13 @@ def _no_width(arch: str, width: float) -> None:
 
 
 def build(arch: str, depth: int | None = None, num_classes: int = 10,
-          width: float = 1.0) -> nn.Module:
+          width: float = 1.0, conv_impl: str = "xla") -> nn.Module:
     """Model by name (the config entry point): ``arch`` in ``ARCHS``; depth None = the arch's usual
-    one (PreResNet-20, VGG-16, DenseNet-40). ``width`` != 1 only for preresnet. Unknown names raise
-    with a did-you-mean."""
+    one (PreResNet-20, VGG-16, DenseNet-40). ``width`` != 1 only for preresnet. ``conv_impl``:
+    how the convs are computed (``tr_jax.models.conv.CONV_IMPLS``; same parameters). Unknown names
+    raise with a did-you-mean."""
+    if check_conv_impl(conv_impl) != "xla":
+        return build(arch, depth, num_classes, width).clone(conv_impl=conv_impl)
     if arch == "preresnet":
         return preresnet(20 if depth is None else depth, num_classes, width)
     if arch in ("vgg", "vgg_bn"):

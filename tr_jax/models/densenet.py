@@ -19,12 +19,20 @@ Module names follow the reference's state_dict: ``conv1``, ``dense{1,2,3}_{i}/{b
 Small inputs (tr_jax's extension; 32x32 is exactly the reference): the head averages the whole final
 map (the reference's AvgPool 8 on the 8x8 map of a 32x32 input), and a transition's 2x2 pool only
 pools spatial axes of at least 2 pixels. On 8x8 digits the final map is 2x2.
+
+``dtype`` (mixed precision, as PreResNet): the convs and the classifier compute in ``dtype``;
+parameters stay float32 and every conv/classifier output is cast back to float32, so the
+concatenations, BatchNorm, the pools and the loss are float32. ``conv_impl``: how the convs are
+computed (``tr_jax.models.conv``); the parameters are the same.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from tr_jax.models import conv as _conv
 from tr_jax.models.batchnorm import BatchNorm
 from tr_jax.models.preresnet import conv_init, torch_linear_init
 
@@ -45,21 +53,26 @@ def avg_pool2(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.mean(x.reshape(n, h // kh, kh, w // kw, kw, c), axis=(2, 4))
 
 
-def conv(features: int, k: int, name: str) -> nn.Conv:
-    pad = (k - 1) // 2
-    return nn.Conv(features, (k, k), padding=((pad, pad), (pad, pad)), use_bias=False,
-                   kernel_init=conv_init, name=name)
+def conv(features: int, k: int, name: str, dtype: Any = jnp.float32,
+         conv_impl: str = "xla"):
+    """A k x k conv, stride 1, 'same' padding, no bias, He fan-out init; returns a callable on x
+    whose output is float32 whatever ``dtype`` it computes in."""
+    module = _conv.conv(features, k, 1, (k - 1) // 2, name=name, kernel_init=conv_init,
+                        dtype=dtype, conv_impl=conv_impl)
+    return lambda x: module(x).astype(jnp.float32)
 
 
 class DenseLayer(nn.Module):
     """The reference's BasicBlock: concat([x, conv3x3(relu(bn(x)))]) along channels."""
 
     growth_rate: int
+    dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mode: str) -> jnp.ndarray:
         out = nn.relu(BatchNorm(name="bn1")(x, mode))
-        out = conv(self.growth_rate, 3, "conv1")(out)
+        out = conv(self.growth_rate, 3, "conv1", self.dtype, self.conv_impl)(out)
         return jnp.concatenate([x, out], axis=-1)
 
 
@@ -67,11 +80,13 @@ class Transition(nn.Module):
     """BN -> ReLU -> 1x1 conv -> 2x2 average pool."""
 
     features: int
+    dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mode: str) -> jnp.ndarray:
         out = nn.relu(BatchNorm(name="bn1")(x, mode))
-        return avg_pool2(conv(self.features, 1, "conv1")(out))
+        return avg_pool2(conv(self.features, 1, "conv1", self.dtype, self.conv_impl)(out))
 
 
 class DenseNet(nn.Module):
@@ -81,20 +96,24 @@ class DenseNet(nn.Module):
     num_classes: int = 10
     growth_rate: int = 12
     compression_rate: float = 1
+    dtype: Any = jnp.float32  # compute dtype of convs and classifier; params stay float32
+    conv_impl: str = "xla"  # how convs are computed (tr_jax.models.conv); same parameters
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mode: str = "eval") -> jnp.ndarray:
         """x: [batch, H, W, C] -> logits [batch, num_classes]."""
         n = check_depth(self.depth)
-        x = conv(2 * self.growth_rate, 3, "conv1")(x)
+        dt, impl = self.dtype, self.conv_impl
+        x = conv(2 * self.growth_rate, 3, "conv1", dt, impl)(x)
         for block in (1, 2, 3):
             for i in range(n):
-                x = DenseLayer(self.growth_rate, name=f"dense{block}_{i}")(x, mode)
+                x = DenseLayer(self.growth_rate, dt, impl, name=f"dense{block}_{i}")(x, mode)
             if block < 3:
                 out = int(x.shape[-1] // self.compression_rate)
-                x = Transition(out, name=f"trans{block}")(x, mode)
+                x = Transition(out, dt, impl, name=f"trans{block}")(x, mode)
         x = nn.relu(BatchNorm(name="bn")(x, mode))
         x = jnp.mean(x, axis=(1, 2))  # = AvgPool2d(8) on the 8x8 map of a 32x32 input
         c = x.shape[-1]
         return nn.Dense(self.num_classes, kernel_init=torch_linear_init(c),
-                        bias_init=torch_linear_init(c), name="fc")(x)
+                        bias_init=torch_linear_init(c), dtype=self.dtype,
+                        name="fc")(x).astype(jnp.float32)

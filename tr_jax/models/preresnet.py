@@ -13,6 +13,8 @@ state_dict (``conv1``, ``layer1_0/bn1`` ..., ``bn``, ``fc``) so that checkpoints
 ``dtype`` is the compute dtype of the convolutions and the classifier (mixed precision: bfloat16
 casts their inputs and kernels); parameters stay float32 and every conv/classifier output is
 cast back to float32, so BatchNorm statistics, the residual sums and the loss are float32.
+``conv_impl`` says how every conv is computed (``tr_jax.models.conv``: ``"xla"``, the default, or
+``"gemm"``, im2col + matmul for the ``gemm`` members strategy); the parameters are the same.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from tr_jax.models.batchnorm import BatchNorm
+from tr_jax.models.conv import conv
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # untruncated
 
@@ -37,9 +40,10 @@ def torch_linear_init(fan_in: int):
     return init
 
 
-def conv3x3(features: int, stride: int, name: str, dtype: Any = jnp.float32) -> nn.Conv:
-    return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                   use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
+def conv3x3(features: int, stride: int, name: str, dtype: Any = jnp.float32,
+            conv_impl: str = "xla") -> nn.Module:
+    return conv(features, 3, stride, 1, name=name, kernel_init=conv_init, dtype=dtype,
+                conv_impl=conv_impl)
 
 
 def f32(x: jnp.ndarray) -> jnp.ndarray:
@@ -51,17 +55,18 @@ class BasicBlock(nn.Module):
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mode: str) -> jnp.ndarray:
+        impl = self.conv_impl
         out = nn.relu(BatchNorm(name="bn1")(x, mode))
-        out = f32(conv3x3(self.planes, self.stride, "conv1", self.dtype)(out))
+        out = f32(conv3x3(self.planes, self.stride, "conv1", self.dtype, impl)(out))
         out = nn.relu(BatchNorm(name="bn2")(out, mode))
-        out = f32(conv3x3(self.planes, 1, "conv2", self.dtype)(out))
+        out = f32(conv3x3(self.planes, 1, "conv2", self.dtype, impl)(out))
         if self.stride != 1 or x.shape[-1] != self.planes:
-            x = f32(nn.Conv(self.planes, (1, 1), strides=(self.stride, self.stride),
-                            padding="VALID", use_bias=False, kernel_init=conv_init,
-                            dtype=self.dtype, name="downsample")(x))
+            x = f32(conv(self.planes, 1, self.stride, 0, name="downsample",
+                         kernel_init=conv_init, dtype=self.dtype, conv_impl=impl)(x))
         return out + x
 
 
@@ -72,16 +77,18 @@ class PreResNet(nn.Module):
     num_classes: int = 10
     width: float = 1.0
     dtype: Any = jnp.float32  # compute dtype of convs and classifier; params stay float32
+    conv_impl: str = "xla"  # how convs are computed (tr_jax.models.conv); same parameters
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mode: str = "eval") -> jnp.ndarray:
         n = check_depth(self.depth)
         widths = [int(16 * self.width), int(32 * self.width), int(64 * self.width)]
-        x = f32(conv3x3(widths[0], 1, "conv1", self.dtype)(x))
+        x = f32(conv3x3(widths[0], 1, "conv1", self.dtype, self.conv_impl)(x))
         for stage, planes in enumerate(widths):
             for b in range(n):
                 stride = 2 if (stage > 0 and b == 0) else 1
-                x = BasicBlock(planes, stride, self.dtype, name=f"layer{stage + 1}_{b}")(x, mode)
+                x = BasicBlock(planes, stride, self.dtype, self.conv_impl,
+                               name=f"layer{stage + 1}_{b}")(x, mode)
         x = nn.relu(BatchNorm(name="bn")(x, mode))
         x = jnp.mean(x, axis=(1, 2))
         return f32(nn.Dense(self.num_classes, kernel_init=torch_linear_init(widths[2]),

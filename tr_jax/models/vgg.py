@@ -20,13 +20,21 @@ spatial axes that have at least 2 pixels (a 1-pixel axis passes through; the ref
 (at 32x32 the map is exactly 2x2, so this *is* ``AvgPool2d(2)``). On 8x8 digits VGG thus ends on a
 1x1x512 map. A final map larger than 2x2 (inputs above 32x32) would not give 512 features in the
 reference and raises.
+
+``dtype`` (mixed precision, as PreResNet): the convs (with their bias) and the classifier compute in
+``dtype``; parameters stay float32 and every conv/classifier output is cast back to float32, so
+BatchNorm, the pools and the loss are float32. ``conv_impl``: how the convs are computed
+(``tr_jax.models.conv``); the parameters are the same.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from tr_jax.models.batchnorm import BatchNorm
+from tr_jax.models.conv import conv
 
 CONFIGS = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
@@ -72,6 +80,8 @@ class VGG(nn.Module):
     depth: int = 16
     num_classes: int = 10
     batch_norm: bool = True
+    dtype: Any = jnp.float32  # compute dtype of convs and classifier; params stay float32
+    conv_impl: str = "xla"  # how convs are computed (tr_jax.models.conv); same parameters
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mode: str = "eval") -> jnp.ndarray:
@@ -82,8 +92,8 @@ class VGG(nn.Module):
                 x = max_pool2(x)
                 continue
             ci, bi = next(convs)
-            x = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)), use_bias=True, kernel_init=conv_init,
-                        name=f"features_{ci}")(x)
+            x = conv(v, 3, 1, 1, name=f"features_{ci}", kernel_init=conv_init, use_bias=True,
+                     dtype=self.dtype, conv_impl=self.conv_impl)(x).astype(jnp.float32)
             if bi is not None:
                 x = BatchNorm(name=f"features_{bi}")(x, mode)
             x = nn.relu(x)
@@ -91,5 +101,5 @@ class VGG(nn.Module):
             raise ValueError(f"VGG's head expects a final map of at most 2x2 (inputs up to 32x32), "
                              f"got {x.shape[1]}x{x.shape[2]}")
         x = jnp.mean(x, axis=(1, 2))  # = AvgPool2d(2) on the 2x2 map of a 32x32 input
-        return nn.Dense(self.num_classes, kernel_init=linear_init,
-                        bias_init=nn.initializers.zeros, name="classifier")(x)
+        return nn.Dense(self.num_classes, kernel_init=linear_init, bias_init=nn.initializers.zeros,
+                        dtype=self.dtype, name="classifier")(x).astype(jnp.float32)

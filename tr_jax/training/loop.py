@@ -75,18 +75,30 @@ def lr_scales(schedule: str, milestones: tuple[int, ...], gamma: float, epoch: i
     raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
 
 
+def program_model(model: nn.Module, strategy: str) -> nn.Module:
+    """The model a ``strategy``'s programs compute with: ``gemm`` runs ``vmap`` over the model
+    with ``conv_impl="gemm"`` (same parameters; ``tr_jax.models.conv``), others ``model``."""
+    if strategy != "gemm":
+        return model
+    if "conv_impl" not in getattr(model, "__dataclass_fields__", {}):
+        raise ValueError(f"members strategy 'gemm' needs a model with a conv_impl field; "
+                         f"{type(model).__name__} has none (use 'vmap')")
+    return model.clone(conv_impl="gemm")
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_train(model: nn.Module, cfg: StepConfig, strategy: str, n_steps: int,
                     batch_size: int) -> Callable:
     """The jitted group step, built once per (model, settings, strategy, chunk shape) per process,
     so every Trainer of a run (dense, retrain) and every run in a process shares the compile."""
-    fn = functools.partial(train_steps, model, cfg, n_steps=n_steps, batch_size=batch_size)
+    fn = functools.partial(train_steps, program_model(model, strategy), cfg, n_steps=n_steps,
+                           batch_size=batch_size)
     return mem.over_members(fn, strategy, (0, None, None, None, None, None), donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_eval(model: nn.Module, cfg: StepConfig, strategy: str) -> Callable:
-    fn = functools.partial(eval_batch, model, cfg)
+    fn = functools.partial(eval_batch, program_model(model, strategy), cfg)
     return mem.over_members(fn, strategy, (0, 0, 0, None, None, None))
 
 

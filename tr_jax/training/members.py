@@ -6,7 +6,10 @@
 * ``vmap``           one jitted call, ``jax.vmap`` over the members axis (per-member conv weights
                      become a grouped convolution);
 * ``map``            one jitted call, ``lax.map`` over members (sequential inside one program);
-* ``map_chunked:k``  ``lax.map`` with ``batch_size=k`` (vmap over k members at a time).
+* ``map_chunked:k``  ``lax.map`` with ``batch_size=k`` (vmap over k members at a time);
+* ``gemm``           ``vmap`` of the model with ``conv_impl="gemm"`` (``tr_jax.models.conv``):
+                     every conv is im2col + one batched matmul over members, never a grouped
+                     convolution. Here it lifts ``fn`` like ``vmap``; ``Trainer`` swaps the model.
 
 ``auto`` picks the default for the backend from ``experiments/bench_members.py``: ``threads`` on
 CPU, ``vmap`` on GPU/TPU (not measured here: no accelerator was lent). Measured on the 2-core CPU
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-STRATEGIES = ("loop", "threads", "threads:k", "vmap", "map", "map_chunked:k", "auto")
+STRATEGIES = ("loop", "threads", "threads:k", "vmap", "gemm", "map", "map_chunked:k", "auto")
 PER_MEMBER = ("loop", "threads")  # strategies whose groups are single unstacked members
 
 # XLA CPU: YNNPACK fusions off (see the module docstring; measured in bench_vs_torch.py).
@@ -79,7 +82,7 @@ def resolve(strategy: str, backend: str | None = None) -> str:
     """Validate ``strategy``; turn ``auto`` into the backend's measured default."""
     if strategy == "auto":
         return default_strategy(backend)
-    if strategy in ("loop", "threads", "vmap", "map"):
+    if strategy in ("loop", "threads", "vmap", "gemm", "map"):
         return strategy
     for prefix in ("map_chunked:", "threads:"):
         if strategy.startswith(prefix):
@@ -169,7 +172,7 @@ def over_members(fn: Callable, strategy: str, in_axes: Sequence[int | None],
     strategy = resolve(strategy)
     if per_member(strategy):
         return jit(fn, donate_argnums=donate_argnums)
-    if strategy == "vmap":
+    if strategy in ("vmap", "gemm"):  # gemm: the caller's fn holds the conv_impl="gemm" model
         return jit(jax.vmap(fn, in_axes=tuple(in_axes)), donate_argnums=donate_argnums)
     batch = None if strategy == "map" else int(strategy.split(":", 1)[1])
 
