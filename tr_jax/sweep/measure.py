@@ -105,11 +105,11 @@ class MeasureStages:
             members, local = np.unique(pairs[pidx], return_inverse=True)
             local = local.reshape(-1, 2)
             if self.stacked:
-                logits = stages.member_logits(self.model, self._take(V, members), Xc,
+                logits = stages.member_logits(self.mmodel, self._take(V, members), Xc,
                                               self.ds.mean, self.ds.std, c.run.eval_batch_size)
             else:
                 logits = jnp.stack([landscape.evaluate(
-                    self.model, jax.tree.map(lambda x, i=i: x[i], V), Xc, self.Y[:n_cka],
+                    self.mmodel, jax.tree.map(lambda x, i=i: x[i], V), Xc, self.Y[:n_cka],
                     self.ds.mean, self.ds.std, c.run.eval_batch_size,
                     return_logits=True)["logits"] for i in members])
             return stages.pair_cka(logits, local[:, 0], local[:, 1])
@@ -140,7 +140,7 @@ class MeasureStages:
         def curves(pidx):
             pa, pb = self._take(V, pairs[pidx, 0]), self._take(V, pairs[pidx, 1])
             res = landscape.pair_curves(
-                self.model, pa["params"], pb["params"],
+                self.mmodel, pa["params"], pb["params"],
                 jax.tree.map(lambda x: x[0], pa["batch_stats"]), self.X, self.Y,
                 mean=self.ds.mean, std=self.ds.std, ts=ts, bn_batch_size=c.measure.bn_batch_size,
                 test=(self.Xt, self.Yt), eval_batch_size=c.run.eval_batch_size,
@@ -171,14 +171,14 @@ class MeasureStages:
             pa, pb = self._take(V, pairs[pidx, 0]), self._take(V, pairs[pidx, 1])
             mask = self._take(masks, pairs[pidx, 0])
             mid, _ = landscape.train_curves(
-                self.model, pa["params"], pb["params"], mask,
+                self.mmodel, pa["params"], pb["params"], mask,
                 jax.tree.map(lambda x: x[0], pa["batch_stats"]), self.X, self.Y,
                 key=jnp.asarray(padded_idx(keys[pidx], self.stacked)), mean=self.ds.mean,
                 std=self.ds.std, epochs=bc.epochs, batch_size=bc.batch_size, lr=bc.lr,
                 weight_decay=bc.weight_decay, momentum=bc.momentum,
                 chunk_steps=1 if cpu else None, unroll=cpu, strategy=self.strategy)
             res = landscape.curve_errors(
-                self.model, pa["params"], mid, pb["params"], self.X, self.Y, mean=self.ds.mean,
+                self.mmodel, pa["params"], mid, pb["params"], self.X, self.Y, mean=self.ds.mean,
                 std=self.ds.std, ts=ts, bn_batch_size=m.bn_batch_size, test=(self.Xt, self.Yt),
                 eval_batch_size=self.cfg.run.eval_batch_size,
                 points_per_call=m.points_per_call or None)
@@ -223,13 +223,13 @@ class MeasureStages:
         def one(i):  # one member, the host loop (what pays on CPU)
             v = jax.tree.map(lambda x: x[i], V)
             m = jax.tree.map(lambda x: x[i], masks) if hc.restrict_to_mask else None
-            r = landscape.member_hessian(self.model, v, m, X, Y, jax.random.wrap_key_data(
+            r = landscape.member_hessian(self.mmodel, v, m, X, Y, jax.random.wrap_key_data(
                 jnp.asarray(keys[i])), **opts)
             return np.asarray([r[k] for k in self.HESSIAN_KEYS], np.float64)
 
         def chunk(idx):
             if self.stacked:
-                h = stages.hessian_members(self.model, self._take(V, idx), self._take(masks, idx),
+                h = stages.hessian_members(self.mmodel, self._take(V, idx), self._take(masks, idx),
                                            X, Y, padded_idx(keys[idx], True),
                                            restrict_to_mask=bool(hc.restrict_to_mask), **opts)
                 h = np.asarray(h, np.float64)[:len(idx)]

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from tr_jax import __version__, models, plots, regimes, sharding
+from tr_jax import __version__, autotune, models, plots, regimes, sharding
 from tr_jax.config import config_hash, to_json
 from tr_jax.data.arrays import check_dataset
 from tr_jax.data.datasets import load_dataset
@@ -37,6 +37,7 @@ from tr_jax.sweep.tables import provenance  # noqa: F401  (re-exported)
 from tr_jax.sweep.measure import MeasureStages
 from tr_jax.sweep.train import TrainStages
 from tr_jax.training import members as mem
+from tr_jax.training.loop import program_model
 
 
 def resolve_strategy(strategy: str) -> str:
@@ -70,8 +71,6 @@ class Pipeline(TrainStages, MeasureStages):
         self.X, self.Y, self.Xt, self.Yt = sharding.replicate(
             (self.ds.train_images, self.ds.train_labels, self.ds.test_images, self.ds.test_labels))
         self.root = jax.random.key(cfg.seed)
-        self.strategy = resolve_strategy(cfg.run.members_strategy)
-        self.stacked = not mem.per_member(self.strategy)
         self.grid = Grid.from_config(cfg)
         self.old_grid = Grid.from_dict(self.wd.grown_from) if self.wd.grown_from else None
         self.temps, self.densities = self.grid.temperatures, self.grid.densities
@@ -79,7 +78,28 @@ class Pipeline(TrainStages, MeasureStages):
         if why:
             self.say(why)
         self.plan = make_plan(cfg, self.ds.num_train, cap)
+        self.strategy = self._choose_strategy()
+        self.stacked = not mem.per_member(self.strategy)
+        # the measure stages compute with the strategy's model (gemm: im2col + batched matmuls)
+        self.mmodel = program_model(self.model, self.strategy) if self.stacked else self.model
         self.timings: dict[str, float] = {}
+
+    def _choose_strategy(self) -> str:
+        """``run.members_strategy``; ``auto`` is measured on this device for the retraining's
+        program shape (``tr_jax.autotune``, cached per device, model, shapes, M and version),
+        except in a multi-process run, where it is ``vmap`` (the timing would have to agree
+        across processes)."""
+        requested = self.cfg.run.members_strategy
+        if requested != "auto" or sharding.multi_process():
+            return resolve_strategy(requested)
+        step, chunk = self._step(self.cfg.retrain)
+        members = len(self.plan.stage_programs("retrain")[0].members)
+        cands = tuple(c for c in autotune.default_candidates(members)
+                      if c != "gemm" or "conv_impl" in getattr(self.model, "__dataclass_fields__", {}))
+        choice = autotune.choose(self.model, step, self.ds.image_shape, members, cands,
+                                 chunk_steps=chunk, echo=self.say)
+        self.say(autotune.describe(choice, members))
+        return choice.strategy
 
     def echo(self, text: str) -> None:
         if sharding.is_primary():

@@ -39,8 +39,9 @@ class TrainStages:
     """Dense training and retraining (needs the ``Pipeline`` attributes: cfg, ds, wd, model,
     grid, old_grid, plan, root, strategy, stacked, X, Y, Xt, Yt, say, _restore)."""
 
-    def _trainer(self, section: ml_collections.ConfigDict, batch_size: int | None = None,
-                 sam: bool = False) -> Trainer:
+    def _step(self, section: ml_collections.ConfigDict, batch_size: int | None = None,
+              sam: bool = False) -> tuple[StepConfig, int]:
+        """The step settings of a training section (dense or retrain) and its steps per call."""
         c = self.cfg
         bs = int(batch_size or section.batch_size)
         chunk, unroll = c.run.chunk_steps, True
@@ -52,9 +53,14 @@ class TrainStages:
                           unroll=unroll, optimizer=section.get("optimizer", "sgd"),
                           sam=sam or section.get("sam_rho", 0.0) > 0,
                           precision=c.run.get("precision", "float32"))
+        return step, chunk
+
+    def _trainer(self, section: ml_collections.ConfigDict, batch_size: int | None = None,
+                 sam: bool = False) -> Trainer:
+        step, chunk = self._step(section, batch_size, sam)
         iteration = section.schedule == "iteration"
         return Trainer(self.model, step, self.strategy, chunk_steps=chunk,
-                       drop_last=bool(section.drop_last), eval_batch_size=c.run.eval_batch_size,
+                       drop_last=bool(section.drop_last), eval_batch_size=self.cfg.run.eval_batch_size,
                        milestones=tuple(section.milestones), gamma=section.gamma,
                        schedule=section.schedule,
                        max_steps=int(section.iterations) if iteration else None)
