@@ -5,6 +5,10 @@ import os
 import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+# the autotuner's cache (members_strategy="auto"): one per test session, shared with subprocesses
+import tempfile  # noqa: E402
+
+os.environ.setdefault("TR_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="tr_jax_autotune_"))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -93,4 +93,17 @@ def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True) -> str:
             f"images {shape}), {cfg.model.arch}-{cfg.model.depth} width {cfg.model.width}, "
             f"strategy {mem_strategy(cfg.run.members_strategy)} on {jax.default_backend()} "
             f"({jax.device_count()} device(s))")
-    return head + "\n" + (why + "\n" if why else "") + plan.describe(est)
+    tuned = ""
+    if measure and cfg.run.members_strategy == "auto":  # what the run would measure and choose
+        from tr_jax import autotune
+        m = len(plan.stage_programs("retrain")[0].members)
+        bs = int(cfg.retrain.batch_size)
+        cpu = jax.default_backend() == "cpu"
+        chunk = cfg.run.chunk_steps or (4 if cpu else -(-num_train // bs))
+        step = StepConfig(mean=(0.5,) * shape[2], std=(0.25,) * shape[2], batch_size=bs,
+                          pad=cfg.augment.pad, flip=cfg.augment.flip,
+                          momentum=cfg.retrain.momentum, unroll=cpu,
+                          precision=cfg.run.get("precision", "float32"))
+        choice = autotune.choose(model, step, shape, m, chunk_steps=chunk)
+        tuned = autotune.describe(choice, m) + "\n"
+    return head + "\n" + (why + "\n" if why else "") + tuned + plan.describe(est)
