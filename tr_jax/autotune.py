@@ -79,6 +79,14 @@ def default_candidates(members: int, backend: str | None = None) -> tuple[str, .
     return ("vmap", "gemm", "map", *chunked, "loop")
 
 
+def model_candidates(model: nn.Module, members: int, backend: str | None = None
+                     ) -> tuple[str, ...]:
+    """``default_candidates`` without ``gemm`` for a model that has no ``conv_impl`` (a user's
+    own model: its convs are its own)."""
+    gemm_ok = "conv_impl" in getattr(model, "__dataclass_fields__", {})
+    return tuple(c for c in default_candidates(members, backend) if c != "gemm" or gemm_ok)
+
+
 def check_candidates(candidates: Sequence[str], model: nn.Module | None = None) -> tuple[str, ...]:
     """The validated candidate strategies; raises ``ValueError`` naming the bad value: an empty
     list, ``auto`` (it is what is being chosen), an unknown strategy, a duplicate, or ``gemm`` for

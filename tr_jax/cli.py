@@ -127,12 +127,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tr_jax.config import call_hook, config_functions, load_config
         from tr_jax.sweep import run
         cfg = load_config(args.config, args.overrides)
-        if args.dry_run:
-            from tr_jax.sweep.run import dry_run
-            print(dry_run(cfg))
-            return 0
         # a config file's get_model() / get_dataset() replace model.arch / dataset
         hooks = {k: call_hook(f, cfg) for k, f in config_functions(args.config).items()}
+        if args.dry_run:
+            from tr_jax.sweep.run import dry_run
+            print(dry_run(cfg, model=hooks.get("get_model"), dataset=hooks.get("get_dataset")))
+            return 0
         from tr_jax.sweep.lock import workdir_lock
         with workdir_lock(args.workdir):  # one run per workdir (all its processes share it)
             run(cfg, args.workdir, progress=not args.no_progress, model=hooks.get("get_model"),

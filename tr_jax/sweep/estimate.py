@@ -74,14 +74,21 @@ def members_cap(cfg: ml_collections.ConfigDict, model, image_shape) -> tuple[int
                  f"most {cap} members per program")
 
 
-def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True) -> str:
+def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True, *, model=None,
+            dataset=None) -> str:
     """The plan of a config (members, groups, programs, steps) and, with ``measure``, FLOPs,
-    memory and a time estimate from a short measured step on this machine. Reads no dataset and
-    writes nothing."""
-    from tr_jax.data.datasets import DATASET_SHAPES
-    num_train, shape, classes = DATASET_SHAPES[cfg.dataset]
-    model = models.build(cfg.model.arch, depth=cfg.model.depth, num_classes=classes,
-                         width=cfg.model.width)
+    memory and a time estimate from a short measured step on this machine. Writes nothing, and
+    reads no dataset of the built-in ones (their shapes are known); ``npz:`` / ``tfds:`` data is
+    read for its shapes. ``model`` / ``dataset``: a config file's ``get_model()`` /
+    ``get_dataset()``."""
+    from tr_jax.data.datasets import DATASET_SHAPES, load_dataset
+    if dataset is None and cfg.dataset in DATASET_SHAPES:
+        num_train, shape, classes = DATASET_SHAPES[cfg.dataset]
+    else:
+        ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir or None)
+        num_train, shape, classes = ds.num_train, tuple(ds.image_shape), ds.num_classes
+    model = model if model is not None else models.build(
+        cfg.model.arch, depth=cfg.model.depth, num_classes=classes, width=cfg.model.width)
     cap, why = members_cap(cfg, model, shape) if measure else (int(cfg.run.max_members), "")
     plan = make_plan(cfg, num_train, cap)
     est = None
@@ -104,6 +111,7 @@ def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True) -> str:
                           pad=cfg.augment.pad, flip=cfg.augment.flip,
                           momentum=cfg.retrain.momentum, unroll=cpu,
                           precision=cfg.run.get("precision", "float32"))
-        choice = autotune.choose(model, step, shape, m, chunk_steps=chunk)
+        choice = autotune.choose(model, step, shape, m, autotune.model_candidates(model, m),
+                                 chunk_steps=chunk)
         tuned = autotune.describe(choice, m) + "\n"
     return head + "\n" + (why + "\n" if why else "") + tuned + plan.describe(est)

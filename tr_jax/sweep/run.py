@@ -94,9 +94,8 @@ class Pipeline(TrainStages, MeasureStages):
             return resolve_strategy(requested)
         step, chunk = self._step(self.cfg.retrain)
         members = len(self.plan.stage_programs("retrain")[0].members)
-        cands = tuple(c for c in autotune.default_candidates(members)
-                      if c != "gemm" or "conv_impl" in getattr(self.model, "__dataclass_fields__", {}))
-        choice = autotune.choose(self.model, step, self.ds.image_shape, members, cands,
+        choice = autotune.choose(self.model, step, self.ds.image_shape, members,
+                                 autotune.model_candidates(self.model, members),
                                  chunk_steps=chunk, echo=self.say)
         self.say(autotune.describe(choice, members))
         return choice.strategy
