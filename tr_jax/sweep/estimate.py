@@ -106,7 +106,7 @@ def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True, *, model=None,
         m = len(plan.stage_programs("retrain")[0].members)
         bs = int(cfg.retrain.batch_size)
         cpu = jax.default_backend() == "cpu"
-        chunk = cfg.run.chunk_steps or (4 if cpu else -(-num_train // bs))
+        chunk = min(8, cfg.run.chunk_steps or (4 if cpu else -(-num_train // bs)))
         step = StepConfig(mean=(0.5,) * shape[2], std=(0.25,) * shape[2], batch_size=bs,
                           pad=cfg.augment.pad, flip=cfg.augment.flip,
                           momentum=cfg.retrain.momentum, unroll=cpu,

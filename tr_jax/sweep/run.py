@@ -96,7 +96,7 @@ class Pipeline(TrainStages, MeasureStages):
         members = len(self.plan.stage_programs("retrain")[0].members)
         choice = autotune.choose(self.model, step, self.ds.image_shape, members,
                                  autotune.model_candidates(self.model, members),
-                                 chunk_steps=chunk, echo=self.say)
+                                 chunk_steps=min(chunk, 8), echo=self.say)
         self.say(autotune.describe(choice, members))
         return choice.strategy
 
