@@ -65,6 +65,9 @@ class Pipeline(TrainStages, MeasureStages):
         if model is not None:
             models.adapter(model)
         self.wd = Workdir(workdir, to_json(cfg))
+        self.say(f"tr_jax {__version__}: config {cfg.name!r} (hash {self.hash}) on "
+                 f"{jax.default_backend()} ({jax.device_count()} device(s), "
+                 f"{jax.process_count()} process(es)); workdir {self.wd.path}")
         self.model = model if model is not None else models.build(
             cfg.model.arch, depth=cfg.model.depth, num_classes=self.ds.num_classes,
             width=cfg.model.width)
@@ -153,9 +156,6 @@ class Pipeline(TrainStages, MeasureStages):
 
     def run(self) -> dict:
         t0 = time.time()
-        self.say(f"tr_jax {__version__}: config {self.cfg.name!r} (hash {self.hash}) on "
-                 f"{jax.default_backend()} ({jax.device_count()} device(s), "
-                 f"{jax.process_count()} process(es)); workdir {self.wd.path}")
         dense = self._timed("dense", self.dense)
         retrained = self._timed("retrain", self.retrain, dense)
         measured = self._timed("measure", self.measure, retrained)
