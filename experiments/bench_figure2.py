@@ -50,7 +50,7 @@ import numpy as np
 
 import tr_jax as tj
 from tr_jax.training import StepConfig, init_state, stack
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training.loop import _compiled_train
 
 #: float32 peak TFLOP/s (dense, no sparsity) of accelerators by ``device_kind`` substring

@@ -43,7 +43,7 @@ import numpy as np
 
 import tr_jax as tj
 from tr_jax.training import StepConfig, Trainer, init_state, stack
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training.loop import _compiled_train
 
 SHAPES = {"digits": (8, 8, 1), "cifar": (32, 32, 3)}

@@ -7,7 +7,7 @@ process, interleaved, medians.
   cross-entropy, batch 64 of 32x32x3 uint8 images with the reference augmentation (random crop with
   4 pixels of zero padding, random flip) and normalisation, a fresh permutation per epoch. tr_jax:
   the program ``Trainer`` runs (``loop``/``threads`` strategy: one member, state donated, the CPU
-  compiler options of ``tr_jax.training.members``), plus ablations in the same process: without
+  compiler options of ``tr_jax.members``), plus ablations in the same process: without
   the compiler options ("before": XLA's defaults, YNNPACK fusions on), without donation, and in
   mixed precision (``StepConfig.precision="bfloat16"``).
   PyTorch: eager ``nn.Module``, ``torch.optim.SGD``, augmentation as tensor ops on the batch.
@@ -15,7 +15,7 @@ process, interleaved, medians.
 * LMC point: BN recalibration over ``--lmc-train`` images (batch 64, in order, the exact cumulative
   average) and evaluation on ``--lmc-test`` images: ``tj.landscape.recalibrate`` +
   ``tj.landscape.evaluate`` with their defaults (batches per call chosen per backend and image
-  size, see ``tr_jax.training.members``) against the same in PyTorch (``momentum=None`` BN,
+  size, see ``tr_jax.members``) against the same in PyTorch (``momentum=None`` BN,
   ``no_grad``, test batches of 500), plus tr_jax without the CPU compiler options ("before").
 
 Timed calls are interleaved in a rotated order, each 0.3 s after the previous one ended (PyTorch's
@@ -42,7 +42,7 @@ import numpy as np
 import tr_jax as tj
 from tr_jax.landscape import bn as lbn
 from tr_jax.training import StepConfig, init_state
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training.loop import _compiled_train
 from tr_jax.training.steps import train_steps
 

@@ -10,7 +10,7 @@ import pytest
 
 import tr_jax as tj
 from tr_jax.models.conv import conv_gemm, grouped_convolutions, im2col
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 
 M = 2
 ARCH_CASES = {  # tiny: 8x8 inputs, small widths / depths (every conv kind: stride 2, 1x1, bias)

@@ -8,7 +8,7 @@ import pytest
 import tr_jax as tj
 from tr_jax import config
 from tr_jax.training import StepConfig, Trainer, init_state, stack, unstack
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training.steps import compute_model
 
 

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 
 QUICK_JOB_S = 360.0  # configs/quick.py on the 2-core CPU: ~6 min wall (README)
 CPU_BUDGET_S = 0.05 * QUICK_JOB_S  # the bound: 5 % of the quick job

@@ -124,7 +124,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Check keys and values; return the config merged over the defaults. Errors name the value."""
     from tr_jax.models import build
     from tr_jax.pruning import SCOPES, check_density
-    from tr_jax.training.members import resolve
+    from tr_jax.members import resolve
 
     schema = default_config()
     _check_keys(cfg, schema)

@@ -37,7 +37,7 @@ from jax import lax
 from tr_jax import models, sharding
 from tr_jax.data.augment import normalize
 from tr_jax.landscape.lmc import lmc, pair_curves
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training import optim
 from tr_jax.training.loop import epoch_chunks
 from tr_jax.training.steps import cross_entropy
@@ -172,7 +172,7 @@ def train_curves(model: nn.Module, params_a, params_b, mask, batch_stats, images
     An epoch runs as jitted calls of ``chunk_steps`` steps (``None``: the whole epoch in one
     call), Python-unrolled (``unroll=True``, for XLA CPU) or a ``lax.scan`` (accelerators); the
     last partial batch is a step of its own unless ``drop_last``. ``strategy``: how pairs
-    advance (``tr_jax.training.members``; 'vmap' = one program for all pairs).
+    advance (``tr_jax.members``; 'vmap' = one program for all pairs).
     Returns ``(mid [P, ...], losses [P, epochs])``: the trained bends (masked) and the mean
     training objective CE + 0.5 wd ||phi(t)||^2 of every epoch.
     """

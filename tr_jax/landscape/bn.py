@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from tr_jax import models
 from tr_jax.data.augment import normalize
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training.steps import batch_metrics, padded_batches
 
 

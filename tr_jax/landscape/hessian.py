@@ -63,7 +63,7 @@ from jax.tree_util import Partial
 
 from tr_jax import models
 from tr_jax.data.augment import normalize
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training.steps import cross_entropy
 
 LossFn = Callable[[Any], jnp.ndarray]

@@ -14,7 +14,7 @@ from tr_jax import models
 from tr_jax.config import config_hash
 from tr_jax.sweep.plan import make_plan
 from tr_jax.training import StepConfig, Trainer, init_state, stack
-from tr_jax.training.members import resolve as mem_strategy
+from tr_jax.members import resolve as mem_strategy
 
 
 def _step_estimate(model, section, cfg, image_shape, sam: bool, repeats: int = 3) -> dict:

@@ -36,7 +36,7 @@ from tr_jax.sweep.store import Workdir, atomic_write_csv, atomic_write_text
 from tr_jax.sweep.tables import provenance  # noqa: F401  (re-exported)
 from tr_jax.sweep.measure import MeasureStages
 from tr_jax.sweep.train import TrainStages
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training.loop import program_model
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from tr_jax import landscape, models, pruning, sharding
 from tr_jax.data.augment import normalize
 from tr_jax.training import init_state
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training.steps import padded_batches
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from tr_jax import __version__, regimes
 from tr_jax.sweep.grid import Grid
-from tr_jax.training.members import resolve as mem_strategy
+from tr_jax.members import resolve as mem_strategy
 
 
 def provenance(strategy: str) -> dict[str, str]:

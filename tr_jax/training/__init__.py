@@ -1,7 +1,7 @@
 """Optimisers (SGD, Adam, SAM), schedules, train/eval steps and the members-axis training loop
 (SPEC §1.3, §1.4, §1.6)."""
 from tr_jax.training.loop import SCHEDULES, Trainer, epoch_chunks, lr_scales, truncate_chunks
-from tr_jax.training.members import STRATEGIES, over_members, resolve, stack, unstack
+from tr_jax.members import STRATEGIES, over_members, resolve, stack, unstack
 from tr_jax.training.optim import (OPTIMIZERS, adam, iteration_milestones, make, multistep,
                                    sam_perturbation, sgd, step_decay)
 from tr_jax.training.steps import StepConfig, TrainState, init_state, train_step, train_steps

@@ -6,7 +6,7 @@ group of members, and runs an epoch as a few jitted chunks of unrolled steps (pl
 last partial batch when ``drop_last`` is False). No Python runs per step, and the dataset stays on
 the device: every call gets the same device arrays. The state is donated to each call (its
 buffers are reused in place). Under the ``threads`` strategy the per-member calls are dispatched
-from several host threads (``tr_jax.training.members.run_groups``).
+from several host threads (``tr_jax.members.run_groups``).
 
 Learning-rate schedules are traced ``[n_steps]`` multipliers of each member's base lr, computed on
 the host per chunk, so no schedule ever recompiles:
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tr_jax import sharding
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 from tr_jax.training.optim import multistep
 from tr_jax.training.steps import (StepConfig, TrainState, eval_batch, padded_batches,
                                    train_steps)

@@ -1,6 +1,6 @@
 """One member's train and eval steps as pure functions of pytrees (SPEC §1.3, §1.4, §1.6, §7).
 
-A member's state is a ``TrainState`` (no members axis here; ``tr_jax.training.members`` lifts these
+A member's state is a ``TrainState`` (no members axis here; ``tr_jax.members`` lifts these
 functions to groups). Masked training multiplies the weights by the mask in the forward pass and
 masks the update, so pruned weights stay exactly zero (weight decay of a zero is zero).
 
