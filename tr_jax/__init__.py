@@ -10,6 +10,18 @@ by compiled steps. Public API (see README):
     curve = tj.landscape.interpolation_errors(model, va, vb, images, labels, mean=..., std=...)
     tj.landscape.lmc(curve["train_error"]); tj.landscape.cka(x, y)
 """
-from tr_jax import casestudies, data, landscape, models, pruning, regimes, training  # noqa: F401
+from tr_jax import (casestudies, data, distributed, landscape, members, models,  # noqa: F401
+                    pruning, regimes, sharding, training)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
+
+_LAZY = ("autotune", "config", "plots", "report", "stats", "sweep")
+
+
+def __getattr__(name: str):
+    """``tj.sweep``, ``tj.plots``, ``tj.report``, ``tj.config``, ``tj.autotune``, ``tj.stats``:
+    imported on first use (they bring orbax / matplotlib, which a notebook may not need)."""
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f"tr_jax.{name}")
+    raise AttributeError(f"module 'tr_jax' has no attribute {name!r}")
