@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from tr_jax.models.conv import conv_gemm
-from tr_jax.training import members as mem
+from tr_jax import members as mem
 
 
 def xla_conv(x, k, s, p):
