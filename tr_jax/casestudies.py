@@ -68,8 +68,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tr_jax.regimes import (KNOB_LABELS, REGIMES, RegimeRule, _column_codes, _coerce_rule,
-                            _largest_drop, advice, classify, temperature_order)
+from tr_jax.regimes import (KNOB_LABELS, REGIMES, RegimeRule, column_codes, coerce_rule,
+                            largest_drop, advice, classify, temperature_order)
 
 __all__ = [
     "ACTIONS",
@@ -258,13 +258,13 @@ def _evidence(col: pd.DataFrame, i: int, rule: RegimeRule) -> dict[str, Any]:
     lmc = col["lmc"].to_numpy(dtype=float)
     cka = col["cka"].to_numpy(dtype=float)
     temps = col["temperature"].to_numpy(dtype=float)
-    codes = _column_codes(lmc, cka, rule)[0]
+    codes = column_codes(lmc, cka, rule)[0]
     connected = codes >= 2
     if rule.cka_mode == "relative":
         ref = float(cka[connected].max() - rule.cka_delta) if connected.any() else None
     else:
         ref = float(rule.cka_threshold)
-    jump = _largest_drop(lmc)
+    jump = largest_drop(lmc)
     fired = bool(rule.use_jump and jump is not None and jump[2] > rule.jump_threshold)
     return {
         "lmc": _opt(lmc[i]), "cka": _opt(cka[i]), "test_error": _opt(_num(col["test_error"][i])),
@@ -294,7 +294,7 @@ def advise(cells: pd.DataFrame, density: float, *, temperature: float | None = N
     lists the available values. ``temperature`` defaults to the coldest of the column (the
     most-trained model). ``knob`` is needed only when the table holds several knobs.
     """
-    rule = _coerce_rule(rule)
+    rule = coerce_rule(rule)
     knob, d, col = _column(cells, density, knob, rule, hotter_is_smaller, "advise")
     temps = col["temperature"].to_numpy(dtype=float)
     i = len(col) - 1 if temperature is None else int(np.flatnonzero(
@@ -350,7 +350,7 @@ def advice_accuracy(cells: pd.DataFrame, rule: RuleLike = None, *, knob: str | N
     Unscored: ``unknown`` advice, a move at the edge of the grid, a keep without neighbours, or
     NaN errors. ``knob=None`` scores every knob of the table.
     """
-    rule = _coerce_rule(rule)
+    rule = coerce_rule(rule)
     _check_table(cells, "advice_accuracy")
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"advice_accuracy: tol must be a finite number >= 0, got {tol!r}")
@@ -509,7 +509,7 @@ def select_model(cells: pd.DataFrame, density: float, *, by: str = "lmc_cka",
     for name, v in (("lmc_tolerance", lmc_tolerance), ("lmc_threshold", lmc_threshold)):
         if not (isinstance(v, (int, float)) and math.isfinite(v)):
             raise ValueError(f"select_model: {name} must be a finite number, got {v!r}")
-    rule = _coerce_rule(rule)
+    rule = coerce_rule(rule)
     knob, d, col = _column(cells, density, knob, rule, hotter_is_smaller, "select_model")
     cand = _candidates(col, candidates, key, "select_model")
     members = tuple(_member(v) for v in cand[key])
@@ -611,7 +611,7 @@ def tune_sam_rho(cells: pd.DataFrame, *, rule: RuleLike = None,
     ``baseline_test_error, baseline_regret, path`` (the rhos visited by the walk, a tuple),
     ``n_rho, note``. ``ValueError`` (naming the knobs present) when there are no sam_rho cells.
     """
-    rule = _coerce_rule(rule)
+    rule = coerce_rule(rule)
     _check_table(cells, "tune_sam_rho")
     if "sam_rho" not in _knobs(cells):
         raise ValueError(f"tune_sam_rho: no 'sam_rho' cells in the table (knobs present: "
