@@ -68,8 +68,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from tr_jax.regimes import (KNOB_LABELS, REGIMES, RegimeRule, column_codes, coerce_rule,
-                            largest_drop, advice, classify, temperature_order)
+from tr_jax import stats
+from tr_jax.regimes import (KNOB_LABELS, REGIMES, RegimeRule, advice, change_point, classify,
+                            coerce_rule, column_codes, temperature_order)
 
 __all__ = [
     "ACTIONS",
@@ -83,6 +84,7 @@ __all__ = [
     "compare_selectors",
     "selector_summary",
     "tune_sam_rho",
+    "sam_rho_summary",
 ]
 
 ACTIONS: tuple[str, ...] = ("raise temperature", "lower temperature", "keep", "unknown")
@@ -264,7 +266,12 @@ def _evidence(col: pd.DataFrame, i: int, rule: RegimeRule) -> dict[str, Any]:
         ref = float(cka[connected].max() - rule.cka_delta) if connected.any() else None
     else:
         ref = float(rule.cka_threshold)
-    jump = largest_drop(lmc)
+    cp = change_point(lmc)
+    jump = None
+    if cp is not None:
+        fin = np.flatnonzero(np.isfinite(lmc))
+        hot = int(fin[fin < cp[0]].max())  # the last finite cell before the change point
+        jump = (hot, cp[0], cp[1])
     fired = bool(rule.use_jump and jump is not None and jump[2] > rule.jump_threshold)
     return {
         "lmc": _opt(lmc[i]), "cka": _opt(cka[i]), "test_error": _opt(_num(col["test_error"][i])),
@@ -327,10 +334,30 @@ class AdviceScore:
     n: int
     n_right: int
     per_regime: dict[str, dict[str, float]]
+    ci_lo: float = float("nan")
+    ci_hi: float = float("nan")
+    chance: float = float("nan")
+    chance_lo: float = float("nan")
+    chance_hi: float = float("nan")
+    p_value: float = float("nan")
+    n_perm: int = 0
+    ci: float = 0.95
+
+    def chance_sentence(self) -> str:
+        """The accuracy's interval and the shuffled-moves baseline, in words."""
+        if not self.n:
+            return "no scored cells"
+        out = (f"{int(100 * self.ci)}% Wilson interval [{_pct(self.ci_lo)}, {_pct(self.ci_hi)}]")
+        if self.n_perm:
+            out += (f"; the same moves shuffled over the cells ({self.n_perm} permutations) are "
+                    f"right {_pct(self.chance)} of the time [{_pct(self.chance_lo)}, "
+                    f"{_pct(self.chance_hi)}]; p = {self.p_value:.3g} that shuffled moves do as "
+                    f"well")
+        return out
 
     def summary(self) -> str:
         lines = [f"advice right in {self.n_right}/{self.n} scored cells "
-                 f"({_pct(self.fraction_right) if self.n else 'n/a'})"]
+                 f"({_pct(self.fraction_right) if self.n else 'n/a'}); {self.chance_sentence()}"]
         for r, v in self.per_regime.items():
             frac = _pct(v["fraction_right"]) if v["n"] else "n/a"
             lines.append(f"  {r:5s} ({advice(r)}): {v['n_right']}/{v['n']} ({frac})")
@@ -338,48 +365,89 @@ class AdviceScore:
 
     def to_dict(self) -> dict[str, Any]:
         return {"fraction_right": self.fraction_right, "n": self.n, "n_right": self.n_right,
-                "per_regime": self.per_regime}
+                "per_regime": self.per_regime, "ci_lo": self.ci_lo, "ci_hi": self.ci_hi,
+                "chance": self.chance, "chance_lo": self.chance_lo, "chance_hi": self.chance_hi,
+                "p_value": self.p_value, "n_perm": self.n_perm, "ci": self.ci}
+
+
+def _score_move(err: np.ndarray, i: int, action: str, tol: float
+                ) -> tuple[bool, bool | None, int | None, float]:
+    """Score one advised move of cell ``i`` of a hot -> cold column of pruned test errors:
+    ``(scored, right, neighbour position or None, error after)`` (see :func:`advice_accuracy`)."""
+    if action in ("raise temperature", "lower temperature"):
+        j = i + _step(action)
+        if 0 <= j < len(err):
+            if np.isfinite(err[i]) and np.isfinite(err[j]):
+                return True, bool(err[j] < err[i] - tol), j, float(err[j])
+            return False, None, j, float(err[j])
+    elif action == "keep":
+        nb = [err[j] for j in (i - 1, i + 1) if 0 <= j < len(err)]
+        if nb and np.isfinite(err[i]) and all(np.isfinite(nb)):
+            return True, bool(min(nb) >= err[i] - tol), None, float(min(nb))
+    return False, None, None, float("nan")
+
+
+def _shuffled_accuracy(errs: list[np.ndarray], where: list[tuple[int, int]], actions: list[str],
+                       tol: float, n_perm: int, seed: int) -> np.ndarray:
+    """Accuracy of the same moves shuffled over the same cells, ``n_perm`` times."""
+    rng = np.random.default_rng(seed)
+    out = np.full(n_perm, np.nan)
+    acts = np.asarray(actions, dtype=object)
+    for k in range(n_perm):
+        shuffled = acts[rng.permutation(len(acts))]
+        scored = right = 0
+        for (c, i), a in zip(where, shuffled):
+            sc, ok, _, _ = _score_move(errs[c], i, a, tol)
+            scored += sc
+            right += bool(ok)
+        out[k] = right / scored if scored else np.nan
+    return out
 
 
 def advice_accuracy(cells: pd.DataFrame, rule: RuleLike = None, *, knob: str | None = None,
-                    hotter_is_smaller: HotterLike = None, tol: float = 0.0) -> AdviceScore:
+                    hotter_is_smaller: HotterLike = None, tol: float = 0.0, n_perm: int = 1000,
+                    seed: int = 0, ci: float = 0.95) -> AdviceScore:
     """Score the direction advice of every cell against the measured pruned test error.
 
     Move (I: raise, II-A: lower) right iff ``error(neighbour in that direction) < error(cell) -
     tol``; keep (II-B) right iff every existing neighbour has ``error >= error(cell) - tol``.
     Unscored: ``unknown`` advice, a move at the edge of the grid, a keep without neighbours, or
     NaN errors. ``knob=None`` scores every knob of the table.
+
+    Against chance: ``ci_lo, ci_hi`` the Wilson interval of the fraction right; ``chance`` the
+    mean accuracy of the *same moves shuffled* over the cells that have advice (``n_perm``
+    permutations, seeded; ``chance_lo, chance_hi`` their ``ci`` percentile range) and
+    ``p_value`` the one-sided permutation p-value that shuffled moves do at least as well. A
+    rule whose advice beats its own shuffle knows something about *where* to move; one that
+    does not is as good as the marginal frequencies of its moves. ``n_perm=0`` skips it.
     """
     rule = coerce_rule(rule)
     _check_table(cells, "advice_accuracy")
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"advice_accuracy: tol must be a finite number >= 0, got {tol!r}")
+    if int(n_perm) < 0:
+        raise ValueError(f"advice_accuracy: n_perm must be >= 0, got {n_perm!r}")
     knobs = [_resolve_knob(cells, knob, "advice_accuracy")] if knob is not None else _knobs(cells)
-    rows = []
+    rows, errs, where, actions = [], [], [], []
     for kn in knobs:
         sub = cells[cells["knob"].astype(str) == kn]
         for d in sorted({float(x) for x in sub["density"]}):
             _, _, col = _column(sub, d, kn, rule, hotter_is_smaller, "advice_accuracy")
             temps = col["temperature"].to_numpy(dtype=float)
             err = col["test_error"].to_numpy(dtype=float)
+            errs.append(err)
             for i in range(len(col)):
                 regime = _regime(col["regime"][i])
                 action = advice(regime)
-                row = dict(knob=kn, density=d, temperature=float(temps[i]), regime=regime,
-                           action=action, suggested_temperature=np.nan, test_error=err[i],
-                           test_error_after=np.nan, scored=False, right=None)
-                if action in ("raise temperature", "lower temperature"):
-                    j = i + _step(action)
-                    if 0 <= j < len(col):
-                        row.update(suggested_temperature=float(temps[j]), test_error_after=err[j])
-                        if np.isfinite(err[i]) and np.isfinite(err[j]):
-                            row.update(scored=True, right=bool(err[j] < err[i] - tol))
-                elif action == "keep":
-                    nb = [err[j] for j in (i - 1, i + 1) if 0 <= j < len(col)]
-                    if nb and np.isfinite(err[i]) and all(np.isfinite(nb)):
-                        row.update(test_error_after=float(min(nb)), scored=True,
-                                   right=bool(min(nb) >= err[i] - tol))
-                rows.append(row)
+                scored, right, j, after = _score_move(err, i, action, tol)
+                rows.append(dict(knob=kn, density=d, temperature=float(temps[i]), regime=regime,
+                                 action=action,
+                                 suggested_temperature=float(temps[j]) if j is not None else np.nan,
+                                 test_error=err[i], test_error_after=after, scored=scored,
+                                 right=right))
+                if action != "unknown":
+                    where.append((len(errs) - 1, i))
+                    actions.append(action)
     columns = ["knob", "density", "temperature", "regime", "action", "suggested_temperature",
                "test_error", "test_error_after", "scored", "right"]
     table = pd.DataFrame(rows, columns=columns)
@@ -393,8 +461,16 @@ def advice_accuracy(cells: pd.DataFrame, rule: RuleLike = None, *, knob: str | N
         k = int(sum(bool(x) for x in s["right"]))
         per_regime[r] = {"n": int(len(s)), "n_right": k,
                          "fraction_right": k / len(s) if len(s) else float("nan")}
-    return AdviceScore(table=table, fraction_right=n_right / n if n else float("nan"), n=n,
-                       n_right=n_right, per_regime=per_regime)
+    frac = n_right / n if n else float("nan")
+    lo, hi = stats.wilson_interval(n_right, n, ci)
+    extra: dict[str, Any] = dict(ci_lo=lo, ci_hi=hi, ci=float(ci), n_perm=int(n_perm))
+    if n and n_perm:
+        null = _shuffled_accuracy(errs, where, actions, tol, int(n_perm), seed)
+        c_lo, c_hi = stats.percentile_interval(null, ci)
+        extra.update(chance=float(np.nanmean(null)), chance_lo=float(c_lo), chance_hi=float(c_hi),
+                     p_value=stats.permutation_pvalue(frac, null))
+    return AdviceScore(table=table, fraction_right=frac, n=n, n_right=n_right,
+                       per_regime=per_regime, **extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,20 +659,45 @@ def compare_selectors(cells: pd.DataFrame, densities: Iterable[float] | None = N
     return pd.DataFrame(rows, columns=columns)
 
 
-def selector_summary(table: pd.DataFrame) -> pd.DataFrame:
+#: the naive choices a selector must beat (case study 2)
+BASELINES: tuple[str, ...] = ("most_trained", "best_dense", "random")
+
+
+def selector_summary(table: pd.DataFrame, *, baselines: Iterable[str] = BASELINES,
+                     n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
     """Per ``(knob, selector)`` of a :func:`compare_selectors` table: ``mean_regret``,
     ``max_regret``, ``n`` (densities with a finite regret), ``n_zero_regret`` (regret <= 1e-12),
-    in the order the selectors appear."""
+    in the order the selectors appear; then the intervals.
+
+    ``mean_regret_lo, mean_regret_hi``: bootstrap ``ci`` interval of the mean regret over the
+    densities (the densities are the resampled units: a cells table holds means, so the noise
+    between dense seeds enters only through them). For every baseline ``b`` present in the table
+    (``most_trained``, ``best_dense``, ``random``): ``vs_{b}`` the mean over densities of
+    ``regret(selector) - regret(b)`` (paired; negative = the selector beats the baseline) with
+    ``vs_{b}_lo, vs_{b}_hi``. A selector beats a baseline when ``vs_{b}_hi < 0``.
+    """
     _check_table(table, "selector_summary", ("knob", "selector", "regret"))
+    base = [b for b in baselines if b in set(table["selector"])]
     rows = []
     for (kn, s), g in table.groupby(["knob", "selector"], sort=False):
         r = g["regret"].to_numpy(dtype=float)
         r = r[np.isfinite(r)]
-        rows.append(dict(knob=kn, selector=s, mean_regret=float(r.mean()) if r.size else np.nan,
-                         max_regret=float(r.max()) if r.size else np.nan, n=int(r.size),
-                         n_zero_regret=int((r <= 1e-12).sum())))
-    return pd.DataFrame(rows, columns=["knob", "selector", "mean_regret", "max_regret", "n",
-                                       "n_zero_regret"])
+        mean, lo, hi = stats.bootstrap_mean(r, n_boot, seed, ci)
+        row = dict(knob=kn, selector=s, mean_regret=mean,
+                   max_regret=float(r.max()) if r.size else np.nan, n=int(r.size),
+                   n_zero_regret=int((r <= 1e-12).sum()), mean_regret_lo=lo, mean_regret_hi=hi)
+        mine = g.set_index("density")["regret"].astype(float)
+        for b in base:
+            theirs = table[(table["knob"] == kn) & (table["selector"] == b)]
+            theirs = theirs.set_index("density")["regret"].astype(float)
+            diff = (mine - theirs.reindex(mine.index)).to_numpy()
+            row[f"vs_{b}"], row[f"vs_{b}_lo"], row[f"vs_{b}_hi"] = stats.bootstrap_mean(
+                diff, n_boot, seed, ci)
+        rows.append(row)
+    cols = ["knob", "selector", "mean_regret", "max_regret", "n", "n_zero_regret",
+            "mean_regret_lo", "mean_regret_hi"]
+    cols += [f"vs_{b}{x}" for b in base for x in ("", "_lo", "_hi")]
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,3 +764,20 @@ def tune_sam_rho(cells: pd.DataFrame, *, rule: RuleLike = None,
                "best_test_error", "regret", "baseline_rho", "baseline_test_error",
                "baseline_regret", "path", "n_rho", "note"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def sam_rho_summary(table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0,
+                    ci: float = 0.95) -> dict[str, float]:
+    """Case study 3 against its baseline: of a :func:`tune_sam_rho` table, the mean regret of
+    the regime walk and of "always the smallest rho", and their paired difference (walk minus
+    baseline, over densities; negative = the walk helps), each with a bootstrap ``ci`` interval
+    over the densities. Keys: ``mean_regret, mean_regret_lo, mean_regret_hi, baseline_regret,
+    baseline_regret_lo, baseline_regret_hi, vs_baseline, vs_baseline_lo, vs_baseline_hi, n``."""
+    _check_table(table, "sam_rho_summary", ("density", "regret", "baseline_regret"))
+    r = table["regret"].to_numpy(float)
+    b = table["baseline_regret"].to_numpy(float)
+    out: dict[str, float] = {}
+    for name, v in (("mean_regret", r), ("baseline_regret", b), ("vs_baseline", r - b)):
+        out[name], out[f"{name}_lo"], out[f"{name}_hi"] = stats.bootstrap_mean(v, n_boot, seed, ci)
+    out["n"] = int(np.isfinite(r - b).sum())
+    return out
