@@ -743,3 +743,60 @@ def test_summary_table_carries_intervals():
     plain = summary_table(cells.drop(columns=["test_error_lo", "test_error_hi",
                                               "regime_confidence"]))
     assert "[" not in plain
+
+
+# ---------------------------------------------------------------------------------------------
+# The default rule on a Figure-2-like table (SPEC §3.2-3.3, §4; values drawn at random inside
+# the ranges the SPEC describes, several draws, nothing tuned to one table)
+# ---------------------------------------------------------------------------------------------
+
+FIG2_EPOCHS = [float(e) for e in range(10, 161, 10)]
+FIG2_DENS = [0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80]
+
+
+def figure2_like(rng_seed):
+    """LMC per SPEC §4: 5-8 %: -0.25..-0.08 up to 80 epochs (drawn II-A), -0.45..-0.35 at 90,
+    -0.68..-0.5 from 100 on (Regime I); 10 %: ~0 (-0.03..0) up to 100, -0.05 at 110, -0.23..-0.1
+    from 120 on; >= 14 %: |LMC| <= 0.03. CKA rises with density (0.91 -> 0.99), 0.88-0.93 in
+    Regime I."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for d in FIG2_DENS:
+        for e in FIG2_EPOCHS:
+            if d <= 0.08:
+                lmc = (rng.uniform(-0.25, -0.08) if e <= 80 else
+                       rng.uniform(-0.45, -0.35) if e == 90 else rng.uniform(-0.68, -0.5))
+                cka = rng.uniform(0.88, 0.93) if e >= 90 else 0.91 + rng.uniform(0, 0.02)
+            elif d == 0.10:
+                lmc = (rng.uniform(-0.03, 0.0) if e <= 100 else -0.05 if e == 110 else
+                       rng.uniform(-0.23, -0.1))
+                cka = rng.uniform(0.90, 0.94)
+            else:
+                lmc = rng.uniform(-0.03, 0.0)
+                cka = 0.93 + 0.06 * d + 0.0002 * e + rng.uniform(0, 0.003)
+            rows.append(dict(knob="epochs", temperature=e, density=d, test_error=0.1, lmc=lmc,
+                             cka=cka))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("rng_seed", range(5))
+def test_default_rule_follows_figure2(rng_seed):
+    df = figure2_like(rng_seed)
+    lab = classify(df)
+    low = df.density <= 0.08
+    # the hot low-density cells stay connected (drawn II-A in Figure 2) ...
+    assert (lab[low & (df.temperature <= 80)] != "I").all()
+    # ... and the sharp drop after the first LR drop is Regime I
+    assert (lab[low & (df.temperature >= 90)] == "I").all()
+    # 10 %: the later, shallower loss of connectivity is Regime I too, the hot cells are not
+    ten = df.density == 0.10
+    assert (lab[ten & (df.temperature >= 120)] == "I").all()
+    assert (lab[ten & (df.temperature <= 110)] != "I").all()
+    # no Figure-2-like cell at density >= 14 % is Regime I (the must-have is >= 20 %)
+    assert (lab[df.density >= 0.14] != "I").all()
+    # case study 1 at 5 %: lower the temperature where Figure 2's arrows say so
+    hot5 = lab[(df.density == 0.05) & (df.temperature <= 80)]
+    assert set(hot5.map(advice)) <= {"lower temperature", "keep"}
+    # the old default (LMC < -0.05) calls the hot low-density columns Regime I
+    old = classify(df, {"lmc_threshold": -0.05, "jump_threshold": 0.1, "jump_lmc_ceiling": -0.02})
+    assert (old[low & (df.temperature <= 80)] == "I").all()
