@@ -91,6 +91,22 @@ def _none_for_nan(series: pd.Series) -> pd.Series:
     return s.where(s.notna(), None)
 
 
+def _with_intervals(cells: pd.DataFrame, results: pd.DataFrame, rule: RegimeRule
+                    ) -> pd.DataFrame:
+    """``cells`` with the interval columns of :func:`tr_jax.regimes.cells_from_results` (rebuilt
+    from results.csv with ``rule``: a cells.csv written before the intervals existed, or a
+    rule other than the run's). Unchanged when results.csv cannot be aggregated."""
+    try:
+        ci = regimes.cells_from_results(results, rule)
+    except (ValueError, KeyError):
+        return cells
+    keys = ["knob", "temperature", "density"]
+    extra = [c for c in ci.columns[list(ci.columns).index("test_error_lo"):]]
+    ci = ci[keys + extra].assign(knob=ci["knob"].astype(str))
+    out = cells.drop(columns=[c for c in extra if c in cells.columns])
+    return out.merge(ci, on=keys, how="left")
+
+
 def load_workdir(workdir: str | os.PathLike, *,
                  rule: RegimeRule | Mapping[str, Any] | None = None) -> Sweep:
     """Read ``cells.csv`` (required), ``results.csv`` and ``config.json`` of a sweep.
@@ -139,6 +155,8 @@ def load_workdir(workdir: str | os.PathLike, *,
         cells["advice"] = cells["regime"].map(regimes.advice)
     else:
         cells["regime"] = _none_for_nan(cells["regime"])
+    if results is not None and (rule is not None or "regime_confidence" not in cells.columns):
+        cells = _with_intervals(cells, results, rule_obj)
     return Sweep(workdir=wd, cells=cells, results=results, config=config, rule=rule_obj,
                  rule_source=source)
 
@@ -544,7 +562,9 @@ def accuracy_sentence(score: Any) -> str:
     for r, v in (score.per_regime or {}).items():
         if int(v.get("n", 0)):
             parts.append(f"{r}: {int(v['n_right'])}/{int(v['n'])}")
-    return text + (f" Per regime: {', '.join(parts)}." if parts else "")
+    text += f" Per regime: {', '.join(parts)}." if parts else ""
+    chance = getattr(score, "chance_sentence", None)
+    return text + (f" Against chance: {chance()}." if callable(chance) else "")
 
 
 def _advice_rows(sw: Sweep, densities: Sequence[float]) -> tuple[pd.DataFrame, dict]:
@@ -629,6 +649,7 @@ def _case2(sw: Sweep) -> list[_Block]:
         best = mean.idxmin() if mean.notna().any() else None
         if best is not None:
             blocks.append(_Block("p", f"Lowest mean regret: {best} ({100 * mean[best]:.2f} points)."))
+        blocks += _selector_intervals(part)
     if "temperature" in cmp_.columns:
         picks = cmp_.pivot_table(index="density", columns="selector", values="temperature",
                                  aggfunc="first", dropna=False).reset_index()
@@ -637,6 +658,44 @@ def _case2(sw: Sweep) -> list[_Block]:
         blocks.append(_Block("table", table=_table(picks, {c: "{:g}" for c in picks.columns
                                                            if c != "density"})))
     return blocks
+
+
+def _selector_intervals(part: pd.DataFrame) -> list[_Block]:
+    """Mean regret per selector with its bootstrap interval over densities, and the paired
+    difference to each baseline (negative = better than the baseline)."""
+    summ = casestudies.selector_summary(part)
+    rows = []
+    for r in summ.itertuples():
+        row = {"selector": r.selector, "mean regret (points)":
+               f"{100 * r.mean_regret:.2f} [{100 * r.mean_regret_lo:.2f}, "
+               f"{100 * r.mean_regret_hi:.2f}]"}
+        for b in casestudies.BASELINES:
+            if f"vs_{b}" in summ.columns and r.selector != b:
+                v, lo, hi = (getattr(r, f"vs_{b}"), getattr(r, f"vs_{b}_lo"),
+                             getattr(r, f"vs_{b}_hi"))
+                row[f"minus {b}"] = ("n/a" if pd.isna(v) else
+                                     f"{100 * v:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+        rows.append(row)
+    return [_Block("note", "95% bootstrap intervals over the densities; 'minus X' = the "
+                   "selector's regret minus X's at the same density (negative = better than X; "
+                   "an interval below 0 = reliably better):"),
+            _Block("table", table=pd.DataFrame(rows).fillna(""))]
+
+
+def _dichotomy_section(sw: Sweep) -> tuple[list[_Block], str | None]:
+    blocks = [_Block("h2", "The dichotomy: does a hotter dense model help at low density and "
+                     "hurt at high density?"),
+              _Block("p", "Per density: the mean pruned test error of the hot half of the "
+                     "temperatures minus that of the cold half (negative = hotter is better), "
+                     "with a bootstrap interval over dense seeds and a t interval of the "
+                     "per-seed effects; a direction is declared only when both exclude 0.")]
+    if sw.results is None:
+        return blocks + [_Block("note", "No results.csv: the dichotomy needs the runs.")], None
+    try:
+        text = regimes.dichotomy(sw.results).text()
+    except ValueError as e:
+        return blocks + [_Block("note", f"Not available for this sweep: {e}")], None
+    return blocks + [_Block("pre", text)], text
 
 
 def _case3(sw: Sweep) -> list[_Block]:
@@ -656,6 +715,15 @@ def _case3(sw: Sweep) -> list[_Block]:
     fmts.update({c: (lambda v: f"{100 * float(v):.2f} pts") for c in tab.columns
                  if "regret" in str(c)})
     blocks.append(_Block("table", table=_table(tab, fmts)))
+    sm = casestudies.sam_rho_summary(tab)
+    blocks.append(_Block("p", f"Mean regret of the regime walk {100 * sm['mean_regret']:.2f} "
+                         f"[{100 * sm['mean_regret_lo']:.2f}, {100 * sm['mean_regret_hi']:.2f}] "
+                         f"points, of always the smallest rho {100 * sm['baseline_regret']:.2f} "
+                         f"[{100 * sm['baseline_regret_lo']:.2f}, "
+                         f"{100 * sm['baseline_regret_hi']:.2f}]; walk minus baseline "
+                         f"{100 * sm['vs_baseline']:+.2f} [{100 * sm['vs_baseline_lo']:+.2f}, "
+                         f"{100 * sm['vs_baseline_hi']:+.2f}] (95% bootstrap over {sm['n']} "
+                         f"densities)."))
     return blocks
 
 
@@ -698,7 +766,9 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     available densities otherwise); ``labels``: regime labels for the fitted-threshold section
     (see :func:`load_labels`; the section is skipped without labels).
 
-    Returns ``{"html": Path, "markdown": Path, "figures_dir": Path, "figures": [Path, ...]}``.
+    Returns ``{"html": Path, "markdown": Path, "figures_dir": Path, "figures": [Path, ...],
+    "dichotomy": str or None}`` (the verdict of :func:`tr_jax.regimes.dichotomy`, None
+    without results.csv).
     Raises ``ValueError`` naming the path when the workdir has no ``cells.csv``.
     """
     sw = load_workdir(workdir, rule=rule)
@@ -766,6 +836,8 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
                                  "density (line = LMC path; Bezier when measured)", path=dst))
 
     blocks += _transition_section(sw, tt, tt_source)
+    dich_blocks, dich_text = _dichotomy_section(sw)
+    blocks += dich_blocks
     blocks += _case1(sw, focus)
     blocks += _case2(sw)
     blocks += _case3(sw)
@@ -776,4 +848,5 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     md_path = out / "report.md"
     atomic_write_text(html_path, _render_html(blocks, title))
     atomic_write_text(md_path, _render_md(blocks, figdir, out))
-    return {"html": html_path, "markdown": md_path, "figures_dir": figdir, "figures": figures}
+    return {"html": html_path, "markdown": md_path, "figures_dir": figdir, "figures": figures,
+            "dichotomy": dich_text}
