@@ -60,6 +60,8 @@ __all__ = [
     "draw_regime_boundaries",
     "draw_transition",
     "draw_sick_cells",
+    "draw_uncertain_cells",
+    "UNCERTAIN_BELOW",
     "draw_three_regimes",
     "three_regimes",
     "REGIME_COLORS",
@@ -406,6 +408,38 @@ def draw_sick_cells(ax, cells: pd.DataFrame, sick: Any = None, *,
     return patches
 
 
+#: a cell's regime is marked uncertain below this regime confidence (share of bootstrap
+#: resamples giving the same regime, :func:`tr_jax.regimes.cells_from_results`)
+UNCERTAIN_BELOW = 0.8
+
+
+def draw_uncertain_cells(ax, cells: pd.DataFrame, *, threshold: float = UNCERTAIN_BELOW,
+                         hotter_is_smaller: bool | Mapping[str, bool] | None = None) -> list:
+    """Mark with a "?" (top right of the cell) every cell whose ``regime_confidence`` is below
+    ``threshold``: its regime changes in more than ``1 - threshold`` of the bootstrap resamples
+    of its dense seeds. Nothing is drawn without the column. Returns the texts (gid
+    ``"uncertain_cell"``)."""
+    if "regime_confidence" not in cells.columns:
+        return []
+    conf = pd.to_numeric(cells["regime_confidence"], errors="coerce").astype(float)
+    _, _, grid = metric_grid(cells, conf, hotter_is_smaller=hotter_is_smaller)
+    marks = []
+    with np.errstate(invalid="ignore"):
+        low = np.isfinite(grid) & (grid < threshold)
+    for r, c in zip(*np.nonzero(low)):
+        t = ax.text(c + 0.36, r - 0.3, "?", ha="center", va="center", fontsize=9,
+                    fontweight="bold", color="black", zorder=7,
+                    path_effects=[patheffects.withStroke(linewidth=2.0, foreground="white")])
+        t.set_gid("uncertain_cell")
+        marks.append(t)
+    return marks
+
+
+def _uncertain_handle() -> Line2D:
+    return Line2D([], [], marker="$?$", color="black", ls="none", ms=7,
+                  label=f"regime confidence < {100 * UNCERTAIN_BELOW:.0f}%")
+
+
 def _temperature_y(temps: Sequence[float], t: Any) -> float:
     """Row coordinate of temperature ``t`` on a categorical axis whose row ``i`` is
     ``temps[i]`` (piecewise linear between rows, clipped to the outer cell edges)."""
@@ -668,6 +702,7 @@ def draw_three_regimes(ax, cells: pd.DataFrame, regimes: Any = None, *,
                 arrow_patches.append((regime, arrow))
     sick_patches = [] if sick is False else draw_sick_cells(
         ax, cells, sick, hotter_is_smaller=hotter_is_smaller)
+    unsure = draw_uncertain_cells(ax, cells, hotter_is_smaller=hotter_is_smaller)
     if transition_table is None:
         tt = transition(cells, hotter_is_smaller=hotter_is_smaller)
         tt = tt[tt["lmc_drop"] > rule_obj.jump_threshold]
@@ -688,10 +723,13 @@ def draw_three_regimes(ax, cells: pd.DataFrame, regimes: Any = None, *,
         handles += _transition_handles(trans)
         if sick_patches:
             handles.append(_sick_handle())
+        if unsure:
+            handles.append(_uncertain_handle())
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
                   frameon=False, borderaxespad=0.0)
     return {"image": im, "codes": codes, "boundaries": bounds, "arrows": arrow_patches,
-            "transition": trans, "sick": sick_patches, "temperatures": temps, "densities": dens}
+            "transition": trans, "sick": sick_patches, "uncertain": unsure,
+            "temperatures": temps, "densities": dens}
 
 
 def three_regimes(cells: pd.DataFrame, path: str | os.PathLike, regimes: Any = None, *,
@@ -736,7 +774,8 @@ def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = 
     as ``{out_dir}/{knob}_{metric}.png`` (atomically); creates ``out_dir``; returns the paths.
 
     Every panel gets the same regime boundaries; NaN cells are grey; cells with
-    ``sick_members > 0`` (when that column exists) are hatched; ``transition`` (from
+    ``sick_members > 0`` (when that column exists) are hatched; cells whose
+    ``regime_confidence`` is below :data:`UNCERTAIN_BELOW` get a "?"; ``transition`` (from
     :func:`tr_jax.regimes.transition_with_uncertainty` or :func:`tr_jax.regimes.transition`)
     overlays the transition per density column with its seed error bar.
 
@@ -790,6 +829,8 @@ def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = 
                                    label="II-A | II-B")]
             if draw_sick_cells(ax, sub, hotter_is_smaller=hotter_is_smaller):
                 handles.append(_sick_handle())
+            if draw_uncertain_cells(ax, sub, hotter_is_smaller=hotter_is_smaller):
+                handles.append(_uncertain_handle())
             if transition is not None:
                 temps = temperatures_hot_to_cold(sub["temperature"], kn, hotter_is_smaller)
                 dens = sorted({float(d) for d in sub["density"]})
