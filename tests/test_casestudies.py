@@ -350,7 +350,7 @@ def test_advice_beats_its_shuffled_moves_on_the_story():
     score = advice_accuracy(big_story(), n_perm=300, seed=1)
     assert score.fraction_right == 1.0 and score.n == 40  # every cell of 8 columns
     lo, hi = score.ci_lo, score.ci_hi  # Wilson, 40/40: lo = n / (n + z^2)
-    assert hi == 1.0 and lo == pytest.approx(40 / (40 + 1.959964 ** 2), abs=1e-6)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(40 / (40 + 1.959964 ** 2), abs=1e-6)
     assert score.chance < 0.75 and score.chance_hi < 1.0
     assert score.p_value == pytest.approx(1 / 301)  # no shuffle reaches 100 %
     assert "shuffled over the cells" in score.summary()
