@@ -66,6 +66,8 @@ __all__ = [
     "three_regimes",
     "REGIME_COLORS",
     "save_figure",
+    "safe_name",
+    "umask",
     "figure2",
 ]
 
@@ -356,7 +358,8 @@ REGIME_DESCRIPTIONS: dict[str, str] = {
 _SICK_HATCH = "///"
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -371,7 +374,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> path
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, dpi=dpi, format="png")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -761,7 +764,8 @@ def three_regimes(cells: pd.DataFrame, path: str | os.PathLike, regimes: Any = N
     return save_figure(fig, path, dpi=dpi)
 
 
-def _safe_name(s: Any) -> str:
+def safe_name(s: Any) -> str:
+    """``s`` as a file-name part: runs of characters other than ``[A-Za-z0-9_.-]`` become ``_``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)) or "knob"
 
 
@@ -840,7 +844,7 @@ def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = 
                 ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13),
                           ncol=min(len(handles), 3), fontsize=7, frameon=False)
             fig.tight_layout()
-            paths.append(save_figure(fig, out / f"{_safe_name(kn)}_{metric}.png", dpi=dpi))
+            paths.append(save_figure(fig, out / f"{safe_name(kn)}_{metric}.png", dpi=dpi))
     return paths
 
 
@@ -861,3 +865,6 @@ def curves_along_t(curves: Mapping[str, np.ndarray], labels: Sequence[str],
     fig.axes[0].legend(fontsize=6, loc="best")
     fig.tight_layout()
     return save_figure(fig, path, dpi=dpi)
+
+
+_safe_name, _umask = safe_name, umask  # the names before 0.3 (kept for callers)
