@@ -142,7 +142,7 @@ def fit_rule(cells: pd.DataFrame, labels: Any, *, rule: RegimeRule | Mapping[str
     threshold, so a golden-section / ``minimize_scalar(bounded)`` search stalls on plateaus;
     instead the 1-D search is **exact**: it collects the *breakpoints* (every value where a
     comparison of the rule can flip: the LMC values for ``lmc_threshold`` and
-    ``jump_lmc_ceiling``, the CKA values for ``cka_threshold``, the column's largest LMC drops
+    ``jump_lmc_ceiling``, the CKA values for ``cka_threshold``, the column's change-point shifts
     for ``jump_threshold``, every within-column CKA difference for ``cka_delta``), and scores
     the two bounds plus the midpoint of every interval between consecutive breakpoints inside
     the bounds (plus the current value); every value a threshold can take agrees exactly as
