@@ -16,9 +16,10 @@ worse at high density) shows at the densities where retraining starts to fail. q
 * LR-rewinding retraining for 10 epochs (x0.1 at 5 and 8): half of quick's, for time;
 * LMC on 6 points (t = 0, 0.2, ..., 1) instead of 11; Bezier and Hessian off (time).
 
-Budget: about 10 minutes on a quiet 2-core CPU (the dense stage ~2 min, retraining 41 400
-member-steps). A first version (20 retrain epochs, 5 densities, 11 LMC points) did not finish
-in time on a CPU shared by four jobs. Run with
+Measured: 3577 s (dense 328 s, retraining 41 400 member-steps 2735 s, LMC/CKA ~14 min) on a
+2-core CPU shared with three other jobs (load 12-18); on a quiet machine it should take a
+fraction of that (not measured). A first version (20 retrain epochs, 5 densities, 11 LMC points)
+could not finish in time there. What it shows: README, "The digits study". Run with
 ``tr-jax run configs/digits_study.py --workdir runs/digits_study`` then ``tr-jax report``.
 """
 from tr_jax.config import default_config
