@@ -15,7 +15,7 @@ biased towards "some temperature beats the coldest" by noise alone.
 The interval is a bootstrap over dense seeds (:mod:`tr_jax.stats`; the retrain seeds when the
 sweep has one dense seed, which understates the uncertainty). With 3 seeds a percentile
 bootstrap is too narrow (it cannot be wider than the range of the seed means: planted null
-tables were flagged at ~40 % of densities), so a direction is declared only when the Student-t
+tables were flagged at a third of densities, 5 of 15), so a direction is declared only when the Student-t
 interval of the per-unit effects (``effect_t_lo, effect_t_hi``) excludes 0 on the same side
 too. The claim **holds** when some density is "hotter better" and a *higher* density
 "colder better". No correction for testing several
