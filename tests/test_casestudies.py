@@ -62,7 +62,7 @@ def test_advise_default_is_the_coldest_and_says_raise():
     assert a.test_error_after == pytest.approx(0.19 + 0.025)
     assert a.improved is True
     ev = a.evidence
-    assert ev["lmc"] == -0.45 and ev["cka"] == 0.87 and ev["lmc_threshold"] == -0.05
+    assert ev["lmc"] == -0.45 and ev["cka"] == 0.87 and ev["lmc_threshold"] == -0.3
     assert ev["jump_fired"] is True
     assert (ev["jump_hot_temperature"], ev["jump_cold_temperature"]) == (40.0, 80.0)
     assert ev["cka_reference"] == pytest.approx(0.96 - 0.005)
@@ -276,7 +276,7 @@ def sam_table():
         0.05: ([-0.45, -0.4, -0.01, -0.01, -0.02], [0.85, 0.86, 0.97, 0.94, 0.91],
                [0.19, 0.18, 0.15, 0.16, 0.17]),
         0.5: ([-0.01] * 5, [0.99, 0.98, 0.97, 0.95, 0.93], [0.08, 0.081, 0.082, 0.085, 0.09]),
-        0.02: ([-0.6, -0.5, -0.45, -0.4, -0.3], [0.8] * 5, [0.30, 0.29, 0.28, 0.27, 0.26]),
+        0.02: ([-0.6, -0.5, -0.45, -0.4, -0.32], [0.8] * 5, [0.30, 0.29, 0.28, 0.27, 0.26]),
     }
     for d, (lmc, cka, err) in spec.items():
         for r, a, b, e in zip(RHO, lmc, cka, err):
@@ -329,3 +329,68 @@ def test_advice_accuracy_ties():
     assert t.right.iloc[0] is False  # a tie is not an improvement
     assert t.right.iloc[1] is True  # a tie keeps a local minimum
     assert t.right.iloc[2] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# against chance: advice vs its own shuffled moves, regret vs baselines, with intervals
+# ---------------------------------------------------------------------------------------------
+
+def big_story(n_dens=8):
+    """The story repeated over more densities (the 2+2 of story() are too few to beat chance)."""
+    base = story()
+    frames = []
+    for k in range(n_dens // 4):
+        for d_old, d_new in zip(LOW + HIGH, [0.01 + 0.001 * k, 0.02 + 0.001 * k,
+                                              0.3 + 0.01 * k, 0.6 + 0.01 * k]):
+            frames.append(base[base.density == d_old].assign(density=d_new))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_advice_beats_its_shuffled_moves_on_the_story():
+    score = advice_accuracy(big_story(), n_perm=300, seed=1)
+    assert score.fraction_right == 1.0 and score.n == 40  # every cell of 8 columns
+    lo, hi = score.ci_lo, score.ci_hi  # Wilson, 40/40: lo = n / (n + z^2)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(40 / (40 + 1.959964 ** 2), abs=1e-6)
+    assert score.chance < 0.75 and score.chance_hi < 1.0
+    assert score.p_value == pytest.approx(1 / 301)  # no shuffle reaches 100 %
+    assert "shuffled over the cells" in score.summary()
+    d = score.to_dict()
+    assert d["n_perm"] == 300 and d["p_value"] == score.p_value
+    # deterministic for a seed
+    assert advice_accuracy(big_story(), n_perm=300, seed=1).chance == score.chance
+
+
+def test_advice_on_a_null_table_does_not_beat_chance():
+    df = big_story()
+    df["test_error"] = np.random.default_rng(0).uniform(0.1, 0.2, len(df))  # errors say nothing
+    score = advice_accuracy(df, n_perm=300, seed=0)
+    assert score.p_value > 0.05
+    assert score.chance_lo <= score.fraction_right <= score.chance_hi
+    assert advice_accuracy(df, n_perm=0).n_perm == 0  # skipped: no chance numbers
+    assert math.isnan(advice_accuracy(df, n_perm=0).chance)
+
+
+def test_selector_summary_intervals_and_paired_baselines():
+    table = compare_selectors(big_story())
+    summ = selector_summary(table, n_boot=500).set_index("selector")
+    # lmc_cka: zero regret everywhere; most_trained 6 points at every low density, 0 at high
+    assert summ.loc["lmc_cka", "mean_regret"] == 0.0
+    assert summ.loc["lmc_cka", "mean_regret_lo"] == summ.loc["lmc_cka", "mean_regret_hi"] == 0.0
+    assert summ.loc["most_trained", "mean_regret"] == pytest.approx(0.03)
+    assert summ.loc["lmc_cka", "vs_most_trained"] == pytest.approx(-0.03)
+    assert summ.loc["lmc_cka", "vs_most_trained_hi"] < 0  # reliably better than most_trained
+    assert summ.loc["most_trained", "vs_most_trained"] == 0.0
+    assert {"vs_best_dense", "vs_random_lo"} <= set(summ.columns)
+    only = selector_summary(table[table.selector.isin(["lmc_cka", "lmc_error"])])
+    assert not any(c.startswith("vs_") for c in only.columns)  # no baseline in the table
+
+
+def test_sam_rho_summary_against_the_smallest_rho():
+    from tr_jax.casestudies import sam_rho_summary
+    tab = tune_sam_rho(sam_table())
+    s = sam_rho_summary(tab, n_boot=300)
+    # regrets: walk (0, 0, 0), smallest rho (0.04, 0, 0.04) at densities 0.02, 0.05, 0.5
+    assert s["n"] == 3 and s["mean_regret"] == 0.0
+    assert s["baseline_regret"] == pytest.approx(0.08 / 3)
+    assert s["vs_baseline"] == pytest.approx(-0.08 / 3)
+    assert s["vs_baseline_lo"] == pytest.approx(-0.04) and s["vs_baseline_hi"] <= 0.0

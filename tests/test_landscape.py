@@ -115,3 +115,25 @@ def test_pair_curves_batched_equals_one_point_per_call_and_single_pairs():
 def test_loss_barrier():
     curves = np.asarray([[1.0, 2.0, 3.0, 2.0, 1.0], [1.0, 1.5, 2.0, 2.5, 3.0], [2.0, 1.0, 0.5, 1.0, 2.0]])
     np.testing.assert_allclose(tj.landscape.loss_barrier(curves), [2.0, 0.0, 0.0], atol=1e-12)
+
+
+def test_lmc_is_exact_when_t_star_is_an_endpoint():
+    """Flat interior at the endpoints' mean: both endpoints deviate by |c0 - c1| / 2 and the
+    first one (t = 0) wins, as numpy's argmax in the reference; float32 used to let rounding
+    decide (and so the sign) in about a third of these curves."""
+    n = 1437
+    for c0 in range(0, 200, 3):
+        for c1 in range(0, 200, 7):
+            if c0 == c1 or (c0 + c1) % 2:
+                continue
+            mid = (c0 + c1) // 2
+            e32 = (np.asarray([c0, mid, mid, c1]) / n).astype(np.float32)  # as measured
+            want = -(c0 - mid) / n  # t* = 0
+            assert float(tj.landscape.lmc(e32, n=n)) == want
+            assert float(tj.landscape.lmc(e32)) == pytest.approx(want, abs=1e-7)
+            assert np.sign(tj.landscape.lmc(e32)) == np.sign(want)
+    # batched, float64 out
+    out = tj.landscape.lmc(np.asarray([[0.1, 0.3, 0.1], [0.2, 0.1, 0.2]]), n=10)
+    assert out.dtype == np.float64 and out.tolist() == [-0.2, 0.1]
+    with pytest.raises(ValueError, match="n"):
+        tj.landscape.lmc([0.1, 0.2], n=0)

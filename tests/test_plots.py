@@ -380,3 +380,24 @@ def test_figure2_boundaries_sick_and_transition_on_every_panel(tmp_path, monkeyp
     assert len(paths) == len(panels) == 6
     assert calls == {"bounds": 6, "sick": 6, "transition": 6}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+
+
+def test_uncertain_cells_are_marked(tmp_path):
+    """Cells whose regime_confidence is below 80 % get a "?" at their own grid position, in
+    the three-regimes figure (with a legend entry) and on every Figure-2 panel."""
+    from tr_jax.plots import UNCERTAIN_BELOW, draw_uncertain_cells
+    df = planted()
+    df["regime_confidence"] = 1.0
+    unsure = (df.temperature == 40.0) & (df.density == 0.1)  # row 2, column 1
+    df.loc[unsure, "regime_confidence"] = 0.55
+    df.loc[(df.temperature == 80.0) & (df.density == 0.5), "regime_confidence"] = UNCERTAIN_BELOW
+    ax = Figure().add_subplot()
+    out = draw_three_regimes(ax, df)
+    (mark,) = out["uncertain"]
+    assert mark.get_text() == "?" and mark.get_gid() == "uncertain_cell"
+    assert mark.get_position() == pytest.approx((1 + 0.36, 2 - 0.3))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "regime confidence < 80%" in labels
+    assert draw_uncertain_cells(Figure().add_subplot(), df.drop(columns="regime_confidence")) == []
+    paths = figure2(df, tmp_path, dpi=40)
+    assert len(paths) == 4 and all(p.stat().st_size > 0 for p in paths)

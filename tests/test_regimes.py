@@ -93,10 +93,11 @@ def test_jump_marks_regime_I_from_the_drop_on():
 
 
 def test_jump_rule_alone_catches_shallow_barrier():
-    # largest drop 0.08 -> -0.03 = 0.11 > 0.1; both colder cells above lmc_threshold
-    lmcs = [0.08, -0.03, -0.04, -0.01]
+    # change point after the first cell: shift 0 - mean(-0.14, -0.15, -0.02) = 0.103 > 0.08;
+    # the colder cells are all above lmc_threshold (-0.3)
+    lmcs = [0.0, -0.14, -0.15, -0.02]
     labels = classify(column(lmcs))
-    # last cell recovers above jump_lmc_ceiling (-0.02) -> connected
+    # last cell recovers above jump_lmc_ceiling (-0.05) -> connected
     assert list(labels) == ["II-B", "I", "I", "II-B"]
     no_jump = classify(column(lmcs), {"use_jump": False})
     assert "I" not in list(no_jump)
@@ -107,9 +108,9 @@ def test_jump_rule_alone_catches_shallow_barrier():
 def test_jump_respects_temperature_orientation():
     # sam_rho: larger = hotter. Hot -> cold is 0.2, 0.1, 0.05, 0.0
     df = pd.DataFrame(dict(knob="sam_rho", temperature=[0.0, 0.05, 0.1, 0.2], density=0.2,
-                           test_error=0.1, lmc=[-0.04, -0.03, 0.09, 0.1], cka=0.97))
+                           test_error=0.1, lmc=[-0.09, -0.08, 0.09, 0.1], cka=0.97))
     labels = classify(df)
-    # drop 0.09 -> -0.03 (0.12) between rho 0.1 (hot) and 0.05 (cold): colder cells are I
+    # change point between rho 0.1 (hot) and 0.05 (cold), shift 0.18: colder cells are I
     assert list(labels) == ["I", "I", "II-B", "II-B"]
 
 
@@ -124,12 +125,12 @@ def test_temperature_order_and_unknown_knob():
         temperature_order("label_noise")
     assert temperature_order("label_noise", {"label_noise": False}) is False
     assert temperature_order("label_noise", True) is True
-    df = column([0.08, -0.04], knob="label_noise")  # temperatures 10, 20
+    df = column([0.08, -0.06], knob="label_noise")  # temperatures 10, 20
     with pytest.raises(ValueError, match="label_noise"):
         classify(df)
-    # smaller = hotter: hot -> cold is 0.08 -> -0.04, a 0.12 drop -> jump rule fires
+    # smaller = hotter: hot -> cold is 0.08 -> -0.06, a 0.14 shift -> jump rule fires
     assert list(classify(df, hotter_is_smaller={"label_noise": True})) == ["II-B", "I"]
-    # larger = hotter: hot -> cold is -0.04 -> 0.08, no drop, both connected
+    # larger = hotter: hot -> cold is -0.06 -> 0.08, no drop, both connected
     assert "I" not in list(classify(df, hotter_is_smaller={"label_noise": False}))
     assert HOTTER_IS_SMALLER["epochs"] and not HOTTER_IS_SMALLER["sam_rho"]
 
@@ -329,9 +330,10 @@ def test_fit_rule_jump_threshold_and_label_forms():
     start = RegimeRule(lmc_threshold=-0.5, jump_threshold=0.9, jump_lmc_ceiling=-0.1, cka_delta=0.01)
     fr = fit_rule(df, labels, rule=start, params=["jump_threshold"])
     assert fr.agreement_before < 1.0 and fr.agreement == 1.0
-    # planted largest drops: 0.27 (low densities), 0.02 (high): gap (0.02, 0.27)
-    assert 0.02 < fr.fitted["jump_threshold"] < 0.27
-    assert fr.fitted["jump_threshold"] == pytest.approx(0.145, abs=1e-12)
+    # planted change-point shifts: -0.02 - (-0.35) = 0.33 (low densities, after 3 cells) and
+    # -0.04/3 - (-0.025) = 0.011667 (high, after 3 cells): gap (0.011667, 0.33), midpoint fitted
+    assert 0.0116 < fr.fitted["jump_threshold"] < 0.33
+    assert fr.fitted["jump_threshold"] == pytest.approx((0.035 / 3 + 0.33) / 2, abs=1e-9)
     # labels as a column name / list; None labels are ignored
     df2 = df.assign(truth=list(labels))
     df2.loc[df2.index[:3], "truth"] = None
@@ -431,7 +433,8 @@ def test_cells_from_results_reproduces_hand_cells(tmp_path):
     for table in (res, back):
         cells = cells_from_results(table)
         assert list(cells.columns[:9]) == ["knob", "temperature", "density"] + NUMERIC
-        assert "normalized_test_error" in cells.columns and "measured_density" in cells.columns
+        # cells.csv columns only: per-member extras such as measured_density stay in results
+        assert "normalized_test_error" in cells.columns and "measured_density" not in cells.columns
         assert len(cells) == 4
         got = cells.sort_values(["temperature", "density"]).reset_index(drop=True)
         want = HAND_CELLS.sort_values(["temperature", "density"]).reset_index(drop=True)
@@ -541,3 +544,259 @@ def test_transition_with_uncertainty_one_seed_and_errors():
     # LMC that never decreases has no transition
     flat = column([-0.05, -0.04, -0.03]).assign(dense_seed=0)
     assert math.isnan(transition_with_uncertainty(flat).lmc_transition.iloc[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# cells_from_results: the one home of cell aggregation (cells.csv), with bootstrap intervals
+# ---------------------------------------------------------------------------------------------
+
+PROV = dict(config_hash="c0ffee", tr_jax_version="0.2.0", jax_version="0.10.2",
+            device_kind="cpu", members_strategy="threads")
+
+
+def pipeline_like_results(seeds=(1, 2, 3), temps=(10.0, 20.0, 40.0), dens=(0.05, 0.5),
+                          retrain=(1, 2, 3), sick_member=None, sick_dense=None, hessian=False,
+                          rng_seed=0):
+    """A results table shaped exactly as ``Pipeline.tables`` builds it (same columns, order,
+    stages, metrics), with random values and optional sick rows."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    base = {"config_hash": PROV["config_hash"], "tr_jax_version": PROV["tr_jax_version"],
+            "jax_version": PROV["jax_version"], "device_kind": PROV["device_kind"],
+            "members_strategy": PROV["members_strategy"], "knob": "epochs"}
+    for s in seeds:
+        for t in temps:
+            rows.append({**base, "stage": "dense", "temperature": t, "dense_seed": s,
+                         "density": 1.0, "retrain_seed": np.nan, "pair": "",
+                         "metric": "test_error", "value": rng.uniform(0.05, 0.2),
+                         "sick": (s, t) == sick_dense})
+    for s in seeds:
+        for t in temps:
+            for d in dens:
+                for r in retrain:
+                    sick = (s, t, d, r) == sick_member or (s, t) == sick_dense
+                    co = {**base, "stage": "retrain", "temperature": t, "dense_seed": s,
+                          "density": d, "retrain_seed": r, "pair": "", "sick": sick}
+                    rows.append({**co, "metric": "test_error",
+                                 "value": np.nan if sick else rng.uniform(0.05, 0.3)})
+                    rows.append({**co, "metric": "measured_density", "value": d})
+                    if hessian:
+                        for m in ("trace", "trace_stderr", "trace_probes", "top_eigenvalue"):
+                            rows.append({**co, "metric": f"hessian_{m}",
+                                         "value": rng.uniform(1, 100)})
+    for s in seeds:
+        for t in temps:
+            for d in dens:
+                for i, ra in enumerate(retrain):
+                    for rb in retrain[i + 1:]:
+                        sick = ((s, t, d, ra) == sick_member or (s, t, d, rb) == sick_member
+                                or (s, t) == sick_dense)
+                        co = {**base, "stage": "pair", "temperature": t, "dense_seed": s,
+                              "density": d, "retrain_seed": np.nan, "pair": f"{ra}-{rb}",
+                              "sick": sick}
+                        for m, v in (("lmc", rng.uniform(-0.5, 0.0)), ("cka", rng.uniform(0.8, 1)),
+                                     ("cka_logits", rng.uniform(0.8, 1)),
+                                     ("loss_barrier", rng.uniform(0, 1))):
+                            rows.append({**co, "metric": m, "value": v})
+    return pd.DataFrame(rows)
+
+
+def pipeline_cells(results, rule=None):
+    """The cell half of ``Pipeline.tables`` as it was before this aggregation moved here
+    (tr_jax/sweep/run.py), kept verbatim as the reference."""
+    keys = ["knob", "temperature", "density"]
+    members = results[results.stage != "dense"]
+    every_cell = members[keys].drop_duplicates().sort_values(keys).set_index(keys).index
+    healthy = members[~members.sick]
+    metrics = list(dict.fromkeys(members.metric))
+    wide = (healthy.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
+            .reindex(index=every_cell, columns=metrics))
+    n_sick = (members[(members.stage == "retrain") & (members.metric == "test_error")]
+              .groupby(keys)["sick"].sum().reindex(every_cell).fillna(0).astype(int))
+    wide = wide.reset_index()
+    dense_rows = results[(results.stage == "dense") & ~results.sick]
+    dense_err = dense_rows.groupby("temperature")["value"].mean()
+    cells = pd.DataFrame({
+        "knob": wide["knob"], "temperature": wide["temperature"], "density": wide["density"],
+        "test_error": wide["test_error"], "lmc": wide["lmc"], "cka": wide["cka"],
+        "cka_logits": wide["cka_logits"], "loss_barrier": wide["loss_barrier"],
+        "dense_test_error": wide["temperature"].map(dense_err).to_numpy(),
+    })
+    for metric in ("bezier_mc", "hessian_trace", "hessian_top_eigenvalue"):
+        if metric in wide.columns:
+            cells[metric] = wide[metric]
+    cells["normalized_test_error"] = normalized_test_error(cells)
+    cells["regime"] = classify(cells, rule)
+    cells["advice"] = cells["regime"].map(advice)
+    cells["sick_members"] = n_sick.to_numpy()
+    for k, v in PROV.items():
+        cells[k] = v
+    return cells
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(sick_member=(2, 20.0, 0.05, 3), hessian=True),
+    dict(sick_dense=(1, 40.0)),
+])
+def test_cells_from_results_is_the_pipeline_aggregation(kwargs):
+    res = pipeline_like_results(**kwargs)
+    want = pipeline_cells(res)
+    got = cells_from_results(res, n_boot=50)
+    assert list(got.columns[:len(want.columns)]) == list(want.columns)
+    pd.testing.assert_frame_equal(got[list(want.columns)], want, check_exact=True)
+    extra = list(got.columns[len(want.columns):])
+    assert extra[:2] == ["test_error_lo", "test_error_hi"]
+    assert extra[-3:] == ["regime_confidence", "n_dense_seeds", "ci_unit"]
+    assert set(got.ci_unit) == {"dense_seed"}
+
+
+def test_cells_from_results_sick_rows_and_means_by_hand():
+    res = pipeline_like_results(sick_member=(2, 20.0, 0.05, 3), sick_dense=(1, 40.0))
+    cells = cells_from_results(res, n_boot=20).set_index(["temperature", "density"])
+    healthy = res[~res.sick]
+    # 20 epochs, 5 %: 8 healthy members (seed 2's retrain seed 3 is sick), 7 healthy pairs
+    sel = healthy[(healthy.temperature == 20.0) & (healthy.density == 0.05)]
+    te = sel[(sel.metric == "test_error") & (sel.stage == "retrain")].value
+    lmc = sel[sel.metric == "lmc"].value
+    assert len(te) == 8 and len(lmc) == 7
+    row = cells.loc[(20.0, 0.05)]
+    assert row.test_error == pytest.approx(te.mean(), abs=1e-15)
+    assert row.lmc == pytest.approx(lmc.mean(), abs=1e-15)
+    assert row.sick_members == 1 and row.n_dense_seeds == 3
+    # 40 epochs: dense seed 1 is sick -> its 3 members per density sick, 2 dense seeds left
+    row40 = cells.loc[(40.0, 0.5)]
+    assert row40.sick_members == 3 and row40.n_dense_seeds == 2
+    dense40 = healthy[(healthy.stage == "dense") & (healthy.temperature == 40.0)].value
+    assert row40.dense_test_error == pytest.approx(dense40.mean(), abs=1e-15)
+    # every interval contains its point (a percentile interval of pooled means)
+    for m in NUMERIC + ["normalized_test_error"]:
+        assert (cells[f"{m}_lo"] <= cells[m] + 1e-12).all(), m
+        assert (cells[f"{m}_hi"] >= cells[m] - 1e-12).all(), m
+
+
+def test_cells_from_results_bootstrap_is_over_dense_seeds():
+    """Planted: retrain seeds agree exactly, dense seeds differ by +-0.02 -> the test-error
+    interval spans the seed means' range; zero spread between dense seeds -> zero width."""
+    res = pipeline_like_results(seeds=(1, 2, 3), temps=(10.0, 20.0), dens=(0.5,))
+    te = (res.stage == "retrain") & (res.metric == "test_error")
+    res.loc[te, "value"] = 0.10 + (res.loc[te, "dense_seed"] - 2) * 0.02
+    cells = cells_from_results(res, n_boot=2000, seed=1)
+    np.testing.assert_allclose(cells.test_error, 0.10, atol=1e-15)
+    assert (cells.test_error_lo < 0.095).all() and (cells.test_error_hi > 0.105).all()
+    assert (cells.test_error_lo >= 0.08 - 1e-12).all() and (cells.test_error_hi <= 0.12 + 1e-12).all()
+    res.loc[te, "value"] = 0.10
+    flat = cells_from_results(res, n_boot=200)
+    np.testing.assert_allclose(flat.test_error_hi - flat.test_error_lo, 0.0, atol=1e-15)
+
+
+def test_cells_from_results_deterministic_and_seed_dependent():
+    res = pipeline_like_results()
+    a = cells_from_results(res, n_boot=100, seed=3)
+    b = cells_from_results(res, n_boot=100, seed=3)
+    assert a.to_csv(index=False) == b.to_csv(index=False)
+    c = cells_from_results(res, n_boot=100, seed=4)
+    assert not np.array_equal(a.lmc_lo.to_numpy(), c.lmc_lo.to_numpy())
+
+
+def test_cells_from_results_one_dense_seed_resamples_retrain_seeds():
+    res = pipeline_like_results(seeds=(1,), retrain=(1, 2))  # quick: 1 dense seed, 1 pair
+    cells = cells_from_results(res, n_boot=100)
+    assert set(cells.ci_unit) == {"retrain_seed/pair"} and set(cells.n_dense_seeds) == {1}
+    # one pair per cell: nothing to resample, the LMC interval is the point
+    np.testing.assert_allclose(cells.lmc_lo, cells.lmc, atol=1e-15)
+    np.testing.assert_allclose(cells.lmc_hi, cells.lmc, atol=1e-15)
+    # two retrain seeds: the test-error interval lies between the two members' values
+    assert (cells.test_error_hi - cells.test_error_lo > 0).all()
+    txt = summary_table(cells)
+    assert "retraining noise only" in txt
+
+
+def test_regime_confidence_planted():
+    """A cell far from every threshold is 100 % sure; a cell whose dense seeds disagree about
+    the barrier (LMC -0.5 / -0.1 / -0.1 around lmc_threshold -0.3) is not."""
+    res = pipeline_like_results(seeds=(1, 2, 3), temps=(10.0, 20.0, 40.0), dens=(0.5,))
+    pairs = res.stage == "pair"
+    res.loc[pairs & (res.metric == "lmc"), "value"] = -0.01
+    res.loc[pairs & (res.metric == "cka"), "value"] = 0.95
+    sure = cells_from_results(res, n_boot=300)
+    assert list(sure.regime) == ["II-B"] * 3
+    np.testing.assert_allclose(sure.regime_confidence, 1.0)
+    odd = pairs & (res.metric == "lmc") & (res.temperature == 40.0)
+    res.loc[odd, "value"] = np.where(res.loc[odd, "dense_seed"] == 1, -0.7, -0.1)
+    unsure = cells_from_results(res, {"use_jump": False}, n_boot=500)
+    row = unsure[unsure.temperature == 40.0].iloc[0]
+    assert row.lmc == pytest.approx(-0.3)  # mean of -0.7, -0.1, -0.1
+    assert 0.2 < row.regime_confidence < 0.9
+    assert unsure[unsure.temperature == 10.0].regime_confidence.iloc[0] == 1.0
+
+
+def test_summary_table_carries_intervals():
+    res = pipeline_like_results()
+    cells = cells_from_results(res, n_boot=50)
+    txt = summary_table(cells)
+    r = cells.iloc[0]
+    assert f"[{100 * r.test_error_lo:.1f},{100 * r.test_error_hi:.1f}]" in txt
+    assert "regime confidence" in txt and "resampling the 3 dense seeds" in txt
+    assert f"{r.lmc:+.3f} [{r.lmc_lo:+.3f},{r.lmc_hi:+.3f}]" in txt
+    # without the CI columns the table is unchanged
+    plain = summary_table(cells.drop(columns=["test_error_lo", "test_error_hi",
+                                              "regime_confidence"]))
+    assert "[" not in plain
+
+
+# ---------------------------------------------------------------------------------------------
+# The default rule on a Figure-2-like table (SPEC §3.2-3.3, §4; values drawn at random inside
+# the ranges the SPEC describes, several draws, nothing tuned to one table)
+# ---------------------------------------------------------------------------------------------
+
+FIG2_EPOCHS = [float(e) for e in range(10, 161, 10)]
+FIG2_DENS = [0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80]
+
+
+def figure2_like(rng_seed):
+    """LMC per SPEC §4: 5-8 %: -0.25..-0.08 up to 80 epochs (drawn II-A), -0.45..-0.35 at 90,
+    -0.68..-0.5 from 100 on (Regime I); 10 %: ~0 (-0.03..0) up to 100, -0.05 at 110, -0.23..-0.1
+    from 120 on; >= 14 %: |LMC| <= 0.03. CKA rises with density (0.91 -> 0.99), 0.88-0.93 in
+    Regime I."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for d in FIG2_DENS:
+        for e in FIG2_EPOCHS:
+            if d <= 0.08:
+                lmc = (rng.uniform(-0.25, -0.08) if e <= 80 else
+                       rng.uniform(-0.45, -0.35) if e == 90 else rng.uniform(-0.68, -0.5))
+                cka = rng.uniform(0.88, 0.93) if e >= 90 else 0.91 + rng.uniform(0, 0.02)
+            elif d == 0.10:
+                lmc = (rng.uniform(-0.03, 0.0) if e <= 100 else -0.05 if e == 110 else
+                       rng.uniform(-0.23, -0.1))
+                cka = rng.uniform(0.90, 0.94)
+            else:
+                lmc = rng.uniform(-0.03, 0.0)
+                cka = 0.93 + 0.06 * d + 0.0002 * e + rng.uniform(0, 0.003)
+            rows.append(dict(knob="epochs", temperature=e, density=d, test_error=0.1, lmc=lmc,
+                             cka=cka))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("rng_seed", range(5))
+def test_default_rule_follows_figure2(rng_seed):
+    df = figure2_like(rng_seed)
+    lab = classify(df)
+    low = df.density <= 0.08
+    # the hot low-density cells stay connected (drawn II-A in Figure 2) ...
+    assert (lab[low & (df.temperature <= 80)] != "I").all()
+    # ... and the sharp drop after the first LR drop is Regime I
+    assert (lab[low & (df.temperature >= 90)] == "I").all()
+    # 10 %: the later, shallower loss of connectivity is Regime I too, the hot cells are not
+    ten = df.density == 0.10
+    assert (lab[ten & (df.temperature >= 120)] == "I").all()
+    assert (lab[ten & (df.temperature <= 110)] != "I").all()
+    # no Figure-2-like cell at density >= 14 % is Regime I (the must-have is >= 20 %)
+    assert (lab[df.density >= 0.14] != "I").all()
+    # case study 1 at 5 %: lower the temperature where Figure 2's arrows say so
+    hot5 = lab[(df.density == 0.05) & (df.temperature <= 80)]
+    assert set(hot5.map(advice)) <= {"lower temperature", "keep"}
+    # the old default (LMC < -0.05) calls the hot low-density columns Regime I
+    old = classify(df, {"lmc_threshold": -0.05, "jump_threshold": 0.1, "jump_lmc_ceiling": -0.02})
+    assert (old[low & (df.temperature <= 80)] == "I").all()

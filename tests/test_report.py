@@ -58,7 +58,8 @@ def make_workdir(path, knob="epochs", temps=EPOCHS, seeds=(1, 2), optional=False
                  config=True, results=True):
     path.mkdir(parents=True, exist_ok=True)
     res = make_results(knob, temps, seeds, optional)
-    cells = regimes.cells_from_results(res).drop(columns=["measured_density"])
+    cells = regimes.cells_from_results(res, RULE, n_boot=50)
+    cells = cells[list(cells.columns[:list(cells.columns).index("test_error_lo")])]  # as 0.2.0
     cells["regime"] = regimes.classify(cells, RULE)
     cells["advice"] = cells["regime"].map(regimes.advice)
     cells["config_hash"] = "abc123"
@@ -87,7 +88,9 @@ def report(tmp_path_factory):
 
 
 SECTIONS = ["Provenance", "The three regimes of this sweep", "Regimes", "Phase diagrams",
-            "Transition per density", "Case study 1: raise or lower the temperature?",
+            "Transition per density",
+            "The dichotomy: does a hotter dense model help at low density and hurt at high density?",
+            "Case study 1: raise or lower the temperature?",
             "Case study 2: which model of the family to prune?",
             "Case study 3: tuning SAM's rho for pruning"]
 
@@ -117,6 +120,13 @@ def test_report_has_every_section(report):
     assert re.search(r"The advice was right in \d+ of \d+ checkable cells", md)
     # case study 2: selectors' regret per density and the mean row
     assert "| density | lmc_cka |" in md and "| mean |" in md
+    # uncertainty: intervals and regime confidences (rebuilt from results.csv for a cells.csv
+    # without them), the dichotomy's verdict (planted: hotter better at 5 %, colder at 50 %),
+    # advice against shuffled moves, selector regret against the baselines with intervals
+    assert "regime confidence" in md and "resampling the 2 dense seeds" in md
+    assert "Dichotomy HOLDS: hotter is better at 5% density" in md
+    assert "Against chance: 95% Wilson interval" in md and "shuffled over the cells" in md
+    assert "minus most_trained" in md and "minus random" in md
     # case study 3: not a sam_rho sweep -> which config to run
     assert "configs/sam_rho.py" in md
     # optional metrics not measured are named, not drawn
@@ -174,6 +184,7 @@ def test_report_sam_rho_case_study(tmp_path):
     md = write_report(wd, dpi=40)["markdown"].read_text()
     section = md.split("## Case study 3")[1]
     assert "chosen_rho" in section and "configs/sam_rho.py" not in section
+    assert "walk minus baseline" in section
 
 
 def test_report_errors(tmp_path):
@@ -232,6 +243,7 @@ def test_cli_report(workdir, tmp_path, capsys):
     assert cli.main(["report", str(workdir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert str(out / "report.html") in printed and str(out / "report.md") in printed
+    assert "Dichotomy HOLDS" in printed and "density 50%" in printed
     assert (out / "report.html").stat().st_size > 10_000
     assert cli.main(["report", str(tmp_path / "empty")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -304,3 +304,20 @@ def test_pruned_export_loads_into_torch_prune_and_pth_tar(tmp_path):
     torch.save({"state_dict": sd, "acc": fractions.Fraction(1, 3)}, tmp_path / "odd.pth")
     with pytest.raises(ValueError, match="weights_only"):  # never unpickles arbitrary objects
         from_torch(tmp_path / "odd.pth")
+
+
+def test_unexpected_keys_of_unknown_shape_are_named_not_a_keyerror():
+    """A state_dict with extra entries such as ``after_train/layer1.0.bn1.running_mean`` (a
+    second copy of BN statistics under a foreign prefix) used to crash with KeyError: 'mean'
+    inside check_structure; the error must name the unexpected keys."""
+    sd = to_torch(_random_variables("preresnet", 8), "preresnet", 8)
+    extra = dict(sd)
+    extra["after_train/layer1.0.bn1.running_mean"] = np.zeros(16, np.float32)
+    extra["after_train/layer1.0.bn1.running_var"] = np.ones(16, np.float32)
+    with pytest.raises(ValueError) as e:
+        from_torch(extra, "preresnet", depth=8)
+    msg = str(e.value)
+    assert "2 unexpected keys" in msg and "missing keys" not in msg, msg
+    for key in ("after_train/layer1.0.bn1.running_mean", "after_train/layer1.0.bn1.running_var"):
+        assert key in msg, msg
+    from_torch(sd, "preresnet", depth=8)  # the clean one still loads

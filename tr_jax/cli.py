@@ -163,6 +163,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "report":
         from tr_jax.report import write_report
         paths = write_report(args.workdir, args.out, density=args.density, labels=args.labels)
+        if paths.get("dichotomy"):
+            print(paths["dichotomy"])
         print(f"tr-jax: wrote {paths['html']}")
         print(f"tr-jax: wrote {paths['markdown']} (figures in {paths['figures_dir']})")
     return 0

@@ -60,10 +60,14 @@ __all__ = [
     "draw_regime_boundaries",
     "draw_transition",
     "draw_sick_cells",
+    "draw_uncertain_cells",
+    "UNCERTAIN_BELOW",
     "draw_three_regimes",
     "three_regimes",
     "REGIME_COLORS",
     "save_figure",
+    "safe_name",
+    "umask",
     "figure2",
 ]
 
@@ -354,7 +358,8 @@ REGIME_DESCRIPTIONS: dict[str, str] = {
 _SICK_HATCH = "///"
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -369,7 +374,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> path
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, dpi=dpi, format="png")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -404,6 +409,38 @@ def draw_sick_cells(ax, cells: pd.DataFrame, sick: Any = None, *,
         ax.add_patch(rect)
         patches.append(rect)
     return patches
+
+
+#: a cell's regime is marked uncertain below this regime confidence (share of bootstrap
+#: resamples giving the same regime, :func:`tr_jax.regimes.cells_from_results`)
+UNCERTAIN_BELOW = 0.8
+
+
+def draw_uncertain_cells(ax, cells: pd.DataFrame, *, threshold: float = UNCERTAIN_BELOW,
+                         hotter_is_smaller: bool | Mapping[str, bool] | None = None) -> list:
+    """Mark with a "?" (top right of the cell) every cell whose ``regime_confidence`` is below
+    ``threshold``: its regime changes in more than ``1 - threshold`` of the bootstrap resamples
+    of its dense seeds. Nothing is drawn without the column. Returns the texts (gid
+    ``"uncertain_cell"``)."""
+    if "regime_confidence" not in cells.columns:
+        return []
+    conf = pd.to_numeric(cells["regime_confidence"], errors="coerce").astype(float)
+    _, _, grid = metric_grid(cells, conf, hotter_is_smaller=hotter_is_smaller)
+    marks = []
+    with np.errstate(invalid="ignore"):
+        low = np.isfinite(grid) & (grid < threshold)
+    for r, c in zip(*np.nonzero(low)):
+        t = ax.text(c + 0.36, r - 0.3, "?", ha="center", va="center", fontsize=9,
+                    fontweight="bold", color="black", zorder=7,
+                    path_effects=[patheffects.withStroke(linewidth=2.0, foreground="white")])
+        t.set_gid("uncertain_cell")
+        marks.append(t)
+    return marks
+
+
+def _uncertain_handle() -> Line2D:
+    return Line2D([], [], marker="$?$", color="black", ls="none", ms=7,
+                  label=f"regime confidence < {100 * UNCERTAIN_BELOW:.0f}%")
 
 
 def _temperature_y(temps: Sequence[float], t: Any) -> float:
@@ -668,6 +705,7 @@ def draw_three_regimes(ax, cells: pd.DataFrame, regimes: Any = None, *,
                 arrow_patches.append((regime, arrow))
     sick_patches = [] if sick is False else draw_sick_cells(
         ax, cells, sick, hotter_is_smaller=hotter_is_smaller)
+    unsure = draw_uncertain_cells(ax, cells, hotter_is_smaller=hotter_is_smaller)
     if transition_table is None:
         tt = transition(cells, hotter_is_smaller=hotter_is_smaller)
         tt = tt[tt["lmc_drop"] > rule_obj.jump_threshold]
@@ -688,10 +726,13 @@ def draw_three_regimes(ax, cells: pd.DataFrame, regimes: Any = None, *,
         handles += _transition_handles(trans)
         if sick_patches:
             handles.append(_sick_handle())
+        if unsure:
+            handles.append(_uncertain_handle())
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
                   frameon=False, borderaxespad=0.0)
     return {"image": im, "codes": codes, "boundaries": bounds, "arrows": arrow_patches,
-            "transition": trans, "sick": sick_patches, "temperatures": temps, "densities": dens}
+            "transition": trans, "sick": sick_patches, "uncertain": unsure,
+            "temperatures": temps, "densities": dens}
 
 
 def three_regimes(cells: pd.DataFrame, path: str | os.PathLike, regimes: Any = None, *,
@@ -723,7 +764,8 @@ def three_regimes(cells: pd.DataFrame, path: str | os.PathLike, regimes: Any = N
     return save_figure(fig, path, dpi=dpi)
 
 
-def _safe_name(s: Any) -> str:
+def safe_name(s: Any) -> str:
+    """``s`` as a file-name part: runs of characters other than ``[A-Za-z0-9_.-]`` become ``_``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)) or "knob"
 
 
@@ -736,7 +778,8 @@ def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = 
     as ``{out_dir}/{knob}_{metric}.png`` (atomically); creates ``out_dir``; returns the paths.
 
     Every panel gets the same regime boundaries; NaN cells are grey; cells with
-    ``sick_members > 0`` (when that column exists) are hatched; ``transition`` (from
+    ``sick_members > 0`` (when that column exists) are hatched; cells whose
+    ``regime_confidence`` is below :data:`UNCERTAIN_BELOW` get a "?"; ``transition`` (from
     :func:`tr_jax.regimes.transition_with_uncertainty` or :func:`tr_jax.regimes.transition`)
     overlays the transition per density column with its seed error bar.
 
@@ -790,6 +833,8 @@ def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = 
                                    label="II-A | II-B")]
             if draw_sick_cells(ax, sub, hotter_is_smaller=hotter_is_smaller):
                 handles.append(_sick_handle())
+            if draw_uncertain_cells(ax, sub, hotter_is_smaller=hotter_is_smaller):
+                handles.append(_uncertain_handle())
             if transition is not None:
                 temps = temperatures_hot_to_cold(sub["temperature"], kn, hotter_is_smaller)
                 dens = sorted({float(d) for d in sub["density"]})
@@ -799,7 +844,7 @@ def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = 
                 ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13),
                           ncol=min(len(handles), 3), fontsize=7, frameon=False)
             fig.tight_layout()
-            paths.append(save_figure(fig, out / f"{_safe_name(kn)}_{metric}.png", dpi=dpi))
+            paths.append(save_figure(fig, out / f"{safe_name(kn)}_{metric}.png", dpi=dpi))
     return paths
 
 
@@ -820,3 +865,6 @@ def curves_along_t(curves: Mapping[str, np.ndarray], labels: Sequence[str],
     fig.axes[0].legend(fontsize=6, loc="best")
     fig.tight_layout()
     return save_figure(fig, path, dpi=dpi)
+
+
+_safe_name, _umask = safe_name, umask  # the names before 0.3 (kept for callers)

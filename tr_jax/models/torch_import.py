@@ -103,7 +103,11 @@ def _torch_prefix(modules: tuple[str, ...]) -> str:
 def torch_key(path: tuple[str, ...], bn: bool) -> str:
     """Reference key of a flax leaf ``(collection, *modules, leaf)``; ``bn``: the module is a BN."""
     coll, *modules, leaf = path
-    name = _BN_TO_TORCH[(coll, leaf)] if bn else {"kernel": "weight", "bias": "bias"}[leaf]
+    plain = {"kernel": "weight", "bias": "bias"}
+    if bn or leaf not in plain:  # BN leaves also of a module that is not a BN in this tree
+        name = _BN_TO_TORCH.get((coll, leaf), leaf)  # (an unexpected key: name it, never crash)
+    else:
+        name = plain[leaf]
     return f"{_torch_prefix(tuple(modules))}.{name}"
 
 

@@ -1,0 +1,112 @@
+"""Text table of a sweep's regimes (written to ``summary.txt``), with the bootstrap intervals
+and regime confidences of :func:`~tr_jax.regimes.cells_from_results` when present."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .rule import KNOB_LABELS, RegimeRule, classify, require_columns, temperatures_hot_to_cold
+
+def _fmt_num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _fmt_density(d: float) -> str:
+    p = 100.0 * float(d)
+    return f"{p:.0f}%" if abs(p - round(p)) < 1e-6 else f"{p:.3g}%"
+
+
+def summary_table(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | None = None, *,
+                  knob: str | None = None,
+                  hotter_is_smaller: bool | Mapping[str, bool] | None = None) -> str:
+    """Compact text table per knob: rows = temperature (hot at top), columns = density
+    (ascending), entries ``"<regime> <test error %>"`` e.g. ``"II-B 8.1%"``.
+
+    Uses ``cells["regime"]`` when present, otherwise :func:`classify` with ``rule``.
+    Missing regimes print as ``"-"``, missing test errors as ``"n/a"``.
+    """
+    require_columns(cells, ("knob", "temperature", "density"), "summary_table")
+    if knob is not None:
+        cells = cells[cells["knob"] == knob]
+        if len(cells) == 0:
+            raise ValueError(f"summary_table: no cells for knob {knob!r}")
+    if "regime" in cells.columns:
+        regimes = cells["regime"]
+    elif "lmc" in cells.columns and "cka" in cells.columns:
+        regimes = classify(cells, rule, hotter_is_smaller=hotter_is_smaller)
+    else:
+        regimes = pd.Series([None] * len(cells), index=cells.index, dtype=object)
+    with_ci = {"test_error_lo", "test_error_hi", "regime_confidence"} <= set(cells.columns)
+    err = cells["test_error"] if "test_error" in cells.columns else pd.Series(
+        np.nan, index=cells.index)
+    blocks = []
+    for kn in sorted(set(cells["knob"]), key=str):
+        sub = cells[cells["knob"] == kn]
+        temps = temperatures_hot_to_cold(sub["temperature"], kn, hotter_is_smaller)
+        dens = sorted({float(d) for d in sub["density"]})
+        entry: dict[tuple[float, float], str] = {}
+        for idx, t, d in zip(sub.index, sub["temperature"], sub["density"]):
+            r = regimes.loc[idx]
+            r = "-" if r is None or (isinstance(r, float) and math.isnan(r)) else str(r)
+            if with_ci and pd.notna(cells.at[idx, "regime_confidence"]):
+                r += f"({100 * float(cells.at[idx, 'regime_confidence']):.0f}%)"
+            e = err.loc[idx]
+            e = "n/a" if pd.isna(e) else f"{100.0 * float(e):.1f}%"
+            if with_ci and pd.notna(err.loc[idx]):
+                e += (f" [{100 * float(cells.at[idx, 'test_error_lo']):.1f},"
+                      f"{100 * float(cells.at[idx, 'test_error_hi']):.1f}]")
+            entry[(float(t), float(d))] = f"{r} {e}"
+        label = KNOB_LABELS.get(str(kn), str(kn))
+        corner = f"T ({label})"
+        header = [corner] + [_fmt_density(d) for d in dens]
+        body = [[_fmt_num(t)] + [entry.get((t, d), "") for d in dens] for t in temps]
+        widths = [max(len(r[j]) for r in [header] + body) for j in range(len(header))]
+
+        def line(r: list[str], widths: list[int] = widths) -> str:
+            return "  ".join(c.rjust(w) if j else c.ljust(w)
+                             for j, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+        title = f"knob={kn}: rows hot (top) -> cold, columns density; entry = regime + test error"
+        if with_ci:
+            title += " [interval]"
+        rule_line = "-" * max(len(title), len(line(header)))
+        block = [title, line(header), rule_line] + [line(r) for r in body]
+        if with_ci:
+            block.append(_ci_note(sub))
+            block.append(_lmc_block(sub, kn, temps, dens, hotter_is_smaller))
+        blocks.append("\n".join(block))
+    return "\n\n".join(blocks)
+
+
+def _ci_note(cells: pd.DataFrame) -> str:
+    unit = str(cells["ci_unit"].iloc[0]) if "ci_unit" in cells.columns else "dense_seed"
+    n = int(cells["n_dense_seeds"].max()) if "n_dense_seeds" in cells.columns else 0
+    note = ("(NN%) = regime confidence: the share of bootstrap resamples giving the same regime; "
+            "[lo,hi] = bootstrap interval of the test error (%), ")
+    if unit == "dense_seed":
+        return note + f"resampling the {n} dense seeds."
+    return note + ("resampling retrain seeds/pairs of the single dense seed: retraining noise "
+                   "only, the spread between dense models is not measured.")
+
+
+def _lmc_block(cells: pd.DataFrame, kn: Any, temps: list[float], dens: list[float],
+               hotter_is_smaller: bool | Mapping[str, bool] | None) -> str:
+    """LMC (train-error fraction) with its interval, same layout."""
+    if not {"lmc", "lmc_lo", "lmc_hi"} <= set(cells.columns):
+        return ""
+    entry = {}
+    for t, d, v, lo, hi in zip(cells["temperature"], cells["density"], cells["lmc"],
+                               cells["lmc_lo"], cells["lmc_hi"]):
+        entry[(float(t), float(d))] = ("n/a" if pd.isna(v) else
+                                       f"{float(v):+.3f} [{float(lo):+.3f},{float(hi):+.3f}]")
+    header = [f"LMC, T ({KNOB_LABELS.get(str(kn), str(kn))})"] + [_fmt_density(d) for d in dens]
+    body = [[_fmt_num(t)] + [entry.get((t, d), "") for d in dens] for t in temps]
+    widths = [max(len(r[j]) for r in [header] + body) for j in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths)))
+             .rstrip() for r in [header] + body]
+    return "\n" + "\n".join(lines)
+
