@@ -38,7 +38,6 @@ import json
 import os
 import pathlib
 import statistics
-import tempfile
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -145,10 +144,8 @@ def _write_cache(path: pathlib.Path, key: str, entry: dict) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache(path)
         data[key] = entry
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        from tr_jax.sweep.store import atomic_write_text
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
         return None
     except OSError as e:
         return f"autotune cache not written ({path}: {e})"

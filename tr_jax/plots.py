@@ -28,7 +28,6 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -366,22 +365,17 @@ def umask() -> int:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> pathlib.Path:
-    """Save ``fig`` as PNG at ``path`` atomically: written to a temporary file in the same
-    directory, then renamed over ``path`` (a crash never leaves a half-written PNG)."""
+    """Save ``fig`` as PNG at ``path`` atomically, through tr_jax's one atomic writer
+    (``tr_jax.sweep.store.atomic_write_bytes``: temporary file, fsync, rename; a crash never leaves
+    a half-written PNG, a full disk is named)."""
+    import io
+
+    from tr_jax.sweep.store import atomic_write_bytes
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=dpi, format="png")
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

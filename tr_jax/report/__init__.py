@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 from .. import plots
 from ..regimes import RegimeRule
-from ..sweep.store import atomic_write_text
+from ..sweep.store import atomic_write_bytes, atomic_write_text
 from ._cases import (_case1, _case2, _case3, _dichotomy_section, _fit_section, _panels,
                      accuracy_sentence)
 from ._load import (FIGURES_DIR, Sweep, coldest_temperature, load_labels, load_workdir,
@@ -115,11 +115,7 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
         for c in curves:
             dst = figdir / c.name
             if c.resolve() != dst.resolve():
-                fd, tmp = tempfile.mkstemp(dir=figdir, prefix=f".{c.name}.", suffix=".tmp")
-                os.close(fd)
-                shutil.copyfile(c, tmp)
-                os.chmod(tmp, 0o666 & ~plots.umask())
-                os.replace(tmp, dst)
+                atomic_write_bytes(dst, c.read_bytes())
             figures.append(dst)
             blocks.append(_Block("img", text=f"Train error along t, {c.stem.split('_')[-1]} "
                                  "density (line = LMC path; Bezier when measured)", path=dst))

@@ -121,7 +121,7 @@ class MeasureStages:
             "lmc", "pairs", old, tuple(f"curve_{k}" for k in CURVE_KEYS), ppc,
             self._cells_per_chunk(ppc * T, per_call), self._curves(self._line_curves(V, ts)),
             "LMC (pairs)"))
-        out["lmc"] = np.asarray(landscape.lmc(out["curve_train_error"]))
+        out["lmc"] = np.asarray(landscape.lmc(out["curve_train_error"], n=self.ds.num_train))
         out["loss_barrier"] = landscape.loss_barrier(out["curve_train_loss"])
         out["ts"] = ts
         self.say(f"measure: done in {time.time() - t0:.1f}s")

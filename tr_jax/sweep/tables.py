@@ -83,35 +83,7 @@ def results_table(grid: Grid, base: dict[str, Any], dense: dict, retrained: dict
 
 
 def cells_table(results: pd.DataFrame, rule: dict | None = None) -> pd.DataFrame:
-    """cells.csv from results.csv: per cell the means over the healthy members and pairs,
-    ``sick_members``, the regime and advice, and the provenance columns."""
-    keys = ["knob", "temperature", "density"]
-    members = results[results.stage != "dense"]
-    every_cell = members[keys].drop_duplicates().sort_values(keys).set_index(keys).index
-    healthy = members[~members.sick]
-    metrics = list(dict.fromkeys(members.metric))
-    wide = (healthy.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
-            .reindex(index=every_cell, columns=metrics))  # NaN where every member is sick
-    n_sick = (members[(members.stage == "retrain") & (members.metric == "test_error")]
-              .groupby(keys)["sick"].sum().reindex(every_cell).fillna(0).astype(int))
-    wide = wide.reset_index()
-    dense_rows = results[(results.stage == "dense") & ~results.sick]
-    dense_err = dense_rows.groupby("temperature")["value"].mean()
-    cells = pd.DataFrame({
-        "knob": wide["knob"], "temperature": wide["temperature"], "density": wide["density"],
-        "test_error": wide["test_error"], "lmc": wide["lmc"], "cka": wide["cka"],
-        "cka_logits": wide["cka_logits"], "loss_barrier": wide["loss_barrier"],
-        "dense_test_error": wide["temperature"].map(dense_err).to_numpy(),
-    })
-    for metric in ("bezier_mc", "hessian_trace", "hessian_top_eigenvalue"):
-        if metric in wide.columns:
-            cells[metric] = wide[metric]
-    cells["normalized_test_error"] = regimes.normalized_test_error(cells)
-    cells["regime"] = regimes.classify(cells, rule)
-    cells["advice"] = cells["regime"].map(regimes.advice)
-    cells["sick_members"] = n_sick.to_numpy()
-    base = [c for c in ("config_hash", "tr_jax_version", "jax_version", "device_kind",
-                        "members_strategy") if c in results.columns]
-    for k in base:
-        cells[k] = results[k].iloc[0]
-    return cells
+    """cells.csv from results.csv: :func:`tr_jax.regimes.cells_from_results` (the one home of the
+    cell aggregation: means over the healthy members and pairs, bootstrap intervals, regime and
+    its confidence, advice, ``sick_members``, provenance)."""
+    return regimes.cells_from_results(results, rule)
