@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any, Mapping
 
 from .. import plots
