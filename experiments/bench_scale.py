@@ -70,7 +70,7 @@ def _one(temperatures: int, workdir: str) -> dict:
     c.retrain.batch_size, c.retrain.drop_last = 1024, True
     c.augment.pad, c.augment.flip = 1, False
     c.measure.lmc_points, c.measure.cka_images, c.measure.test_error_last_epochs = 2, 64, 1
-    c.measure.bezier.enabled, c.measure.bezier.epochs, c.measure.bezier.points = True, 1, 2
+    c.measure.bezier.enabled, c.measure.bezier.epochs, c.measure.bezier.points = True, 1, 3
     c.measure.bezier.batch_size = 1024
     c.measure.hessian.enabled, c.measure.hessian.images = True, 32
     c.measure.hessian.max_probes, c.measure.hessian.chunk, c.measure.hessian.eig_iters = 2, 2, 2
