@@ -32,7 +32,7 @@ def padded_idx(idx: np.ndarray, stacked: bool) -> np.ndarray:
     if not stacked:
         return idx
     n = sharding.padded(len(idx))
-    return np.concatenate([idx, np.repeat(idx[-1:], n - len(idx))])
+    return np.concatenate([idx, np.repeat(idx[-1:], n - len(idx), axis=0)])
 
 
 class TrainStages:
