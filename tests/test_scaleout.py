@@ -189,13 +189,16 @@ def test_fit_never_deletes_the_callers_state():
                                before.params["conv1"]["kernel"])
 
 
-def test_padded_indices_keep_their_row_shape():
-    """Members, pairs and key rows padded to a multiple of the devices repeat the last row."""
-    from tr_jax.sweep.train import padded_idx
-    keys = np.arange(10, dtype=np.uint32).reshape(5, 2)
-    assert padded_idx(keys, False) is not None and padded_idx(keys, False).shape == (5, 2)
+def test_padded_indices_keep_their_row_shape(monkeypatch):
+    """Members, pairs and key rows padded to a multiple of the devices (4 here) repeat the last
+    row and keep their row shape (key rows are [k, 2])."""
     from tr_jax import sharding
-    n = sharding.padded(5)
+    from tr_jax.sweep.train import padded_idx
+    monkeypatch.setattr(sharding, "num_shards", lambda: 4)
+    keys = np.arange(10, dtype=np.uint32).reshape(5, 2)
+    assert padded_idx(keys, False).shape == (5, 2)  # per-member strategies: no padding
     out = padded_idx(keys, True)
-    assert out.shape == (n, 2) and (out[5:] == keys[-1]).all()
-    np.testing.assert_array_equal(padded_idx(np.arange(3), True)[:3], np.arange(3))
+    assert out.shape == (8, 2)
+    np.testing.assert_array_equal(out[:5], keys)
+    assert (out[5:] == keys[-1]).all()
+    np.testing.assert_array_equal(padded_idx(np.arange(3), True), [0, 1, 2, 2])
