@@ -1,0 +1,186 @@
+"""Shared pieces of the figures: metric labels and colour maps, the (temperature x density)
+grid of a knob's cells, axis labels, and the atomic PNG writer (:func:`save_figure`).
+
+Imported first by every plotting module: in a plain script (no pyplot imported yet, no
+``MPLBACKEND``, no IPython kernel) it selects the Agg backend.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import sys
+from typing import Any, Mapping
+
+import matplotlib
+
+if ("matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND")
+        and "ipykernel" not in sys.modules):
+    matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..regimes import KNOB_LABELS, normalized_test_error, temperatures_hot_to_cold
+
+
+PANELS: tuple[str, str, str, str] = ("test_error", "normalized_test_error", "lmc", "cka")
+
+#: metric -> (title, colorbar label)
+METRIC_LABELS: dict[str, tuple[str, str]] = {
+    "test_error": ("Test error", "test error (%)"),
+    "normalized_test_error": ("Normalized test error",
+                              "test error above column best (% points)"),
+    "lmc": ("LMC (mode connectivity)", "LMC, train-error fraction (< 0 = barrier)"),
+    "cka": ("CKA similarity", "linear CKA of softmax outputs"),
+    "cka_logits": ("CKA similarity (logits)", "linear CKA of logits"),
+    "loss_barrier": ("Loss barrier (line)", "max over t of loss above the straight line"),
+    "bezier_mc": ("Bezier mode connectivity", "mc, train-error fraction (< 0 = barrier)"),
+    "hessian_trace": ("Hessian trace", "log10 Hutchinson trace (eval mode, 200 images)"),
+    "hessian_top_eigenvalue": ("Hessian top eigenvalue", "log10 top eigenvalue"),
+}
+
+#: every metric the sweep can measure, in the order figures are drawn
+ALL_PANELS: tuple[str, ...] = PANELS + ("bezier_mc", "loss_barrier", "cka_logits",
+                                        "hessian_trace", "hessian_top_eigenvalue")
+
+# lower error -> light; LMC: 0 light, negative (barrier) dark; CKA: high similarity light
+_DEFAULT_CMAPS = {"test_error": "magma_r", "normalized_test_error": "magma_r",
+                  "lmc": "viridis", "cka": "viridis", "bezier_mc": "viridis",
+                  "cka_logits": "viridis", "loss_barrier": "magma_r", "hessian_trace": "magma_r",
+                  "hessian_top_eigenvalue": "magma_r"}
+_LOG_METRICS = ("hessian_trace", "hessian_top_eigenvalue")
+_PERCENT_METRICS = ("test_error", "normalized_test_error")
+_FORMATS = {"test_error": "{:.1f}", "normalized_test_error": "{:.1f}", "lmc": "{:.3f}",
+            "cka": "{:.3f}", "bezier_mc": "{:.3f}", "cka_logits": "{:.3f}",
+            "loss_barrier": "{:.2f}", "hessian_trace": "{:.2f}", "hessian_top_eigenvalue": "{:.2f}"}
+_NAN_COLOR = "#d9d9d9"
+
+
+def _density_label(d: float) -> str:
+    p = 100.0 * float(d)
+    return f"{p:.0f}%" if abs(p - round(p)) < 1e-6 else f"{p:.3g}%"
+
+
+def _single_knob(cells: pd.DataFrame) -> str:
+    if "knob" not in cells.columns:
+        raise ValueError("cells table lacks a 'knob' column")
+    knobs = sorted(set(cells["knob"]), key=str)
+    if len(knobs) != 1:
+        raise ValueError(f"phase_diagram needs the cells of exactly one knob, got {knobs}")
+    return knobs[0]
+
+
+def metric_grid(cells: pd.DataFrame, values: pd.Series | str, *,
+                hotter_is_smaller: bool | Mapping[str, bool] | None = None,
+                ) -> tuple[list[float], list[float], np.ndarray]:
+    """Arrange per-cell ``values`` (a column name or an index-aligned Series) of one knob
+    into a grid. Returns ``(temperatures hot->cold, densities ascending, grid)`` with
+    ``grid[row, col]``; row 0 is the hottest temperature. Numeric grids are float with
+    NaN for missing cells (duplicates are averaged); non-numeric grids are object arrays
+    with ``None`` for missing cells."""
+    knob = _single_knob(cells)
+    vals = cells[values] if isinstance(values, str) else _align(values, cells)
+    temps = temperatures_hot_to_cold(cells["temperature"], knob, hotter_is_smaller)
+    dens = sorted({float(d) for d in cells["density"]})
+    t_pos = {t: i for i, t in enumerate(temps)}
+    d_pos = {d: j for j, d in enumerate(dens)}
+    numeric = pd.api.types.is_numeric_dtype(vals.dtype) and not pd.api.types.is_bool_dtype(
+        vals.dtype)
+    if numeric:
+        total = np.zeros((len(temps), len(dens)))
+        count = np.zeros((len(temps), len(dens)))
+        for t, d, v in zip(cells["temperature"], cells["density"], vals):
+            if pd.isna(t) or pd.isna(v):
+                continue
+            i, j = t_pos[float(t)], d_pos[float(d)]
+            total[i, j] += float(v)
+            count[i, j] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            grid = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        return temps, dens, grid
+    grid = np.full((len(temps), len(dens)), None, dtype=object)
+    for t, d, v in zip(cells["temperature"], cells["density"], vals):
+        if pd.isna(t):
+            continue
+        grid[t_pos[float(t)], d_pos[float(d)]] = None if _missing(v) else v
+    return temps, dens, grid
+
+
+def _missing(v: Any) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _align(values: Any, cells: pd.DataFrame) -> pd.Series:
+    """Index-aligned Series of per-cell values (Series by index, else positional)."""
+    if isinstance(values, pd.Series):
+        if values.index.equals(cells.index):
+            return values
+        missing = cells.index.difference(values.index)
+        if len(missing):
+            raise ValueError(f"values Series lacks {len(missing)} of the cells' index labels")
+        return values.loc[cells.index]
+    arr = list(values)
+    if len(arr) != len(cells):
+        raise ValueError(f"got {len(arr)} values for {len(cells)} cells")
+    return pd.Series(arr, index=cells.index, dtype=object)
+
+
+def _metric_values(cells: pd.DataFrame, metric: str) -> pd.Series:
+    if metric in cells.columns:
+        return cells[metric].astype(float)
+    if metric == "normalized_test_error" and "test_error" in cells.columns:
+        return normalized_test_error(cells)
+    raise ValueError(f"cells table has no {metric!r} column; has {list(cells.columns)}")
+
+
+def _regime_grid(cells: pd.DataFrame, regimes: Any,
+                 hotter_is_smaller: bool | Mapping[str, bool] | None) -> np.ndarray:
+    if isinstance(regimes, str):
+        regimes = cells[regimes]
+    if isinstance(regimes, np.ndarray) and regimes.ndim == 2:
+        return regimes
+    series = _align(regimes, cells).astype(object)
+    return metric_grid(cells, series, hotter_is_smaller=hotter_is_smaller)[2]
+
+
+def _temperature_label(knob: str) -> str:
+    return f"Temperature ({KNOB_LABELS.get(str(knob), str(knob))})  \u2191 hotter"
+
+
+def _fmt_temperature(t: float) -> str:
+    return f"{t:g}"
+
+
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> pathlib.Path:
+    """Save ``fig`` as PNG at ``path`` atomically, through tr_jax's one atomic writer
+    (``tr_jax.sweep.store.atomic_write_bytes``: temporary file, fsync, rename; a crash never leaves
+    a half-written PNG, a full disk is named)."""
+    import io
+
+    from tr_jax.sweep.store import atomic_write_bytes
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def safe_name(s: Any) -> str:
+    """``s`` as a file-name part: runs of characters other than ``[A-Za-z0-9_.-]`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)) or "knob"
