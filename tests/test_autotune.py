@@ -109,3 +109,30 @@ def test_device_check_script_parses():
     if bash is None:
         pytest.skip("no bash")
     subprocess.run([bash, "-n", str(script)], check=True)
+
+
+def test_a_sweep_with_auto_uses_the_autotuners_choice_and_logs_it(tmp_path, monkeypatch):
+    """``run.members_strategy="auto"``: the sweep asks the autotuner for the retraining's program
+    shape (its own StepConfig, at most 8 steps per timed call) and logs the choice with its
+    alternatives; a fixed strategy never asks."""
+    import pathlib
+
+    from tr_jax.config import load_config
+    from tr_jax.sweep.run import Pipeline
+    tiny = str(pathlib.Path(__file__).parents[1] / "configs" / "tiny.py")
+    asked = []
+
+    def fake_choose(model, step_cfg, image_shape, members, candidates=None, **kw):
+        asked.append((members, tuple(candidates), kw["chunk_steps"], step_cfg.batch_size))
+        return autotune.Choice("vmap", [{"strategy": "vmap", "member_steps_s": 9.0}], "faked")
+
+    monkeypatch.setattr(autotune, "choose", fake_choose)
+    monkeypatch.delenv(autotune.OFF_ENV, raising=False)
+    p = Pipeline(load_config(tiny, []), str(tmp_path / "a"), progress=False, echo=lambda s: None)
+    assert p.strategy == "vmap" and p.stacked
+    assert asked == [(8, ("threads", "loop", "vmap", "gemm"), 8, 64)]
+    assert "members strategy M=8: vmap (faked); member-steps/s: vmap 9.0/s" in (
+        tmp_path / "a" / "log.txt").read_text()
+    fixed = Pipeline(load_config(tiny, ["run.members_strategy=loop"]), str(tmp_path / "b"),
+                     progress=False, echo=lambda s: None)
+    assert fixed.strategy == "loop" and len(asked) == 1

@@ -52,6 +52,7 @@ QUICK_JOB_S = 360.0  # configs/quick.py on the 2-core CPU: ~6 min wall (README)
 CPU_BUDGET_S = 0.05 * QUICK_JOB_S  # the bound: 5 % of the quick job
 ACCELERATOR_BUDGET_S = 120.0
 CACHE_ENV = "TR_JAX_CACHE_DIR"
+OFF_ENV = "TR_JAX_AUTOTUNE_OFF"  # "1": a sweep's "auto" is the backend default, nothing timed
 CACHE_FILE = "autotune.json"
 MAP_ON_CPU = ("not timed on CPU: a rolled lax.map of conv train steps runs each step ~25-70x "
               "slower on XLA CPU (DESIGN.md); pass candidates= to time it")

@@ -17,6 +17,7 @@ flagged in results.csv and cells.csv, left out of the cell means; the sweep goes
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Callable
 
@@ -94,6 +95,10 @@ class Pipeline(TrainStages, MeasureStages):
         across processes)."""
         requested = self.cfg.run.members_strategy
         if requested != "auto" or sharding.multi_process():
+            return resolve_strategy(requested)
+        if os.environ.get(autotune.OFF_ENV, "") == "1":  # e.g. the test suite: no timing noise
+            self.say(f"members strategy: {resolve_strategy(requested)} (the backend default; "
+                     f"autotuning off by {autotune.OFF_ENV}=1)")
             return resolve_strategy(requested)
         step, chunk = self._step(self.cfg.retrain)
         members = len(self.plan.stage_programs("retrain")[0].members)
