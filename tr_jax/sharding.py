@@ -49,12 +49,18 @@ def padded(m: int, multiple: int | None = None) -> int:
     return -(-int(m) // n) * n
 
 
-def members_sharding() -> NamedSharding:
-    """Leading axis split over the mesh, the rest replicated."""
+def members_sharding() -> jax.sharding.Sharding:
+    """Leading axis split over the mesh, the rest replicated. With one device, that device's
+    plain sharding: what jitted steps return there, so a step's compile is reused call after
+    call (a 1-device mesh would be a second input sharding, hence a second compile)."""
+    if num_shards() == 1:
+        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return NamedSharding(mesh(), PartitionSpec(MEMBERS))
 
 
-def replicated_sharding() -> NamedSharding:
+def replicated_sharding() -> jax.sharding.Sharding:
+    if num_shards() == 1:
+        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return NamedSharding(mesh(), PartitionSpec())
 
 
@@ -70,7 +76,7 @@ def _pad_leaf(x, m_pad: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _resharder(m_pad: int, sharding: NamedSharding):
+def _resharder(m_pad: int, sharding: jax.sharding.Sharding):
     return jax.jit(lambda t: jax.tree.map(lambda x: _pad_leaf(x, m_pad), t),
                    out_shardings=sharding)
 
