@@ -184,3 +184,14 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> path
 def safe_name(s: Any) -> str:
     """``s`` as a file-name part: runs of characters other than ``[A-Za-z0-9_.-]`` become ``_``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)) or "knob"
+
+
+def label_grid_axes(ax, dens, temps, knob: str, xlabel: str) -> None:
+    """Ticks and labels of a (density across, temperature down) cell grid."""
+    ax.set_xticks(range(len(dens)))
+    ax.set_xticklabels([_density_label(d) for d in dens])
+    ax.set_yticks(range(len(temps)))
+    ax.set_yticklabels([_fmt_temperature(t) for t in temps])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(_temperature_label(knob))
+    ax.tick_params(length=0)

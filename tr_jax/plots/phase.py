@@ -15,8 +15,8 @@ from matplotlib.lines import Line2D
 
 from ..regimes import RegimeRule, classify, normalized_test_error, temperatures_hot_to_cold
 from ._common import (METRIC_LABELS, PANELS, _DEFAULT_CMAPS, _FORMATS, _LOG_METRICS, _NAN_COLOR,
-                      _PERCENT_METRICS, _align, _density_label, _fmt_temperature, _metric_values,
-                      _regime_grid, _single_knob, _temperature_label, metric_grid, safe_name, save_figure)
+                      _PERCENT_METRICS, _align, _metric_values, label_grid_axes,
+                      _regime_grid, _single_knob, metric_grid, safe_name, save_figure)
 from .overlays import (_sick_handle, _transition_handles, _uncertain_handle, draw_regime_boundaries,
                        draw_sick_cells, draw_transition, draw_uncertain_cells)
 
@@ -63,13 +63,7 @@ def phase_diagram(ax, cells_for_one_knob: pd.DataFrame, metric: str, regimes: An
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap_obj, vmin=vmin, vmax=vmax,
                    aspect="auto", interpolation="nearest", origin="upper")
 
-    ax.set_xticks(range(len(dens)))
-    ax.set_xticklabels([_density_label(d) for d in dens])
-    ax.set_yticks(range(len(temps)))
-    ax.set_yticklabels([_fmt_temperature(t) for t in temps])
-    ax.set_xlabel("Density (fraction of conv weights kept)")
-    ax.set_ylabel(_temperature_label(knob))
-    ax.tick_params(length=0)
+    label_grid_axes(ax, dens, temps, knob, "Density (fraction of conv weights kept)")
     name, cbar_label = METRIC_LABELS.get(metric, (metric, metric))
     ax.set_title(title if title is not None else f"{name} \u2014 knob: {knob}")
 

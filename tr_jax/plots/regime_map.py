@@ -16,8 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, Patch
 
 from ..regimes import REGIMES, RegimeRule, classify, transition
-from ._common import (_NAN_COLOR, _align, _density_label, _fmt_temperature, _single_knob, _temperature_label,
-                      metric_grid, save_figure)
+from ._common import (label_grid_axes, _NAN_COLOR, _align, _single_knob, metric_grid, save_figure)
 from .overlays import (_sick_handle, _transition_handles, _uncertain_handle, draw_regime_boundaries,
                        draw_sick_cells, draw_transition, draw_uncertain_cells)
 
@@ -117,13 +116,7 @@ def draw_three_regimes(ax, cells: pd.DataFrame, regimes: Any = None, *,
     im = ax.imshow(np.ma.masked_invalid(codes), cmap=cmap, vmin=-0.5, vmax=len(REGIMES) - 0.5,
                    aspect="auto", interpolation="nearest", origin="upper")
     im.set_gid("regime_image")
-    ax.set_xticks(range(len(dens)))
-    ax.set_xticklabels([_density_label(d) for d in dens])
-    ax.set_yticks(range(len(temps)))
-    ax.set_yticklabels([_fmt_temperature(t) for t in temps])
-    ax.set_xlabel("Density (load: fraction of conv weights kept)")
-    ax.set_ylabel(_temperature_label(knob))
-    ax.tick_params(length=0)
+    label_grid_axes(ax, dens, temps, knob, "Density (load: fraction of conv weights kept)")
     ax.set_title(title if title is not None else f"Three regimes of this sweep \u2014 knob: {knob}")
     n = max(len(temps), len(dens))
     size = 8 if n <= 6 else (7 if n <= 9 else 5.5)
