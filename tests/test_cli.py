@@ -340,7 +340,8 @@ def test_a_corrupt_stage_is_recomputed_with_a_warning(small_run, tmp_path, capsy
 
 
 def test_a_full_disk_mid_run_stops_cleanly_and_resumes(small_run, tmp_path, monkeypatch, capsys):
-    """No space left while committing the dense program (after its epoch-1 progress checkpoint):
+    """No space left while committing the dense stage (after its epoch-1 progress checkpoint; a
+    stage of one program commits no separate program checkpoint):
     the run stops with an error that names the workdir and says to free space; everything
     committed before stays; the rerun resumes from epoch 1 and ends with the same tables."""
     import errno
@@ -352,7 +353,7 @@ def test_a_full_disk_mid_run_stops_cleanly_and_resumes(small_run, tmp_path, monk
     real = store.ocp.StandardCheckpointer.save
 
     def full_disk(self, path, *a, **k):
-        if pathlib.Path(path).name == ".dense_p0.new":
+        if pathlib.Path(path).name == ".dense.new":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, path, *a, **k)
 
@@ -362,8 +363,8 @@ def test_a_full_disk_mid_run_stops_cleanly_and_resumes(small_run, tmp_path, monk
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert f"no space left on the disk of workdir '{wd}'" in err and "Free some space" in err
-    assert sorted(p.name for p in (wd / "stages").iterdir()) == ["dense_p0_progress", "measure",
-                                                                 "retrain"]
+    assert sorted(p.name for p in (wd / "stages").iterdir()) == [
+        "dense_p0_progress", "dense_p0_snap2", "measure", "retrain"]
     assert _leftovers(wd) == []
     monkeypatch.undo()
     assert cli.main(args) == 0
