@@ -81,12 +81,19 @@ class MeasureStages:
             return stages.take_members(tree, padded_idx(idx, True))
         return jax.tree.map(lambda x: x[jnp.asarray(idx)], tree)
 
-    def measure(self, retrained: dict) -> dict:
-        out = self._restore("measure")
+    def _done_before(self, stage: str, *chunk_stages: str):
+        """The committed checkpoint of a finished measure stage (its leftover chunk records of a
+        run killed right after the commit removed), or None."""
+        out = self._restore(stage)
         if out is not None:
-            self.say("measure: done before, loaded")
-            self.wd.remove_chunks("outputs")
-            self.wd.remove_chunks("lmc")
+            self.say(f"{stage}: done before, loaded")
+            for c in chunk_stages:
+                self.wd.remove_chunks(c)
+        return out
+
+    def measure(self, retrained: dict) -> dict:
+        out = self._done_before("measure", "outputs", "lmc")
+        if out is not None:
             return out
         c, grid = self.cfg, self.grid
         R, ppc = len(grid.retrain_seeds), grid.pairs_per_cell
@@ -153,10 +160,8 @@ class MeasureStages:
         bc = self.cfg.measure.bezier
         if not bc.enabled:
             return None
-        out = self._restore("bezier")
+        out = self._done_before("bezier", "bezier")
         if out is not None:
-            self.say("bezier: done before, loaded")
-            self.wd.remove_chunks("bezier")
             return out
         pairs, keys = self.grid.pairs_array(), self.grid.bezier_keys(self.root)
         ts = np.linspace(0.0, 1.0, bc.points)
@@ -204,10 +209,8 @@ class MeasureStages:
         hc = self.cfg.measure.hessian
         if not hc.enabled:
             return None
-        res = self._restore("hessian")
+        res = self._done_before("hessian", "hessian")
         if res is not None:
-            self.say("hessian: done before, loaded")
-            self.wd.remove_chunks("hessian")
             return res
         R = len(self.grid.retrain_seeds)
         n = min(hc.images, self.ds.num_train)
