@@ -1,4 +1,7 @@
-"""A smoke-test config (seconds on a CPU): the quick config shrunk to 2 temperatures x 2 densities."""
+"""A smoke-test config (about a minute on 2 CPU cores): the quick config shrunk to 2 temperatures
+x 2 densities, a PreResNet-8 of width 0.25 and batches of 256 (6 steps an epoch), one step per
+compiled call (a tiny model's run is mostly compiling: one step compiles far faster than an
+unrolled chunk of 8; measured 79 s against 186 s for the whole run)."""
 from tr_jax.config import default_config
 
 
@@ -12,12 +15,14 @@ def get_config():
     c.dense.epochs = 2
     c.dense.milestones = (1,)
     c.dense.seeds = (1,)
+    c.dense.batch_size = 256
     c.augment.pad = 1
     c.augment.flip = False
     c.prune.densities = (0.1, 0.5)
     c.retrain.epochs = 2
     c.retrain.milestones = (1,)
     c.retrain.seeds = (1, 2)
+    c.retrain.batch_size = 256
     c.measure.lmc_points = 3
     c.measure.test_error_last_epochs = 2
     c.measure.bezier.enabled = False   # tests/test_cli.py switches both on in a test of its own
@@ -28,5 +33,5 @@ def get_config():
     c.measure.hessian.max_probes = 4
     c.measure.hessian.chunk = 2
     c.measure.hessian.eig_iters = 5
-    c.run.chunk_steps = 8
+    c.run.chunk_steps = 1
     return c

@@ -2,8 +2,8 @@
 
 Figure 2's plan is 16 temperatures x 9 densities x 3 dense seeds x 3 retrain seeds = 1 296
 retrain members and 1 296 pairs. This runs that plan with a tiny model (PreResNet-8, width 0.25,
-the first 256 / 128 digits) and one step per stage (epochs of one batch of 256, 2 LMC points, a
-Hessian of 2 probes; Bezier only with ``--bezier``), on 4 simulated CPU devices with the ``vmap``
+the first 128 / 64 digits) and one step per stage (epochs of one batch of 128, 2 LMC points, a
+Hessian of 2 probes on 16 images; Bezier only with ``--bezier``), on 4 simulated CPU devices with the ``vmap``
 strategy, at M = 1 296 and at a grid 1/8 that size (2 temperatures x 9 x 3 x 3 = 162), each in its
 own process (so peak RSS is per run).
 
@@ -30,7 +30,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _one(temperatures: int, workdir: str, bezier: bool) -> dict:
+def _one(temperatures: int, workdir: str, bezier: bool, n_train: int, n_test: int) -> dict:
     """Run the sweep in this process; return the measurements."""
     import jax
     import jax.monitoring
@@ -64,23 +64,23 @@ def _one(temperatures: int, workdir: str, bezier: bool) -> dict:
     c.model.depth, c.model.width = 8, 0.25
     c.temperatures = tuple(range(1, temperatures + 1))
     c.dense.epochs, c.dense.milestones, c.dense.seeds = temperatures, (), (1, 2, 3)
-    c.dense.batch_size, c.dense.drop_last = 256, True       # one step per epoch
+    c.dense.batch_size, c.dense.drop_last = n_train, True   # one step per epoch
     c.prune.densities = (0.05, 0.06, 0.07, 0.08, 0.1, 0.14, 0.2, 0.4, 0.8)
     c.retrain.epochs, c.retrain.milestones, c.retrain.seeds = 1, (), (1, 2, 3)
-    c.retrain.batch_size, c.retrain.drop_last = 256, True
+    c.retrain.batch_size, c.retrain.drop_last = n_train, True
     c.augment.pad, c.augment.flip = 1, False
-    c.measure.lmc_points, c.measure.cka_images, c.measure.test_error_last_epochs = 2, 64, 1
+    c.measure.lmc_points, c.measure.cka_images, c.measure.test_error_last_epochs = 2, 32, 1
     c.measure.bezier.enabled, c.measure.bezier.epochs, c.measure.bezier.points = bezier, 1, 3
-    c.measure.bezier.batch_size = 256
-    c.measure.hessian.enabled, c.measure.hessian.images = True, 32
+    c.measure.bezier.batch_size = n_train
+    c.measure.hessian.enabled, c.measure.hessian.images = True, 16
     c.measure.hessian.max_probes, c.measure.hessian.chunk, c.measure.hessian.eig_iters = 2, 2, 2
     c.run.members_strategy, c.run.checkpoint_every = "vmap", 0
     c = validate(c)
-    # the first 256 / 128 digits: the plan's shape with a fraction of the per-member work
+    # the first n_train / n_test digits: the plan's shape with a fraction of the per-member work
     from tr_jax.data import from_arrays, load_dataset
     full = load_dataset("digits")
-    ds = from_arrays(full.train_images[:256], full.train_labels[:256], full.test_images[:128],
-                     full.test_labels[:128], name="digits256")
+    ds = from_arrays(full.train_images[:n_train], full.train_labels[:n_train],
+                     full.test_images[:n_test], full.test_labels[:n_test], name=f"digits{n_train}")
     t0 = time.time()
     p = Pipeline(c, workdir, progress=False, echo=lambda s: None, dataset=ds)
     setup = time.time() - t0
@@ -101,18 +101,24 @@ def main() -> None:
                     help="temperatures of each run (x 9 densities x 3 x 3 members)")
     ap.add_argument("--devices", type=int, default=4)
     ap.add_argument("--bezier", action="store_true", help="also train Bezier curves (1 epoch)")
+    ap.add_argument("--train-images", type=int, default=128,
+                    help="the first N training digits (one batch: one step per epoch)")
+    ap.add_argument("--test-images", type=int, default=64)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print("JSON " + json.dumps(_one(a.temperatures[0], a.workdir, a.bezier)), flush=True)
+        print("JSON " + json.dumps(_one(a.temperatures[0], a.workdir, a.bezier, a.train_images,
+                                        a.test_images)), flush=True)
         return
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={a.devices}"}
     runs = {}
     for t in a.temperatures:
         with tempfile.TemporaryDirectory() as tmp:
             r = subprocess.run([sys.executable, __file__, "--child", "--temperatures", str(t),
-                                "--workdir", str(pathlib.Path(tmp) / "w")]
+                                "--workdir", str(pathlib.Path(tmp) / "w"),
+                                "--train-images", str(a.train_images),
+                                "--test-images", str(a.test_images)]
                                + (["--bezier"] if a.bezier else []), env=env,
                                capture_output=True, text=True, cwd=ROOT)
         if r.returncode:

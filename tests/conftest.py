@@ -12,6 +12,8 @@ os.environ.setdefault("TR_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="tr_jax_autotu
 # sweeps in tests keep the backend default for "auto": the autotuner's choice depends on how busy
 # the machine is, and the tests compare tables across runs (tests/test_autotune.py tests it)
 os.environ.setdefault("TR_JAX_AUTOTUNE_OFF", "1")
+# subprocesses (`tr-jax run` in the multi-process, kill and notebook tests) compile as this one
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

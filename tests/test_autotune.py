@@ -130,7 +130,7 @@ def test_a_sweep_with_auto_uses_the_autotuners_choice_and_logs_it(tmp_path, monk
     monkeypatch.delenv(autotune.OFF_ENV, raising=False)
     p = Pipeline(load_config(tiny, []), str(tmp_path / "a"), progress=False, echo=lambda s: None)
     assert p.strategy == "vmap" and p.stacked
-    assert asked == [(8, ("threads", "loop", "vmap", "gemm"), 8, 64)]
+    assert asked == [(8, ("threads", "loop", "vmap", "gemm"), 1, 256)]
     assert "members strategy M=8: vmap (faked); member-steps/s: vmap 9.0/s" in (
         tmp_path / "a" / "log.txt").read_text()
     fixed = Pipeline(load_config(tiny, ["run.members_strategy=loop"]), str(tmp_path / "b"),

@@ -79,6 +79,12 @@ def initialize(distributed: bool = False, coordinator: str | None = None,
                          "(devices, arrays, computations): call it first")
     if jax.config.jax_cpu_collectives_implementation != "mpi":  # respect an explicit MPI choice
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU programs run to completion before the next is dispatched: with asynchronous dispatch,
+    # the per-device threads of two consecutive SPMD programs can have collectives in flight on
+    # the same gloo groups at once, in an order that may differ between processes (the suspected
+    # cause of a hang seen once in the kill-then-resume test, never reproduced since). Only the
+    # CPU backend is affected; multi-process CPU runs are for tests and small clusters.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id, initialization_timeout=timeout_s)
