@@ -40,19 +40,6 @@ def small_run(tmp_path_factory):
     return wd
 
 
-def test_same_root_key_gives_identical_cells_and_resume_skips(small_run, tmp_path, capsys):
-    wd2 = tmp_path / "b"
-    args = ["run", TINY, "--workdir", str(wd2), "--no-progress", *_sets(SMALL)]
-    assert cli.main(args) == 0
-    assert (small_run / "cells.csv").read_bytes() == (wd2 / "cells.csv").read_bytes()
-    assert (small_run / "results.csv").read_bytes() == (wd2 / "results.csv").read_bytes()
-    capsys.readouterr()
-    assert cli.main(args) == 0
-    out = capsys.readouterr().out
-    assert "dense: done before" in out and "retrain: done before" in out
-    assert (small_run / "cells.csv").read_bytes() == (wd2 / "cells.csv").read_bytes()
-
-
 def test_other_seed_changes_numbers(small_run, tmp_path):
     wd = tmp_path / "c"
     assert cli.main(["run", TINY, "--workdir", str(wd), "--no-progress", *_sets(SMALL),
