@@ -32,12 +32,7 @@ part() {  # part NAME SECONDS ARGS... : one bench under a time limit, output to 
     [ "$rc" -eq 0 ] || echo "RESULT ${name}_exit_status=$rc" | tee -a "$LOG"
 }
 
-BACKEND=$("$PY" -c 'import jax; print(jax.default_backend())' 2>/dev/null || echo none)
-if [ "$BACKEND" = none ]; then
-    echo "device_check: '$PY' cannot import jax" >&2
-    exit 1
-fi
-"$PY" - <<'EOF' | tee -a "$LOG"
+INFO=$("$PY" - <<'EOF' 2>/dev/null
 import jax, tr_jax
 d = jax.devices()[0]
 print(f"tr_jax {tr_jax.__version__}, jax {jax.__version__}, backend {jax.default_backend()}, "
@@ -45,7 +40,15 @@ print(f"tr_jax {tr_jax.__version__}, jax {jax.__version__}, backend {jax.default
 print(f"RESULT device={d.device_kind.replace(' ', '_')}")
 print(f"RESULT backend={jax.default_backend()}")
 print(f"RESULT device_count={jax.device_count()}")
+print(f"BACKEND={jax.default_backend()}")
 EOF
+)
+BACKEND=$(echo "$INFO" | sed -n 's/^BACKEND=//p')
+if [ -z "$BACKEND" ]; then
+    echo "device_check: '$PY' cannot import jax and tr_jax" >&2
+    exit 1
+fi
+echo "$INFO" | grep -v '^BACKEND=' | tee -a "$LOG"
 
 if [ "$BACKEND" = cpu ]; then
     # The CPU fallback: every part at a toy size, compiled with JAX's most optimisations off (it
