@@ -57,13 +57,3 @@ def assert_bn_stats(batch_stats: dict, reference: dict, prefix: str, layers, ato
         np.testing.assert_allclose(node["mean"], reference[f"{prefix}/{t}.running_mean"], atol=atol)
         np.testing.assert_allclose(node["var"], reference[f"{prefix}/{t}.running_var"], rtol=rtol)
 
-
-#: the files that take longest (whole `tr-jax run` processes): collected first, so that with two
-#: xdist workers (a file per worker, pyproject.toml) they do not start last and set the wall time
-SLOW_FIRST = ("test_scaleout.py", "test_resume.py", "test_cli.py", "test_grow.py",
-              "test_notebook.py", "test_training.py", "test_landscape.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda it: rank.get(it.path.name, len(SLOW_FIRST)))  # stable: order kept within

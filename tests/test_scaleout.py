@@ -62,9 +62,11 @@ def _launch(wd: pathlib.Path, n_proc: int, port: int, **env) -> list[subprocess.
                   "--process-id", str(i)])
         base = wd.parent / f"{wd.name}.{port}.p{i}"
         wd.parent.mkdir(parents=True, exist_ok=True)
-        p = subprocess.Popen(_cmd(wd, *extra), env=_env(4 // n_proc, **env),
-                             stdout=open(f"{base}.out", "w"), stderr=open(f"{base}.err", "w"))
-        p.files = (pathlib.Path(f"{base}.out"), pathlib.Path(f"{base}.err"))
+        files = (pathlib.Path(f"{base}.out"), pathlib.Path(f"{base}.err"))
+        with open(files[0], "w") as out, open(files[1], "w") as err:  # the child keeps its copies
+            p = subprocess.Popen(_cmd(wd, *extra), env=_env(4 // n_proc, **env), stdout=out,
+                                 stderr=err)
+        p.files = files
         procs.append(p)
     return procs
 
