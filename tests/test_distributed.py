@@ -64,6 +64,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize("devices, inline", [(4, True), (1, False)])
+def test_one_process_with_simulated_cpu_devices_dispatches_inline(devices, inline):
+    """initialize() of one process with several simulated CPU devices switches off asynchronous
+    dispatch of single-device CPU computations (a mitigation of an XLA rendezvous abort, see
+    tr_jax.distributed); with one device it leaves JAX's default."""
+    code = ("from tr_jax import distributed; distributed.initialize(); import jax; "
+            "from jax._src import xla_bridge as xb; "
+            "print(jax.device_count(), not xb._CPU_ENABLE_ASYNC_DISPATCH.value)")
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == [str(devices), str(inline)]
+
+
 def test_two_processes_on_localhost(tmp_path):
     """Two real processes, 2 CPU devices each, one 4-device mesh."""
     port = _free_port()

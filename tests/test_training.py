@@ -61,15 +61,17 @@ def _members(M, density=None, n=150):
 
 
 def test_stacked_members_equal_separate_runs():
-    """vmap and lax.map over a members stack == M separate single-member loops (tolerance)."""
-    model, cfg, state, X, Y = _members(3)
+    """vmap and lax.map over a members stack == M separate single-member loops (tolerance).
+    128 images in steps of one call: whole batches, so each strategy compiles one small program
+    (test_chunking covers a partial last batch and longer chunks)."""
+    model, cfg, state, X, Y = _members(3, n=128)
     results = {}
     for strategy in ("vmap", "map_chunked:2"):  # ("loop": the runs alone below)
-        tr = Trainer(model, cfg, strategy, chunk_steps=2, milestones=(1,))
+        tr = Trainer(model, cfg, strategy, chunk_steps=1, milestones=(1,))
         final, _ = tr.fit(jax.tree.map(jnp.copy, state), X, Y, 2)
         results[strategy] = final
     # a truly separate run per member: a one-member stack trained alone
-    alone = [Trainer(model, cfg, "loop", chunk_steps=2, milestones=(1,)).fit(
+    alone = [Trainer(model, cfg, "loop", chunk_steps=1, milestones=(1,)).fit(
         stack([s]), X, Y, 2)[0] for s in unstack(state)]
     for strategy, final in results.items():
         for i, one in enumerate(alone):
@@ -89,8 +91,8 @@ def test_chunking_does_not_change_results():
 
 
 def test_pruned_weights_stay_exactly_zero_and_training_learns():
-    model, cfg, state, X, Y = _members(2, density=0.3)
-    tr = Trainer(model, cfg, "vmap", chunk_steps=4, milestones=())
+    model, cfg, state, X, Y = _members(2, density=0.3, n=128)  # one batch shape: one compile
+    tr = Trainer(model, cfg, "vmap", chunk_steps=1, milestones=())
     err0 = tr.evaluate([state], X, Y)[1]
     final, hist = tr.fit(state, X, Y, 3, test=(X, Y), eval_epochs=[3])
     for p, m in zip(jax.tree.leaves(final.params), jax.tree.leaves(final.mask)):

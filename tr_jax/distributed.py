@@ -50,6 +50,30 @@ def _validate(distributed: bool, coordinator: str | None, num_processes: int | N
                          f"{num_processes} (process ids are 0..{num_processes - 1})")
 
 
+def _simulated_cpu_devices() -> int:
+    """CPU devices this process asks XLA to simulate (``--xla_force_host_platform_device_count``
+    in ``XLA_FLAGS``, or ``jax_num_cpu_devices``); 1 when neither is set."""
+    import os
+    import re
+
+    import jax
+    m = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return max(int(m.group(1)) if m else 1, int(getattr(jax.config, "jax_num_cpu_devices", 1)))
+
+
+def _inline_cpu_dispatch_with_simulated_devices() -> None:
+    """One process with several simulated CPU devices: single-device CPU computations run inline
+    instead of on the thread pool that also runs every device's share of the SPMD programs. A
+    one-process 4-device run on 2 cores aborted twice (in ~10 test-suite runs) with XLA's
+    in-process rendezvous timeout ("only 2 of 4 threads arrived"), in the measure stage; this
+    keeps that pool to the SPMD programs' per-device tasks (a mitigation: the cause is not
+    proven). No effect once a backend is up, or with one device."""
+    from jax._src import xla_bridge
+    if _simulated_cpu_devices() > 1 and not xla_bridge.backends_are_initialized():
+        import jax
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
 def initialize(distributed: bool = False, coordinator: str | None = None,
                num_processes: int | None = None, process_id: int | None = None,
                timeout_s: int = 300) -> bool:
@@ -66,6 +90,7 @@ def initialize(distributed: bool = False, coordinator: str | None = None,
     _validate(distributed, coordinator, num_processes, process_id)
     args = (bool(distributed), coordinator, num_processes, process_id)
     if not distributed and coordinator is None:
+        _inline_cpu_dispatch_with_simulated_devices()
         return process_count() > 1
     import jax
     if jax.distributed.is_initialized():

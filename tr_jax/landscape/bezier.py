@@ -217,6 +217,7 @@ def _batch_stats_template(model: nn.Module, image_shape: tuple[int, ...]):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["batch_stats"])
 
 
+@jax.jit
 def curve_points(params_a, mid, params_b, ts):
     """phi(t) of every curve at every t: leaves [P, ...] and ts [T] -> leaves [P, T, ...]."""
     ts = jnp.asarray(ts, jnp.float32)

@@ -108,6 +108,13 @@ def _normalize(v: Any) -> Any:
     return jax.tree.map(lambda x: x / safe, v)
 
 
+@jax.jit
+def _start_vector(key: jax.Array, params: Any, mask: Any | None) -> Any:
+    """The power iteration's first vector, a normalised (masked) Gaussian draw: one compiled call
+    (op by op, every leaf shape would compile on its own)."""
+    return _normalize(_random_like(jax.random.normal, key, params, mask))
+
+
 def _dtype(params: Any):
     return jnp.result_type(*jax.tree.leaves(params))
 
@@ -132,6 +139,22 @@ def _host_step(step: Callable, static: tuple, loss_fn: Partial, params: Any, key
     return step(static, _linear_hvp(loss_fn, params), params, key, mask, tol, state)
 
 
+def _placed_like(state: Any, inputs: Any) -> Any:
+    """``state`` on the devices of the first committed array among ``inputs`` (replicated), as
+    the host loop's step returns it: its first call then compiles what every later call reuses
+    (an uncommitted first state would be a second input sharding, hence a second compile)."""
+    leaf = next((x for x in jax.tree.leaves(inputs)
+                 if isinstance(x, jax.Array) and getattr(x, "committed", False)), None)
+    if leaf is None:
+        return state
+    sh = leaf.sharding
+    if isinstance(sh, jax.sharding.NamedSharding):
+        sh = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())
+    elif not isinstance(sh, jax.sharding.SingleDeviceSharding):
+        return state
+    return jax.device_put(state, sh)
+
+
 def _run(loop: str, step: Callable, cond: Callable, static: tuple, loss_fn: LossFn, params: Any,
          key: jax.Array, mask: Any, tol: Any, init: Any, hv: Callable | None = None) -> Any:
     """Run the loop; ``hv`` (while loop only) is a linearised HVP to reuse."""
@@ -140,7 +163,7 @@ def _run(loop: str, step: Callable, cond: Callable, static: tuple, loss_fn: Loss
         return lax.while_loop(lambda s: cond(static, s),
                               lambda s: step(static, hv, params, key, mask, tol, s), init)
     loss_fn = loss_fn if isinstance(loss_fn, Partial) else Partial(loss_fn)
-    state = init
+    state = _placed_like(init, (loss_fn, params, key, mask))
     while bool(cond(static, state)):
         state = _host_step(step, static, loss_fn, params, key, mask, tol, state)
     return state
@@ -236,7 +259,7 @@ def top_eigenvalue(loss_fn: LossFn, params: Any, key: jax.Array, max_iters: int 
 def _top_eigenvalue(loss_fn, params, key, max_iters, tol, mask, loop, hv=None):
     if max_iters < 1:
         raise ValueError(f"max_iters must be >= 1; got {max_iters}")
-    v0 = _normalize(_random_like(jax.random.normal, key, params, mask))
+    v0 = _start_vector(key, params, mask)
     init = (jnp.zeros((), jnp.int32), v0, jnp.zeros((), _dtype(params)), jnp.zeros((), bool))
     i, _, eig, _ = _run(loop, _power_step, _power_cond, (max_iters,), loss_fn, params, key, mask,
                         tol, init, hv)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tr_jax import members as mem
 from tr_jax import sharding
 from tr_jax.landscape.bn import evaluate_stacked, recalibrate_points
 
@@ -43,8 +44,10 @@ def resolve_points_per_call(requested: int | None = None) -> int:
     return sharding.padded(n) if sharding.num_shards() > 1 else n
 
 
-def _take(tree: Any, idx: np.ndarray) -> Any:
-    return jax.tree.map(lambda x: x[idx], tree)
+@jax.jit
+def _flatten_points(pts: Any) -> Any:
+    """Leaves [P, T, ...] -> [P * T, ...]."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), pts)
 
 
 def evaluate_points(model: nn.Module, params: Any, batch_stats: Any, train_images: jnp.ndarray,
@@ -66,7 +69,7 @@ def evaluate_points(model: nn.Module, params: Any, batch_stats: Any, train_image
     out: dict[str, list] = {}
     for s in range(0, K, ppc):
         idx = np.minimum(np.arange(s, s + ppc), K - 1)
-        p = _take(params, idx)
+        p = mem.take(params, idx)
         if sharding.num_shards() > 1:  # the call's points split over every device
             p = sharding.shard(p)
         stats = recalibrate_points(model, p, batch_stats, train_images, mean, std, bn_batch_size)
@@ -80,6 +83,7 @@ def evaluate_points(model: nn.Module, params: Any, batch_stats: Any, train_image
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
+@jax.jit
 def line_points(params_a: Any, params_b: Any, ts: jnp.ndarray) -> Any:
     """theta(t) for every pair and t: params_a/b leaves [P, ...] -> leaves [P, T, ...]."""
     return jax.vmap(lambda a, b: jax.vmap(lambda t: lerp(t, a, b))(ts))(params_a, params_b)
@@ -97,7 +101,7 @@ def pair_curves(model: nn.Module, params_a: Any, params_b: Any, batch_stats: Any
     ts = jnp.asarray(np.linspace(0.0, 1.0, 11) if ts is None else ts, jnp.float32)
     pts = points_fn(params_a, params_b, ts)
     P, T = jax.tree.leaves(pts)[0].shape[:2]
-    flat = jax.tree.map(lambda x: x.reshape(P * T, *x.shape[2:]), pts)
+    flat = _flatten_points(pts)
     res = evaluate_points(model, flat, batch_stats, train_images, train_labels, mean=mean,
                           std=std, bn_batch_size=bn_batch_size, test=test,
                           eval_batch_size=eval_batch_size, points_per_call=points_per_call)

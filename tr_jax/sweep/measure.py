@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tr_jax import landscape, sharding
+from tr_jax import members as mem
 from tr_jax.sweep import stages
 from tr_jax.sweep.train import _progress, padded_idx
 
@@ -79,7 +80,7 @@ class MeasureStages:
         one device array per leaf."""
         if self.stacked:
             return stages.take_members(tree, padded_idx(idx, True))
-        return jax.tree.map(lambda x: x[jnp.asarray(idx)], tree)
+        return mem.take(tree, idx)
 
     def _done_before(self, stage: str, *chunk_stages: str):
         """The committed checkpoint of a finished measure stage (its leftover chunk records of a
@@ -116,7 +117,7 @@ class MeasureStages:
                                               self.ds.mean, self.ds.std, c.run.eval_batch_size)
             else:
                 logits = jnp.stack([landscape.evaluate(
-                    self.mmodel, jax.tree.map(lambda x, i=i: x[i], V), Xc, self.Y[:n_cka],
+                    self.mmodel, mem.take(V, i), Xc, self.Y[:n_cka],
                     self.ds.mean, self.ds.std, c.run.eval_batch_size,
                     return_logits=True)["logits"] for i in members])
             return stages.pair_cka(logits, local[:, 0], local[:, 1])
@@ -148,7 +149,7 @@ class MeasureStages:
             pa, pb = self._take(V, pairs[pidx, 0]), self._take(V, pairs[pidx, 1])
             res = landscape.pair_curves(
                 self.mmodel, pa["params"], pb["params"],
-                jax.tree.map(lambda x: x[0], pa["batch_stats"]), self.X, self.Y,
+                mem.take(pa["batch_stats"], 0), self.X, self.Y,
                 mean=self.ds.mean, std=self.ds.std, ts=ts, bn_batch_size=c.measure.bn_batch_size,
                 test=(self.Xt, self.Yt), eval_batch_size=c.run.eval_batch_size,
                 points_per_call=c.measure.points_per_call or None)
@@ -177,7 +178,7 @@ class MeasureStages:
             mask = self._take(masks, pairs[pidx, 0])
             mid, _ = landscape.train_curves(
                 self.mmodel, pa["params"], pb["params"], mask,
-                jax.tree.map(lambda x: x[0], pa["batch_stats"]), self.X, self.Y,
+                mem.take(pa["batch_stats"], 0), self.X, self.Y,
                 key=jnp.asarray(padded_idx(keys[pidx], self.stacked)), mean=self.ds.mean,
                 std=self.ds.std, epochs=bc.epochs, batch_size=bc.batch_size, lr=bc.lr,
                 weight_decay=bc.weight_decay, momentum=bc.momentum,
@@ -224,8 +225,8 @@ class MeasureStages:
                     chunk=int(hc.chunk), max_iters=int(hc.eig_iters), tol=float(hc.tol))
 
         def one(i):  # one member, the host loop (what pays on CPU)
-            v = jax.tree.map(lambda x: x[i], V)
-            m = jax.tree.map(lambda x: x[i], masks) if hc.restrict_to_mask else None
+            v = mem.take(V, i)
+            m = mem.take(masks, i) if hc.restrict_to_mask else None
             r = landscape.member_hessian(self.mmodel, v, m, X, Y, jax.random.wrap_key_data(
                 jnp.asarray(keys[i])), **opts)
             return np.asarray([r[k] for k in self.HESSIAN_KEYS], np.float64)

@@ -5,6 +5,7 @@ trains only its new members and takes the others from the finished run."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -33,6 +34,13 @@ def padded_idx(idx: np.ndarray, stacked: bool) -> np.ndarray:
         return idx
     n = sharding.padded(len(idx))
     return np.concatenate([idx, np.repeat(idx[-1:], n - len(idx), axis=0)])
+
+
+@functools.partial(jax.jit, static_argnames=("momentum", "optimizer"))
+def _fresh_state(variables, key, lr, weight_decay, rho, *, momentum, optimizer):
+    """A dense member's optimiser state, unmasked (one compiled call, not one per leaf shape)."""
+    return init_state(variables, jax.tree.map(jnp.ones_like, variables["params"]), key, lr,
+                      weight_decay, momentum, optimizer=optimizer, rho=rho)
 
 
 class TrainStages:
@@ -131,9 +139,9 @@ class TrainStages:
         hyper = {"lr": c.dense.lr, "weight_decay": c.dense.weight_decay, "sam_rho": c.dense.sam_rho}
         if knob in hyper:
             hyper[knob] = float(temperature)
-        return init_state(v, jax.tree.map(jnp.ones_like, v["params"]), jax.random.fold_in(k, 1),
-                          hyper["lr"], hyper["weight_decay"], c.dense.momentum,
-                          optimizer=c.dense.optimizer, rho=hyper["sam_rho"])
+        return _fresh_state(v, jax.random.fold_in(k, 1), hyper["lr"], hyper["weight_decay"],
+                            hyper["sam_rho"], momentum=float(c.dense.momentum),
+                            optimizer=c.dense.optimizer)
 
     def _dense_keep(self, prog) -> tuple[tuple, tuple]:
         rewind = self._rewind_epoch()
@@ -145,8 +153,9 @@ class TrainStages:
         n = len(members)
         state = stack([self._dense_state(s, t) for s, t in members])
         init_vars = sharding.tree_to_host({"params": state.params, "batch_stats": state.batch_stats})
-        if self.stacked:  # sharded over the mesh, padded to a multiple of the devices
-            state = sharding.shard(jax.tree.map(np.asarray, state))
+        # sharded over the mesh, padded to a multiple of the devices (every strategy: retraining
+        # builds its members so too, and the two stages then share their compiled steps)
+        state = sharding.shard(jax.tree.map(np.asarray, state))
         trainer = self._trainer(self.cfg.dense, prog.batch_size, sam=self.cfg.knob == "sam_rho")
         rewind = self._rewind_epoch()
         temps, keep = self._dense_keep(prog)
