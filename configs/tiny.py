@@ -27,11 +27,13 @@ def get_config():
     c.retrain.batch_size = 256
     c.retrain.drop_last = True
     c.measure.lmc_points = 3
+    c.measure.cka_images = 256
     c.measure.test_error_last_epochs = 2
-    c.measure.bezier.enabled = False   # tests/test_cli.py switches both on in a test of its own
+    c.measure.bezier.enabled = False   # tests/test_cli.py's run switches both on
     c.measure.hessian.enabled = False
     c.measure.bezier.epochs = 1
     c.measure.bezier.points = 3
+    c.measure.bezier.batch_size = 479  # 1437 = 3 x 479: whole batches, one compiled shape
     c.measure.hessian.images = 64
     c.measure.hessian.max_probes = 4
     c.measure.hessian.chunk = 2

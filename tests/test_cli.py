@@ -14,10 +14,14 @@ ROOT = pathlib.Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
 
 
+#: tiny with its two optional stages on: one run serves every test of this file
+BH = ["--set", "measure.bezier.enabled=True", "--set", "measure.hessian.enabled=True"]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("run") / "a"
-    assert cli.main(["run", TINY, "--workdir", str(wd), "--no-progress"]) == 0
+    assert cli.main(["run", TINY, "--workdir", str(wd), "--no-progress", *BH]) == 0
     return wd
 
 
@@ -26,8 +30,9 @@ def test_run_writes_every_file(tiny_run, capsys):
     for name in ("cells.csv", "results.csv", "config.json", "log.txt", "summary.txt"):
         assert (wd / name).stat().st_size > 0, name
     figs = sorted(p.name for p in (wd / "figures").glob("*.png"))
-    assert figs == ["curves_density_0.1.png", "curves_density_0.5.png", "epochs_cka.png",
-                    "epochs_cka_logits.png", "epochs_lmc.png", "epochs_loss_barrier.png",
+    assert figs == ["curves_density_0.1.png", "curves_density_0.5.png", "epochs_bezier_mc.png",
+                    "epochs_cka.png", "epochs_cka_logits.png", "epochs_hessian_top_eigenvalue.png",
+                    "epochs_hessian_trace.png", "epochs_lmc.png", "epochs_loss_barrier.png",
                     "epochs_normalized_test_error.png", "epochs_test_error.png",
                     "epochs_three_regimes.png"]
     cells = pd.read_csv(wd / "cells.csv")
@@ -40,8 +45,11 @@ def test_run_writes_every_file(tiny_run, capsys):
     assert np.all(cells.groupby("density").normalized_test_error.min() == 0)
     res = pd.read_csv(wd / "results.csv")
     # tidy: 2 temps x 2 densities x 2 retrain seeds members, 4 pairs, 2 dense checkpoints
-    assert (res.stage == "retrain").sum() == 8 * 2  # test_error + measured_density
-    assert set(res[res.stage == "pair"].metric) == {"lmc", "cka", "cka_logits", "loss_barrier"}
+    # per member: test_error, measured_density and 4 Hessian numbers (trace, its stderr and
+    # probes, top eigenvalue); per pair: LMC, CKAs, loss barrier and the Bezier curve's mc
+    assert (res.stage == "retrain").sum() == 8 * 6
+    assert set(res[res.stage == "pair"].metric) == {"lmc", "cka", "cka_logits", "loss_barrier",
+                                                    "bezier_mc"}
     dens = res[(res.stage == "retrain") & (res.metric == "measured_density")]
     np.testing.assert_allclose(dens.value, dens.density, atol=0.01)
     # the cell table's numbers are the members' means
@@ -52,7 +60,7 @@ def test_run_writes_every_file(tiny_run, capsys):
 
 
 def test_workdir_with_another_config_is_refused(tiny_run, capsys):
-    code = cli.main(["run", TINY, "--workdir", str(tiny_run), "--no-progress",
+    code = cli.main(["run", TINY, "--workdir", str(tiny_run), "--no-progress", *BH,
                      "--set", "retrain.epochs=3"])
     assert code == 2
     err = capsys.readouterr().err
@@ -92,24 +100,18 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "--workdir" in out.stdout
 
 
-def test_bezier_and_hessian_stages_land_in_the_tables(tmp_path, capsys):
-    wd = tmp_path / "bh"
-    args = ["run", TINY, "--workdir", str(wd), "--no-progress", "--set", "temperatures=(2,)",
-            "--set", "prune.densities=(0.3,)", "--set", "measure.bezier.enabled=True",
-            "--set", "measure.hessian.enabled=True"]
-    assert cli.main(args) == 0
+def test_bezier_and_hessian_stages_land_in_the_tables(tiny_run, capsys):
+    wd = tiny_run
     cells = pd.read_csv(wd / "cells.csv")
     for col in ("bezier_mc", "hessian_trace", "hessian_top_eigenvalue"):
         assert np.all(np.isfinite(cells[col])), col
     assert np.all(cells.hessian_trace > 0) and np.all(cells.hessian_top_eigenvalue > 0)
     res = pd.read_csv(wd / "results.csv")
     h = res[res.metric == "hessian_trace_probes"]
-    assert len(h) == 2 and np.all(h.value == 4)  # max_probes 4 in chunks of 2, tol not reached
-    assert (res.metric == "bezier_mc").sum() == 1
-    names = {p.name for p in (wd / "figures").glob("*.png")}
-    assert {"epochs_bezier_mc.png", "epochs_hessian_trace.png",
-            "epochs_hessian_top_eigenvalue.png"} <= names
+    assert len(h) == 8 and np.all(h.value == 4)  # max_probes 4 in chunks of 2, tol not reached
+    assert (res.metric == "bezier_mc").sum() == 4  # one per pair
     capsys.readouterr()
-    assert cli.main(args) == 0  # rerun: every stage loads, nothing recomputed
-    out = capsys.readouterr().out
-    assert "bezier: done before" in out and "hessian: done before" in out
+    assert cli.main(["run", TINY, "--workdir", str(wd), "--no-progress", *BH]) == 0
+    out = capsys.readouterr().out  # rerun: every stage loads, nothing recomputed
+    for stage in ("dense", "retrain", "measure", "bezier", "hessian"):
+        assert f"{stage}: done before" in out, stage

@@ -155,6 +155,17 @@ def _n_pairs(tree) -> int:
     return int(jax.tree.leaves(tree)[0].shape[0])
 
 
+@functools.partial(jax.jit, static_argnums=4)
+def _start_bends(params_a, params_b, mask, mid, momentum: float, lr):
+    """The masked initial bends (default: the midpoints) and their optimiser state, in one
+    compiled call (op by op, every leaf shape would compile on its own)."""
+    if mid is None:
+        mid = jax.tree.map(lambda x, y: 0.5 * (x + y), params_a, params_b)
+    mid = jax.tree.map(lambda p, m: p * m, mid, mask)
+    opt = optim.sgd(lr, momentum, 0.0)  # the L2 term is in the loss, on phi(t)
+    return mid, jax.vmap(opt.init)(mid)
+
+
 def train_curves(model: nn.Module, params_a, params_b, mask, batch_stats, images: jnp.ndarray,
                  labels: jnp.ndarray, *, key: jax.Array, mean: Sequence[float],
                  std: Sequence[float], epochs: int = 50, batch_size: int = 128, lr: float = 0.01,
@@ -180,11 +191,9 @@ def train_curves(model: nn.Module, params_a, params_b, mask, batch_stats, images
     images, labels = jnp.asarray(images), jnp.asarray(labels)  # on the device once
     strategy = mem.resolve(strategy)
     n_pairs = _n_pairs(params_a)
-    if mid is None:
-        mid = jax.tree.map(lambda x, y: 0.5 * (x + y), params_a, params_b)
-    mid = jax.tree.map(lambda p, m: p * m, mid, mask)
-    opt = optim.sgd(lr, momentum, 0.0)  # the L2 term is in the loss, on phi(t)
-    state = CurveState(mid, jax.vmap(opt.init)(mid), _pair_keys(key, n_pairs))
+    mid, opt_state = _start_bends(params_a, params_b, mask, mid, float(momentum),
+                                  jnp.float32(lr))
+    state = CurveState(mid, opt_state, _pair_keys(key, n_pairs))
     pieces = [mem.split_groups(x, strategy) for x in (state, params_a, params_b, mask)]
     groups = [list(g) for g in zip(*pieces)]  # [state, a, b, mask] per group
 
