@@ -28,6 +28,7 @@ def get_config():
     c.retrain.drop_last = True
     c.measure.lmc_points = 3
     c.measure.cka_images = 256
+    c.measure.bn_batch_size = 479  # BN recalibration in 3 whole batches: one compiled shape
     c.measure.test_error_last_epochs = 2
     c.measure.bezier.enabled = False   # tests/test_cli.py's run switches both on
     c.measure.hessian.enabled = False

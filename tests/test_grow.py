@@ -13,7 +13,7 @@ from tr_jax import cli
 TINY = str(pathlib.Path(__file__).parents[1] / "configs" / "tiny.py")
 BASE = ["temperatures=(1,)", "dense.epochs=1", "prune.densities=(0.5,)", "retrain.epochs=1",
         "measure.test_error_last_epochs=1", "measure.lmc_points=2", "measure.cka_images=64",
-        "measure.hessian.enabled=True"]
+        "measure.hessian.enabled=True", "measure.hessian.max_probes=2", "measure.hessian.eig_iters=2"]
 GROWN = ["temperatures=(1, 2)", "dense.epochs=2", "prune.densities=(0.2, 0.5)",
          "retrain.seeds=(1, 2, 3)"]
 
