@@ -394,3 +394,61 @@ def test_sam_rho_summary_against_the_smallest_rho():
     assert s["baseline_regret"] == pytest.approx(0.08 / 3)
     assert s["vs_baseline"] == pytest.approx(-0.08 / 3)
     assert s["vs_baseline_lo"] == pytest.approx(-0.04) and s["vs_baseline_hi"] <= 0.0
+
+
+def story_results(seeds=(1, 2, 3), jitter=0.0, seed=0):
+    """results.csv rows for story(): per dense seed the story's cells, test errors shifted by a
+    seed-and-cell draw of sd ``jitter`` (0: every seed is the story itself); two retrain seeds
+    and one pair per cell, the dense test error per temperature."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in seeds:
+        for c in story().itertuples():
+            co = dict(knob=c.knob, temperature=c.temperature, density=c.density, dense_seed=s)
+            err = c.test_error + rng.normal(0, jitter)
+            for r in (1, 2):
+                rows.append(dict(co, stage="retrain", retrain_seed=r, pair="",
+                                 metric="test_error", value=err))
+            rows += [dict(co, stage="pair", retrain_seed=np.nan, pair="1-2", metric="lmc",
+                          value=c.lmc),
+                     dict(co, stage="pair", retrain_seed=np.nan, pair="1-2", metric="cka",
+                          value=c.cka)]
+        for t, de in zip(T, DENSE_ERR):
+            rows.append(dict(knob="epochs", temperature=t, density=1.0, dense_seed=s,
+                             stage="dense", retrain_seed=np.nan, pair="", metric="test_error",
+                             value=de))
+    return pd.DataFrame(rows)
+
+
+def test_selector_summary_resamples_dense_seeds_when_the_runs_are_given():
+    from tr_jax.regimes import cells_from_results
+    # every dense seed tells the same story: the seed-to-seed noise is 0, so are the intervals,
+    # although the regret of most_trained varies over the densities (0.06 low, 0 high)
+    same = story_results(jitter=0.0)
+    cells = cells_from_results(same, n_boot=20)
+    table = compare_selectors(cells)
+    by_dens = selector_summary(table, n_boot=300).set_index("selector")
+    by_seed = selector_summary(table, n_boot=300, results=same).set_index("selector")
+    assert set(by_seed["unit"]) == {"dense_seed"} and set(by_seed["unit_note"]) == {""}
+    assert set(by_dens["unit"]) == {"density"} and "no results table" in by_dens["unit_note"].iloc[0]
+    pd.testing.assert_series_equal(by_seed["mean_regret"], by_dens["mean_regret"])
+    assert by_seed.loc["most_trained", "mean_regret"] == pytest.approx(0.03)
+    assert by_dens.loc["most_trained", "mean_regret_hi"] > by_dens.loc["most_trained",
+                                                                       "mean_regret_lo"]
+    assert by_seed.loc["most_trained", "mean_regret_lo"] == pytest.approx(0.03)
+    assert by_seed.loc["most_trained", "mean_regret_hi"] == pytest.approx(0.03)
+    assert by_seed.loc["lmc_cka", "vs_most_trained_hi"] == pytest.approx(-0.03)
+    # seeds that disagree: the intervals open up around the point values
+    noisy = story_results(seeds=(1, 2, 3), jitter=0.01, seed=2)
+    table = compare_selectors(cells_from_results(noisy, n_boot=20))
+    summ = selector_summary(table, n_boot=200, results=noisy).set_index("selector")
+    assert (summ["mean_regret_lo"] <= summ["mean_regret"] + 1e-12).all()
+    assert (summ["mean_regret"] <= summ["mean_regret_hi"] + 1e-12).all()
+    assert (summ["mean_regret_hi"] > summ["mean_regret_lo"]).any()
+    # deterministic for a seed
+    again = selector_summary(table, n_boot=200, results=noisy).set_index("selector")
+    pd.testing.assert_frame_equal(summ, again)
+    # one dense seed: back to the densities, with the reason
+    one = story_results(seeds=(1,))
+    fall = selector_summary(compare_selectors(cells_from_results(one, n_boot=20)), results=one)
+    assert set(fall["unit"]) == {"density"} and "1 dense seed(s)" in fall["unit_note"].iloc[0]

@@ -702,10 +702,10 @@ def test_cells_from_results_deterministic_and_seed_dependent():
 def test_cells_from_results_one_dense_seed_resamples_retrain_seeds():
     res = pipeline_like_results(seeds=(1,), retrain=(1, 2))  # quick: 1 dense seed, 1 pair
     cells = cells_from_results(res, n_boot=100)
-    assert set(cells.ci_unit) == {"retrain_seed/pair"} and set(cells.n_dense_seeds) == {1}
-    # one pair per cell: nothing to resample, the LMC interval is the point
-    np.testing.assert_allclose(cells.lmc_lo, cells.lmc, atol=1e-15)
-    np.testing.assert_allclose(cells.lmc_hi, cells.lmc, atol=1e-15)
+    assert set(cells.ci_unit) == {"none"} and set(cells.n_dense_seeds) == {1}
+    # one pair per cell: nothing to resample, no LMC interval and no regime confidence
+    assert cells.lmc_lo.isna().all() and cells.lmc_hi.isna().all()
+    assert cells.regime_confidence.isna().all()
     # two retrain seeds: the test-error interval lies between the two members' values
     assert (cells.test_error_hi - cells.test_error_lo > 0).all()
     txt = summary_table(cells)

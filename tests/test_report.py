@@ -137,7 +137,8 @@ def test_report_html_is_self_contained(report):
     _, paths = report
     html = paths["html"].read_text()
     imgs = re.findall(r"<img [^>]*src=\"([^\"]+)\"", html)
-    assert len(imgs) == 1 + 6  # three regimes + 6 phase diagrams (no curves in this workdir)
+    # three regimes + 6 phase diagrams + the dichotomy (no curves in this workdir)
+    assert len(imgs) == 1 + 6 + 1
     for src in imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -150,13 +151,14 @@ def test_report_markdown_references_existing_files(report):
     wd, paths = report
     md = paths["markdown"].read_text()
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(refs) == 7
+    assert len(refs) == 8
     for ref in refs:
         assert ref.startswith("report_figures/")
         assert (wd / ref).is_file()
     assert sorted(p.name for p in paths["figures"]) == sorted(p.name for p in
                                                                (wd / "report_figures").iterdir())
     assert "epochs_three_regimes.png" in {p.name for p in paths["figures"]}
+    assert "dichotomy.png" in {p.name for p in paths["figures"]}
 
 
 def test_report_optional_metrics_out_dir_and_labels(tmp_path):

@@ -142,6 +142,7 @@ def test_checkpoint_of_another_architecture_raises():
 
 def test_reading_a_pth_without_torch_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    (tmp_path / "checkpoint.pth.tar").write_bytes(b"not read")  # a missing file: "no such file"
     with pytest.raises(ImportError, match=r"pip install tr_jax\[torch\]"):
         from_torch(tmp_path / "checkpoint.pth.tar")
 

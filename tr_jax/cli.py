@@ -5,17 +5,31 @@
     tr-jax measure ckpt/a ckpt/b --dataset cifar10 [--json pair.json]
     tr-jax advise runs/quick --density 0.05 [--temperature 40] [--json advice.json]
     tr-jax report runs/quick [--out DIR] [--density 0.05] [--labels labels.csv]
+
+Every error is one line on stderr (``tr-jax: error: ...``) and exit code 2; its traceback is
+appended to the workdir's ``log.txt`` (``run --workdir``, ``report`` / ``advise`` WORKDIR,
+``import-torch --out``), or written to ``last_error.log`` in tr_jax's cache folder. ``--debug``
+(before or after the command) prints the traceback on the terminal instead.
 """
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tr-jax", description=__doc__.splitlines()[1])
+    # --debug before or after the command: SUPPRESS keeps a subparser's default from overwriting
+    # the value parsed before the command
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print an error's traceback here (default: one line, the traceback "
+                        "in the workdir's log.txt)")
+    parser = argparse.ArgumentParser(prog="tr-jax", description=__doc__.splitlines()[1],
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run (or resume) a sweep: dense, prune, retrain, measure, regimes")
+    p = sub.add_parser("run", parents=[common],
+                       help="run (or resume) a sweep: dense, prune, retrain, measure, regimes")
     p.add_argument("config", help="config file defining get_config() (and optionally "
                    "get_model(), get_dataset()), e.g. configs/quick.py")
     p.add_argument("--workdir", default=None, help="run directory (created; resumed if present)")
@@ -32,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="number of processes of the run (with --coordinator)")
     p.add_argument("--process-id", type=int, default=None, metavar="I",
                    help="this process's index, 0..N-1 (with --coordinator)")
-    p = sub.add_parser("import-torch", help="convert a reference PyTorch checkpoint (state_dict or "
+    p.add_argument("--start-timeout", type=float, default=300.0, metavar="S",
+                   help="multi-process runs: wait at most S seconds for every process to connect, "
+                   "then exit naming the missing ones (default 300)")
+    p = sub.add_parser("import-torch", parents=[common],
+                       help="convert a reference PyTorch checkpoint (state_dict or "
                        ".pth.tar, pruned or not) into a tr_jax checkpoint")
     p.add_argument("file", help="the .pth / .pth.tar / .npz file")
     p.add_argument("--arch", required=True, help="preresnet | vgg | vgg_bn | densenet")
@@ -40,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--out", required=True, help="output directory")
-    p = sub.add_parser("measure", help="LMC, CKA, loss barrier, Hessian (and Bezier) of two "
+    p = sub.add_parser("measure", parents=[common],
+                       help="LMC, CKA, loss barrier, Hessian (and Bezier) of two "
                        "imported checkpoints sharing a mask")
     p.add_argument("a")
     p.add_argument("b")
@@ -52,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hessian-probes", type=int, default=100,
                    help="at most this many Hutchinson probes and power iterations")
     p.add_argument("--json", default=None, help="also write the results to this file")
-    p = sub.add_parser("advise", help="case study 1 on a finished sweep: raise or lower the "
+    p = sub.add_parser("advise", parents=[common],
+                       help="case study 1 on a finished sweep: raise or lower the "
                        "temperature before pruning to a density?")
     p.add_argument("workdir", help="workdir of a finished `tr-jax run`")
     p.add_argument("--density", required=True,
@@ -61,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="current temperature (default: the coldest, i.e. the most-trained model)")
     p.add_argument("--knob", default=None, help="the knob, when the sweep holds several")
     p.add_argument("--json", default=None, help="also write the advice and its accuracy here")
-    p = sub.add_parser("report", help="write report.html (self-contained) and report.md of a "
+    p = sub.add_parser("report", parents=[common],
+                       help="write report.html (self-contained) and report.md of a "
                        "finished sweep")
     p.add_argument("workdir", help="workdir of a finished `tr-jax run`")
     p.add_argument("--out", default=None, help="output directory (default: the workdir)")
@@ -73,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _dispatch(args)
-    except (ValueError, OSError, ImportError) as e:
-        print(f"tr-jax: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    except Exception as e:  # noqa: BLE001 - every error: one line (see _fail)
+        return _fail(e, args, argv)
 
 
 def _console_entry() -> None:
@@ -97,11 +116,8 @@ def _console_entry() -> None:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
         if e.code is not None and not isinstance(e.code, int):
             print(e.code, file=sys.stderr)
-    except BaseException as e:
-        import traceback
-        traceback.print_exc()
-        print(f"tr-jax: error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
-        code = 2
+    except BaseException as e:  # main() answers every Exception itself; this is what is left
+        code = _fail(e, None, None)
     if code != 0:
         _hard_exit(code)
     sys.exit(code)
@@ -117,11 +133,95 @@ def _hard_exit(code: int) -> None:
     os._exit(code)
 
 
+#: errors in what the user gave (a UserError is a ValueError): their message is the explanation
+_EXPECTED = (ValueError, OSError, ImportError)
+#: the longest error message on its line; a longer one loses its middle (its start says what
+#: went wrong, its end usually the fix), the whole of it is in the log
+_MAX_LINE = 1000
+
+
+def _one_line(text: str) -> tuple[str, bool]:
+    """``text`` on one line (its lines joined, runs of blanks collapsed, at most about
+    ``_MAX_LINE`` characters: the start and the end); returns (line, whether it was cut)."""
+    line = " ".join(text.split())
+    if len(line) <= _MAX_LINE:
+        return line, False
+    tail = _MAX_LINE // 4
+    return f"{line[:_MAX_LINE - tail].rstrip()} [...] {line[-tail:].lstrip()}", True
+
+
+def _error_log(args: argparse.Namespace | None) -> tuple[str, pathlib.Path]:
+    """(mode, path) of the file an error's traceback goes to: the command's workdir's log.txt
+    (appended) when that folder exists, else ``last_error.log`` in the cache folder (rewritten)."""
+    folder = None
+    if args is not None:
+        folder = {"run": "workdir", "advise": "workdir", "report": "workdir",
+                  "import-torch": "out"}.get(getattr(args, "command", None))
+        folder = getattr(args, folder, None) if folder else None
+    if folder and pathlib.Path(folder).is_dir():
+        return "a", pathlib.Path(folder) / "log.txt"
+    try:
+        from tr_jax.autotune import cache_dir
+        cache = cache_dir()
+    except Exception:  # noqa: BLE001 - the error path must not fail: the same rule, inline
+        import os
+        cache = pathlib.Path(os.environ.get("TR_JAX_CACHE_DIR") or pathlib.Path(
+            os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "tr_jax")
+    return "w", cache / "last_error.log"
+
+
+def _save_traceback(text: str, args: argparse.Namespace | None, argv: list[str] | None
+                    ) -> tuple[str | None, str]:
+    """Write ``text`` (a traceback) under a header line to the error log; returns (its path, "")
+    or (None, why it could not be written)."""
+    import datetime
+    import os
+    mode, path = _error_log(args)
+    command = " ".join(["tr-jax"] + list(sys.argv[1:] if argv is None else argv))
+    stamp = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, mode) as f:
+            f.write(f"--- {stamp} error in `{command}` (pid {os.getpid()}):\n{text}")
+    except OSError as e:
+        return None, f"{type(e).__name__}: {e}"
+    return str(path), ""
+
+
+def _fail(e: BaseException, args: argparse.Namespace | None, argv: list[str] | None) -> int:
+    """Answer the error ``e`` of a command: one line ``tr-jax: error: ...`` on stderr, the
+    traceback in the error log (:func:`_error_log`), or on stderr with ``--debug``; returns 2."""
+    import traceback
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    debug = (getattr(args, "debug", False) if args is not None
+             else "--debug" in (sys.argv[1:] if argv is None else argv))
+    try:
+        message, cut = _one_line(str(e))
+    except Exception:  # noqa: BLE001 - an exception whose str() fails
+        message, cut = "(the message cannot be printed)", False
+    expected = isinstance(e, _EXPECTED)
+    if not expected:
+        name = type(e).__name__
+        message = f"unexpected {name}: {message}" if message else f"unexpected {name}"
+    if debug:
+        print(tb, end="", file=sys.stderr)
+        print(f"tr-jax: error: {message}", file=sys.stderr)
+        return 2
+    log, why = _save_traceback(tb, args, argv)
+    where = (f"traceback in {log}" if log else f"the traceback could not be saved ({why})")
+    if not expected:
+        message += f"; {where} (rerun with --debug to see it here)"
+    elif cut:
+        message += f" (the whole message: {where})" if log else " (rerun with --debug for all)"
+    print(f"tr-jax: error: {message}", file=sys.stderr)
+    return 2
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from tr_jax import distributed  # first: before anything touches JAX
         distributed.initialize(args.distributed, args.coordinator, args.num_processes,
-                               args.process_id)
+                               args.process_id, timeout_s=args.start_timeout)
         if not args.workdir and not args.dry_run:
             raise ValueError("tr-jax run needs --workdir DIR (or --dry-run)")
         from tr_jax.config import call_hook, config_functions, load_config
@@ -147,7 +247,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         import json
 
         from tr_jax.data import load_dataset
-        from tr_jax.sweep.imported import measure_pair
+        from tr_jax.sweep.imported import measure_pair, require_imported
+        require_imported(args.a)  # both checkpoints before the dataset is loaded
+        require_imported(args.b)
         ds = load_dataset(args.dataset, args.data_dir)
         out = measure_pair(args.a, args.b, ds, lmc_points=args.points,
                            hessian=not args.no_hessian, hessian_probes=args.hessian_probes,

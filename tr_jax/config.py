@@ -2,7 +2,11 @@
 
 A config file (``configs/*.py``) defines ``get_config()`` returning an ``ml_collections.ConfigDict``
 built from ``default_config()``. Every key a user sets must exist in the schema: an unknown or
-mistyped key is an error that names it and suggests the closest known key.
+mistyped key is an error that names it and suggests the closest known key. Every key has a valid
+range (:data:`RANGES`: type and bounds, ``tr_jax._checks``); a value out of it, or of the wrong
+type, is a ``tr_jax.errors.ConfigError`` naming the key, the value, the range and where the value
+came from (``--set``, the config file, ``tj.sweep.run(cfg)``). ``--set`` values are typed by the
+schema: ``prune.densities=0.05`` is the tuple ``(0.05,)``, ``retrain.epochs=ten`` an error.
 
 A config file may also define ``get_model()`` (a Flax model: a Linen module, or
 ``tj.models.from_nnx(...)``) and/or ``get_dataset()`` (a ``tj.data.Dataset``, e.g. from
@@ -21,11 +25,14 @@ import importlib.util
 import inspect
 import json
 import pathlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
 
+from tr_jax import _checks as ck
+from tr_jax._checks import Range
 from tr_jax.data.datasets import check_name
+from tr_jax.errors import ConfigError, UserError
 from tr_jax.regimes import RegimeRule
 
 #: temperature-like knobs (SPEC §1.4): what the temperature grid of a sweep varies
@@ -101,6 +108,158 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+# ------------------------------------------------------------------ valid ranges
+# Every key of default_config() has an entry (tests/test_validation.py walks the schema). The
+# conventions (tr_jax._checks): floats finite (NaN / inf refused), ints are integers (not 3.0, not
+# a bool), bools are True / False (not 0 / 1), tuples without repeats. Cross-key rules (milestones
+# within the run, batch sizes within the training set, temperatures per knob, ...) are in
+# validate(). The choices of optimizer, schedule, scope and precision are those of
+# tr_jax.training.optim.OPTIMIZERS, tr_jax.training.loop.SCHEDULES, tr_jax.pruning.SCOPES and
+# tr_jax.training.steps.PRECISIONS (spelled out here to keep this module light; a test compares).
+
+def _training_section(seeds: Range) -> dict[str, Range]:
+    return {
+        "epochs": ck.POS_INT, "batch_size": ck.POS_INT, "lr": ck.LR, "momentum": ck.MOMENTUM,
+        "weight_decay": ck.WEIGHT_DECAY,
+        "milestones": Range("tuple", item=ck.NONNEG_INT, increasing=True,
+                            note="0-indexed epochs, or optimiser steps when schedule='iteration', "
+                                 "each <= the run's length; () = a constant lr"),
+        "gamma": Range("float", lo=0, lo_open=True,
+                       note="the lr is multiplied by gamma at each milestone"),
+        "seeds": seeds, "schedule": Range("str", choices=("epoch", "iteration")),
+        "iterations": Range("int", lo=0, note=">= 1 when schedule='iteration'"),
+        "drop_last": ck.BOOL}
+
+
+_SEEDS = Range("tuple", min_len=1, item=ck.SEED)
+
+#: dotted key -> its valid range (type and bounds)
+RANGES: dict[str, Range] = {
+    "name": ck.STR,
+    "seed": ck.SEED,
+    "dataset": Range("str", note="a known dataset, 'npz:PATH', 'tfds:NAME' or 'arrays:NAME'"),
+    "code_hash": ck.STR,
+    "data_dir": ck.STR,
+    "model.arch": Range("str", note="one of tr_jax.models.ARCHS"),
+    "model.depth": Range("int", lo=1, note="a depth model.arch is built with"),
+    "model.width": Range("float", lo=0, lo_open=True),
+    "knob": Range("str", choices=KNOBS, hint="temperature knob {value!r} is not supported"),
+    "temperatures": Range("tuple", min_len=1, item=ck.FINITE,
+                          text="a non-empty tuple of the knob's values without repeats, e.g. "
+                               "(10, 20) dense epochs"),
+    **{f"dense.{k}": r for k, r in _training_section(_SEEDS).items()},
+    "dense.optimizer": Range("str", choices=("sgd", "adam")),
+    "dense.sam_rho": ck.SAM_RHO,
+    "augment.pad": ck.NONNEG_INT,
+    "augment.flip": ck.BOOL,
+    "prune.densities": Range("tuple", min_len=1,
+                             item=Range("float", lo=0, hi=1, lo_open=True),
+                             text="fractions of conv weights kept, each in (0, 1], e.g. 0.05 for "
+                                  "5% (1.0 = unpruned), a non-empty tuple without repeats"),
+    "prune.scope": Range("str", choices=("uniform", "global", "lamp", "erk")),
+    "prune.leaves": Range("str", note="'conv', 'conv+dense' or a regex over parameter paths"),
+    "retrain.mode": Range("str", choices=RETRAIN_MODES),
+    **{f"retrain.{k}": r for k, r in _training_section(Range(
+        "tuple", min_len=2, item=ck.SEED,
+        text="at least 2 distinct integers in [0, 4294967295] (LMC and CKA compare pairs of "
+             "retrained members), e.g. retrain.seeds=(1, 2)")).items()},
+    "retrain.finetune_lr": ck.LR,
+    "retrain.rewind_epoch": Range("int", lo=0, note="0 = initialisation"),
+    "measure.lmc_points": Range("int", lo=2),
+    "measure.bn_batch_size": ck.POS_INT,
+    "measure.cka_images": ck.POS_INT,
+    "measure.test_error_last_epochs": ck.POS_INT,
+    "measure.points_per_call": Range("int", lo=0, note="0 = auto"),
+    "measure.bezier.enabled": ck.BOOL,
+    "measure.bezier.epochs": ck.POS_INT,
+    "measure.bezier.batch_size": ck.POS_INT,
+    "measure.bezier.lr": ck.LR,
+    "measure.bezier.weight_decay": ck.WEIGHT_DECAY,
+    "measure.bezier.momentum": ck.MOMENTUM,
+    "measure.bezier.points": Range("int", lo=3),
+    "measure.hessian.enabled": ck.BOOL,
+    "measure.hessian.images": ck.POS_INT,
+    "measure.hessian.max_probes": ck.POS_INT,
+    "measure.hessian.tol": Range("float", lo=0, note="0 = run every probe / iteration"),
+    "measure.hessian.chunk": Range("int", lo=1, note="<= measure.hessian.max_probes"),
+    "measure.hessian.eig_iters": ck.POS_INT,
+    "measure.hessian.restrict_to_mask": ck.BOOL,
+    # RegimeRule's own checks (tr_jax.regimes.rule): thresholds finite, cka_delta >= 0
+    "regimes.lmc_threshold": ck.FINITE,
+    "regimes.use_jump": ck.BOOL,
+    "regimes.jump_threshold": ck.FINITE,
+    "regimes.jump_lmc_ceiling": ck.FINITE,
+    "regimes.cka_mode": Range("str", choices=("relative", "absolute")),
+    "regimes.cka_delta": ck.NONNEG_FLOAT,
+    "regimes.cka_threshold": ck.FINITE,
+    "run.members_strategy": Range("str", note="see tr_jax.members.STRATEGIES"),
+    "run.chunk_steps": Range("int", lo=0, note="0 = auto"),
+    "run.eval_batch_size": Range("int", lo=0, note="0 = auto"),
+    "run.checkpoint_every": Range("int", lo=0, note="0 = only at the end of a stage"),
+    "run.max_members": Range("int", lo=0, note="0 = no cap"),
+    "run.memory_budget_gb": Range("float", lo=0, note="0 = no cap"),
+    "run.precision": Range("str", choices=("float32", "bfloat16")),
+}
+
+
+def schema_keys(node: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of ``default_config()`` (the keys :data:`RANGES` must cover)."""
+    node = default_config() if node is None else node
+    out = []
+    for k in node.keys():
+        if isinstance(node[k], ml_collections.ConfigDict):
+            out += schema_keys(node[k], f"{prefix}{k}.")
+        else:
+            out.append(prefix + k)
+    return out
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """``value`` in the shape the schema expects: a list or a scalar where a tuple is expected
+    becomes a tuple (``0.05`` -> ``(0.05,)``). Anything else is left to the checks."""
+    rng = RANGES.get(key)
+    if rng is not None and rng.kind == "tuple":
+        if isinstance(value, list):
+            return tuple(value)
+        if getattr(value, "ndim", 0) == 1 and hasattr(value, "tolist"):  # a numpy vector
+            return tuple(value.tolist())
+        if not isinstance(value, (tuple, dict, ml_collections.ConfigDict)) and value is not None:
+            return (value,)
+    return value
+
+
+def _source_fn(source: str, sources: Mapping[str, str] | None) -> Callable[[str], str]:
+    """key -> where its value came from: ``sources`` (a key or a group above it), else
+    ``source``."""
+    sources = dict(sources or {})
+
+    def of(key: str) -> str:
+        parts = key.split(".")
+        for i in range(len(parts), 0, -1):
+            if ".".join(parts[:i]) in sources:
+                return sources[".".join(parts[:i])]
+        return source
+    return of
+
+
+def _merge(node: Any, cfg: Any, src: Callable[[str], str], prefix: str = "") -> None:
+    """``node.update(cfg)`` (recursive, keys already checked) with the values coerced
+    (:func:`_coerce`); a value of the wrong type is a :class:`ConfigError` naming its key."""
+    for k in cfg.keys():
+        key, value = prefix + k, cfg[k]
+        if isinstance(node[k], ml_collections.ConfigDict):
+            _merge(node[k], value, src, key + ".")
+            continue
+        value = _coerce(key, value)
+        try:
+            node[k] = value
+        except TypeError as e:
+            rng = RANGES.get(key)
+            if rng is None:
+                raise ConfigError(key, value, f"of type {type(node[k]).__name__}", src(key)) from e
+            raise ConfigError(key, value, rng.describe(), src(key)) from e
+
+
 def _did_you_mean(key: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(choices), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
@@ -120,107 +279,111 @@ def _check_keys(cfg: Any, schema: Any, prefix: str = "") -> None:
             _check_keys(cfg[key], schema[key], prefix + key + ".")
 
 
-def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Check keys and values; return the config merged over the defaults. Errors name the value."""
-    from tr_jax.models import build
-    from tr_jax.pruning import SCOPES, check_density
-    from tr_jax.members import resolve
+def validate(cfg: ml_collections.ConfigDict, source: str = "config", *,
+             sources: Mapping[str, str] | None = None) -> ml_collections.ConfigDict:
+    """Check keys and values; return the config merged over the defaults.
 
+    Every value is checked against its range in :data:`RANGES`, then the rules between keys;
+    a bad value is a :class:`tr_jax.errors.ConfigError` naming the key, the value, the valid range
+    and where the value came from: ``sources[key]`` (e.g. ``"--set"`` for the keys ``load_config``
+    overrode), else ``source`` (the config file, ``"tj.sweep.run(cfg)"``, ``"config"``).
+    Validating a validated config returns an equal config (the same ``config_hash``).
+    """
+    from tr_jax.members import STRATEGIES, resolve
+    from tr_jax.models import LEAVES, build, check_leaves
+
+    src = _source_fn(source, sources)
     schema = default_config()
     _check_keys(cfg, schema)
     merged = schema
-    merged.update(cfg)  # recursive, keys already checked
-    check_name(merged.dataset)
-    if merged.knob not in KNOBS:
-        raise ValueError(f"temperature knob {merged.knob!r} is not supported (known: {KNOBS})")
+    _merge(merged, cfg, src)  # recursive, keys already checked
+    for key, rng in RANGES.items():
+        rng.check(key, _get(merged, key), src(key))
+
+    def fail(key: str, valid: str, hint: str = "") -> None:
+        raise ConfigError(key, _get(merged, key), valid, src(key), hint)
+
+    try:
+        check_name(merged.dataset)
+    except ValueError as e:
+        fail("dataset", "a known dataset, 'npz:PATH', 'tfds:NAME' or 'arrays:NAME'", str(e))
     m = merged.model
     try:
         build(m.arch, depth=m.depth, width=m.width)
     except ValueError as e:
-        raise ValueError(f"model.arch={m.arch!r}, model.depth={m.depth!r}, model.width={m.width!r}: "
-                         f"{e}. Set model.depth (or model.arch) to a valid combination.") from e
-    for d in merged.prune.densities:
-        try:
-            check_density(d)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"prune.densities={tuple(merged.prune.densities)!r}: {e}. Give the "
-                             "fraction of conv weights kept, e.g. 0.05 for 5% (1.0 = unpruned)."
-                             ) from e
-    if not len(merged.prune.densities):
-        raise ValueError("prune.densities is empty: give at least one density in (0, 1]")
-    if merged.prune.scope not in SCOPES:
-        raise ValueError(f"prune.scope {merged.prune.scope!r} is not one of {SCOPES}")
-    from tr_jax.models import check_leaves
-    check_leaves(merged.prune.leaves)
+        from tr_jax.models import ARCHS
+        if m.arch not in ARCHS:
+            fail("model.arch", f"one of {ARCHS}", str(e))
+        key = "model.width" if m.width != 1.0 and m.arch != "preresnet" else "model.depth"
+        fail(key, f"valid together with model.arch={m.arch!r}, model.depth={m.depth!r}, "
+             f"model.width={m.width!r}", f"{str(e).rstrip('.')}. Set model.depth (or model.arch) "
+             "to a valid combination.")
+    try:
+        check_leaves(merged.prune.leaves)
+    except ValueError as e:
+        fail("prune.leaves", f"one of {LEAVES} or a regex over parameter paths", str(e))
     temps = tuple(merged.temperatures)
-    if not temps:
-        raise ValueError("temperatures is empty: give the knob's values, e.g. (10, 20) dense epochs")
-    if len(set(temps)) != len(temps):
-        raise ValueError(f"temperatures {temps!r} repeat a value")
-    _check_temperatures(merged, temps)
-    from tr_jax.training.loop import SCHEDULES
+    _check_temperatures(merged, temps, src)
+    schema_default = default_config()
     for name in ("dense", "retrain"):
         sec = merged[name]
-        if sec.schedule not in SCHEDULES:
-            raise ValueError(f"{name}.schedule {sec.schedule!r} is not one of {SCHEDULES}")
         if sec.schedule == "iteration" and sec.iterations < 1:
-            raise ValueError(f"{name}.schedule='iteration' needs {name}.iterations >= 1 "
-                             f"(got {sec.iterations})")
-        if sec.batch_size < 1:
-            raise ValueError(f"{name}.batch_size={sec.batch_size} must be >= 1")
-        if sec.schedule == "epoch" and sec.epochs < 1:
-            raise ValueError(f"{name}.epochs={sec.epochs} must be >= 1")
-    _check_batch_sizes(merged, temps)
+            fail(f"{name}.iterations", "an integer >= 1 (the optimiser steps of the run)",
+                 f"{name}.schedule='iteration' needs {name}.iterations >= 1")
+        if name == "retrain" and sec.mode == "finetune":
+            continue  # fine-tuning runs at a constant lr: retrain.milestones are not used
+        it = sec.schedule == "iteration"
+        length_key = f"{name}.{'iterations' if it else 'epochs'}"
+        length = sec.iterations if it else sec.epochs
+        late = [x for x in sec.milestones if x > length]
+        # Milestones a config sets must lie within the run (one at its very end never fires but
+        # lets a run be cut short). The schema's default (80, 120), the paper's 160-epoch
+        # schedule, is exempt: a config that shortens the run without setting milestones trains
+        # at a constant lr, as before, so that its existing workdirs still resume.
+        if late and tuple(sec.milestones) != tuple(schema_default[name].milestones):
+            where = f" ({length_key} from {src(length_key)})" if src(length_key) != src(
+                f"{name}.milestones") else ""
+            fail(f"{name}.milestones", f"strictly increasing integers in [0, {length_key}="
+                 f"{length}] (0-indexed {'optimiser steps' if it else 'epochs'})",
+                 f"{late[0]!r} is beyond the end of the run{where}, where it would never "
+                 f"decay the lr; set {name}.milestones too, e.g. {name}.milestones="
+                 f"{tuple(sorted({length // 2, 3 * length // 4} - {0}))!r}")
+    _check_batch_sizes(merged, temps, src)
     if merged.knob == "epochs" and merged.dense.schedule != "epoch":
-        raise ValueError("knob 'epochs' prunes checkpoints of an epoch-scheduled run: set "
-                         "dense.schedule='epoch'")
-    if merged.run.max_members < 0 or merged.run.memory_budget_gb < 0:
-        raise ValueError(f"run.max_members={merged.run.max_members} and run.memory_budget_gb="
-                         f"{merged.run.memory_budget_gb} must be >= 0 (0 = no cap)")
-    if len(set(merged.retrain.seeds)) < 2:
-        raise ValueError(f"retrain.seeds={tuple(merged.retrain.seeds)!r}: LMC and CKA need at "
-                         "least 2 distinct retrain seeds, e.g. retrain.seeds=(1, 2)")
-    if merged.retrain.mode not in RETRAIN_MODES:
-        raise ValueError(f"retrain.mode {merged.retrain.mode!r} is not one of {RETRAIN_MODES}."
-                         f"{_did_you_mean(merged.retrain.mode, RETRAIN_MODES)}")
+        fail("dense.schedule", "'epoch' with knob='epochs'",
+             "knob 'epochs' prunes checkpoints of an epoch-scheduled run: set "
+             "dense.schedule='epoch'")
     if merged.retrain.mode == "weight_rewinding":
         rw = merged.retrain.rewind_epoch
         first = min(temps) if merged.knob == "epochs" else merged.dense.epochs
-        if int(rw) != rw or not 0 <= rw < first:
-            raise ValueError(f"retrain.rewind_epoch={rw!r} must be an integer epoch of the dense "
-                             f"run before {first} (the first pruned checkpoint); 0 = initialisation")
-    from tr_jax.training.optim import OPTIMIZERS
-    if merged.dense.optimizer not in OPTIMIZERS:
-        raise ValueError(f"dense.optimizer {merged.dense.optimizer!r} is not one of {OPTIMIZERS}."
-                         f"{_did_you_mean(merged.dense.optimizer, OPTIMIZERS)}")
-    if merged.dense.sam_rho < 0:
-        raise ValueError(f"dense.sam_rho={merged.dense.sam_rho} must be >= 0 (0 = no SAM)")
-    if not merged.dense.seeds:
-        raise ValueError("dense.seeds is empty")
-    if merged.run.eval_batch_size < 0:
-        raise ValueError(f"run.eval_batch_size={merged.run.eval_batch_size} must be >= 0 (0 = auto)")
-    if merged.run.chunk_steps < 0:
-        raise ValueError(f"run.chunk_steps={merged.run.chunk_steps} must be >= 0 (0 = auto)")
-    if merged.run.checkpoint_every < 0:
-        raise ValueError(f"run.checkpoint_every={merged.run.checkpoint_every} must be >= 0")
-    b, h = merged.measure.bezier, merged.measure.hessian
-    if b.enabled and (b.epochs < 1 or b.points < 3):
-        raise ValueError(f"measure.bezier: epochs={b.epochs} must be >= 1 and points={b.points} "
-                         ">= 3 (or set measure.bezier.enabled=False)")
-    if h.enabled and not (1 <= h.images and 1 <= h.chunk <= h.max_probes):
-        raise ValueError(f"measure.hessian: images={h.images} must be >= 1 and 1 <= chunk="
-                         f"{h.chunk} <= max_probes={h.max_probes}")
-    if merged.measure.lmc_points < 2:
-        raise ValueError(f"measure.lmc_points={merged.measure.lmc_points} must be >= 2")
-    RegimeRule.from_dict(merged.regimes.to_dict())
-    resolve(merged.run.members_strategy)
-    from tr_jax.training.steps import PRECISIONS
-    if merged.run.precision not in PRECISIONS:
-        raise ValueError(f"run.precision {merged.run.precision!r} is not one of {PRECISIONS}")
+        if not rw < first:
+            fail("retrain.rewind_epoch", f"an integer epoch of the dense run before {first} (the "
+                 "first pruned checkpoint); 0 = initialisation")
+    h = merged.measure.hessian
+    if h.chunk > h.max_probes:
+        fail("measure.hessian.chunk", f"an integer in [1, measure.hessian.max_probes="
+             f"{h.max_probes}] (probes per batched Hessian-vector product)")
+    try:
+        RegimeRule.from_dict(merged.regimes.to_dict())
+    except ValueError as e:  # not expected after the table's checks: RegimeRule's own rules
+        raise ConfigError("regimes", merged.regimes.to_dict(), "a valid RegimeRule",
+                          src("regimes"), str(e)) from e
+    try:
+        resolve(merged.run.members_strategy, backend="cpu")  # a check: no JAX backend started
+    except ValueError:
+        fail("run.members_strategy", f"one of {STRATEGIES}, k a positive integer",
+             _did_you_mean(str(merged.run.members_strategy), STRATEGIES).strip())
     return merged
 
 
-def _check_batch_sizes(cfg: ml_collections.ConfigDict, temps: tuple) -> None:
+def _get(cfg: Any, key: str) -> Any:
+    for p in key.split("."):
+        cfg = cfg[p]
+    return cfg
+
+
+def _check_batch_sizes(cfg: ml_collections.ConfigDict, temps: tuple,
+                       src: Callable[[str], str] = lambda key: "config") -> None:
     """Training batch sizes must fit in the training set (known per built-in dataset without
     loading it; other datasets are checked when loaded)."""
     from tr_jax.data.datasets import DATASET_SHAPES
@@ -236,25 +399,40 @@ def _check_batch_sizes(cfg: ml_collections.ConfigDict, temps: tuple) -> None:
         sizes.append(("measure.bezier.batch_size", cfg.measure.bezier.batch_size))
     for key, bs in sizes:
         if bs > n:
-            what = (f"temperature {bs!r} (a dense batch size)" if key == "temperatures"
-                    else f"{key}={bs!r}")
-            raise ValueError(f"{what} is larger than the {cfg.dataset} training set ({n} images): "
-                             f"use a batch size <= {n} in {key}")
+            if key == "temperatures":
+                raise ConfigError(key, temps, f"dense batch sizes in [1, {n}] (the {cfg.dataset} "
+                                  f"training set: {n} images)", src(key),
+                                  f"temperature {bs!r} (a dense batch size) is larger than the "
+                                  f"training set: use a batch size <= {n} in temperatures")
+            raise ConfigError(key, bs, f"an integer in [1, {n}]: a batch must fit in the "
+                              f"{cfg.dataset} training set ({n} images)", src(key),
+                              f"use a batch size <= {n} in {key}")
 
 
-def _check_temperatures(cfg: ml_collections.ConfigDict, temps: tuple) -> None:
-    """Each knob's temperatures must be values it can take (SPEC §1.4)."""
+def _check_temperatures(cfg: ml_collections.ConfigDict, temps: tuple,
+                        src: Callable[[str], str] = lambda key: "config") -> None:
+    """Each knob's temperatures must be values it can take (the paper's temperature-like knobs)."""
     knob = cfg.knob
+    what, valid = {
+        "epochs": ("a dense epoch to prune at",
+                   f"integers in [1, dense.epochs={cfg.dense.epochs}] (dense epochs to prune at)"),
+        "batch_size": ("a dense batch size", "positive integers (dense batch sizes)"),
+        "lr": ("a dense learning rate", "finite numbers > 0 (dense learning rates)"),
+        "sam_rho": ("sam_rho", "finite numbers >= 0 (SAM radii)"),
+        "weight_decay": ("weight_decay", "finite numbers >= 0 (dense weight decays)"),
+    }[knob]
     for t in temps:
-        if knob == "epochs" and (int(t) != t or not 1 <= t <= cfg.dense.epochs):
-            raise ValueError(f"temperature {t!r} (a dense epoch to prune at) must be an integer in "
-                             f"[1, dense.epochs={cfg.dense.epochs}]")
-        if knob == "batch_size" and (int(t) != t or t < 1):
-            raise ValueError(f"temperature {t!r} (a dense batch size) must be a positive integer")
-        if knob == "lr" and not t > 0:
-            raise ValueError(f"temperature {t!r} (a dense learning rate) must be > 0")
-        if knob in ("sam_rho", "weight_decay") and not t >= 0:
-            raise ValueError(f"temperature {t!r} ({knob}) must be >= 0")
+        if knob == "epochs":
+            bad = not ck.is_int(t) or not 1 <= t <= cfg.dense.epochs
+        elif knob == "batch_size":
+            bad = not ck.is_int(t) or t < 1
+        elif knob == "lr":
+            bad = not t > 0
+        else:
+            bad = not t >= 0
+        if bad:
+            raise ConfigError("temperatures", temps, valid, src("temperatures"),
+                              f"temperature {t!r} ({what}) is out of range")
 
 
 def _module(path: pathlib.Path):
@@ -271,7 +449,12 @@ def config_of(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     module = _module(path)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {str(path)!r} defines no get_config()")
-    return module.get_config()
+    try:
+        return module.get_config()
+    except TypeError as e:  # ml_collections: a value of another type than the default's
+        if "Could not override field" not in str(e):
+            raise
+        raise UserError(f"config file {str(path)!r}: {e}") from e
 
 
 #: what a config file may define beside get_config()
@@ -310,10 +493,12 @@ def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_c
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     cfg = config_of(path)
+    overridden: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
+        key = key.strip()
         node, parts = cfg, key.split(".")
         schema = default_config()
         for p in parts[:-1]:
@@ -322,14 +507,15 @@ def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_c
             schema, node = schema[p], node[p]
         if parts[-1] not in schema:
             raise ValueError(f"unknown config key {key!r}.{_did_you_mean(parts[-1], schema.keys())}")
-        try:  # Python literals: 0.1, (1, 2), 'uniform', True; anything else is a string
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = {"true": True, "false": False}.get(raw.lower(), raw)
-        if isinstance(value, list):
-            value = tuple(value)
-        with node.unlocked() if hasattr(node, "unlocked") else _null():
-            node[parts[-1]] = value
+        value = _parse_override(key, raw)
+        try:
+            with node.unlocked() if hasattr(node, "unlocked") else _null():
+                node[parts[-1]] = value
+        except TypeError as e:  # ml_collections refuses a value of another type than the default's
+            rng = RANGES.get(key)
+            raise ConfigError(key, value, rng.describe() if rng else "of the default's type",
+                              "--set") from e
+        overridden[key] = "--set"
     hooks = config_functions(path)
     if hooks:
         with cfg.unlocked() if hasattr(cfg, "unlocked") else _null():
@@ -338,7 +524,24 @@ def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_c
     if str(dataset).startswith("arrays:") and "get_dataset" not in hooks:
         raise ValueError(f"dataset={dataset!r} names arrays given in Python, but config file "
                          f"{str(path)!r} defines no get_dataset()")
-    return validate(cfg)
+    return validate(cfg, str(path), sources=overridden)
+
+
+def _parse_override(key: str, raw: str) -> Any:
+    """The value of ``--set key=raw``, typed by the schema: a Python literal (``0.1``, ``(1, 2)``,
+    ``'uniform'``, ``True``), ``true`` / ``false`` in any case, else the text itself; the text
+    as given for a string key (``--set name=2024``); a scalar or a list where the schema has a
+    tuple becomes a tuple (``prune.densities=0.05`` is ``(0.05,)``)."""
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = {"true": True, "false": False}.get(raw.strip().lower(), raw)
+    rng = RANGES.get(key)
+    if rng is not None and rng.kind == "str" and not isinstance(value, str):
+        return raw
+    if isinstance(value, list):
+        value = tuple(value)
+    return _coerce(key, value)
 
 
 class _null:

@@ -1,6 +1,7 @@
 """Datasets (embedded digits, TFDS, your own arrays) and on-device augmentation (SPEC §1.1)."""
 
-from tr_jax.data.arrays import NPZ_KEYS, check_dataset, from_arrays, load_npz
+from tr_jax.data.arrays import (NPZ_KEYS, SMALL_TEST_SPLIT, SmallTestSplitWarning, check_dataset,
+                                from_arrays, load_npz, small_test_split_note)
 from tr_jax.data.augment import augment, normalize, random_crop, random_flip
 from tr_jax.data.datasets import (
     CIFAR_MEAN,
@@ -24,8 +25,10 @@ __all__ = [
     "DATASETS",
     "NPZ_KEYS",
     "PREFIXES",
+    "SMALL_TEST_SPLIT",
     "SVHN_MEAN",
     "SVHN_STD",
+    "SmallTestSplitWarning",
     "TFDS_DATASETS",
     "Dataset",
     "augment",
@@ -38,6 +41,7 @@ __all__ = [
     "load_tfds",
     "normalize",
     "original_order",
+    "small_test_split_note",
     "random_crop",
     "random_flip",
 ]

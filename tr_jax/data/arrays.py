@@ -19,19 +19,60 @@ Everything is checked before any work, and each problem raises a ``ValueError`` 
 wrong rank, an empty split, images and labels of different lengths, a train/test image-shape
 mismatch, non-integer, negative or too large labels, NaN or infinite pixels, a mean/std of the
 wrong length or a zero std. Augmentation (crop padding, flip) stays the config's ``augment`` keys.
+
+A test split of fewer than :data:`SMALL_TEST_SPLIT` images is allowed but warned about
+(:func:`small_test_split_note`): one image is then more than one point of test error, coarser than
+the differences between neighbouring cells that the regimes and the best temperature are read
+from (a 1-image split can only score 0 % or 100 %). ``from_arrays`` / ``load_npz`` warn with a
+:class:`SmallTestSplitWarning`; a sweep says it once in its log when it starts.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import warnings
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from tr_jax.data.datasets import Dataset
 
-__all__ = ["NPZ_KEYS", "check_dataset", "from_arrays", "load_npz"]
+__all__ = ["NPZ_KEYS", "SMALL_TEST_SPLIT", "SmallTestSplitWarning", "check_dataset",
+           "from_arrays", "load_npz", "small_test_split_note"]
 
 #: the arrays an npz dataset file must hold
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+#: test splits of fewer images are warned about: below 100 images one image moves the test
+#: error by more than one percentage point
+SMALL_TEST_SPLIT = 100
+
+
+class SmallTestSplitWarning(UserWarning):
+    """A test split so small that one image is more than a point of test error."""
+
+
+def small_test_split_note(n_test: int) -> str | None:
+    """The warning for a test split of ``n_test`` images, ``"test split of N image(s): one image
+    = X points of test error; ..."``, or None from :data:`SMALL_TEST_SPLIT` images on."""
+    n = int(n_test)
+    if n <= 0 or n >= SMALL_TEST_SPLIT:
+        return None
+    return (f"test split of {n} image(s): one image = {100.0 / n:.3g} points of test error; "
+            f"test errors move in steps that coarse, so differences between cells smaller "
+            f"than that are not resolved ({SMALL_TEST_SPLIT}+ test images resolve 1 point)")
+
+
+def _warn_small_test_split(n_test: int) -> None:
+    note = small_test_split_note(n_test)
+    if note:
+        warnings.warn(note, SmallTestSplitWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def _quiet_small_test_split() -> Iterator[None]:
+    """No :class:`SmallTestSplitWarning` inside (a sweep says it once in its log instead)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallTestSplitWarning)
+        yield
 
 
 def _images(x, split: str, name: str) -> np.ndarray:
@@ -126,10 +167,12 @@ def from_arrays(x_train, y_train, x_test, y_test, mean: Sequence[float] | None =
                    else f"the train labels span 0..{k - 1}; pass num_classes=")
             raise ValueError(f"dataset {name!r}: y_{split} has label {int(y.max())} (at index "
                              f"{int(np.argmax(y))}), out of range: {why}")
-    return Dataset(name=name, train_images=xtr, train_labels=ytr, test_images=xte,
-                   test_labels=yte, num_classes=k,
-                   mean=_channel_stats(xtr, mean, "mean", name),
-                   std=_channel_stats(xtr, std, "std", name))
+    ds = Dataset(name=name, train_images=xtr, train_labels=ytr, test_images=xte,
+                 test_labels=yte, num_classes=k,
+                 mean=_channel_stats(xtr, mean, "mean", name),
+                 std=_channel_stats(xtr, std, "std", name))
+    _warn_small_test_split(ds.num_test)  # allowed, but see small_test_split_note
+    return ds
 
 
 def check_dataset(ds: Dataset) -> Dataset:
@@ -145,8 +188,9 @@ def check_dataset(ds: Dataset) -> Dataset:
             raise ValueError(f"dataset {ds.name!r}: {split} images have NaN or infinite values")
     if np.asarray(x_tr).dtype != np.uint8:  # stored on the 0..255 scale already
         x_tr, x_te = np.asarray(x_tr) / 255.0, np.asarray(x_te) / 255.0
-    from_arrays(x_tr, ds.train_labels, x_te, ds.test_labels, ds.mean, ds.std, ds.name,
-                ds.num_classes)
+    with _quiet_small_test_split():  # a re-check: the caller (a sweep) says it itself
+        from_arrays(x_tr, ds.train_labels, x_te, ds.test_labels, ds.mean, ds.std, ds.name,
+                    ds.num_classes)
     return ds
 
 
@@ -164,6 +208,9 @@ def load_npz(path: str, name: str | None = None) -> Dataset:
                              f"needs {list(NPZ_KEYS)}")
         arrays = {k: f[k] for k in f.files}
     k = arrays.get("num_classes")
-    return from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-                       mean=arrays.get("mean"), std=arrays.get("std"), name=name or p.stem,
-                       num_classes=None if k is None else int(k))
+    with _quiet_small_test_split():  # warned below, pointing at load_npz's caller
+        ds = from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"],
+                         arrays["y_test"], mean=arrays.get("mean"), std=arrays.get("std"),
+                         name=name or p.stem, num_classes=None if k is None else int(k))
+    _warn_small_test_split(ds.num_test)
+    return ds

@@ -170,8 +170,9 @@ def load_dataset(name: str, data_dir: str | None = None, **kw: Any) -> Dataset:
     if name in TFDS_DATASETS:
         return load_tfds(name, data_dir=data_dir, **kw)
     if str(name).startswith("npz:"):
-        from tr_jax.data.arrays import load_npz
-        return load_npz(name[4:], **kw)
+        from tr_jax.data.arrays import _quiet_small_test_split, load_npz
+        with _quiet_small_test_split():  # a sweep says it once in its log when it starts
+            return load_npz(name[4:], **kw)
     if str(name).startswith("tfds:"):
         return load_tfds(name[5:], data_dir=data_dir, **kw)
     if str(name).startswith("arrays:"):

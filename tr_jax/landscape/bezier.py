@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from tr_jax import _checks as ck
 from tr_jax import models, sharding
 from tr_jax.data.augment import normalize
 from tr_jax.landscape.lmc import lmc, pair_curves
@@ -186,7 +187,15 @@ def train_curves(model: nn.Module, params_a, params_b, mask, batch_stats, images
     advance (``tr_jax.members``; 'vmap' = one program for all pairs).
     Returns ``(mid [P, ...], losses [P, epochs])``: the trained bends (masked) and the mean
     training objective CE + 0.5 wd ||phi(t)||^2 of every epoch.
+    ``epochs`` and ``batch_size`` >= 1, ``lr`` > 0, ``weight_decay`` >= 0, ``momentum`` in
+    [0, 1) (checked as the config's ``measure.bezier.*``).
     """
+    ck.check_args("tr_jax.landscape.train_curves", epochs=(epochs, ck.POS_INT),
+                  batch_size=(batch_size, ck.POS_INT), lr=(lr, ck.LR),
+                  weight_decay=(weight_decay, ck.WEIGHT_DECAY), momentum=(momentum, ck.MOMENTUM),
+                  drop_last=(drop_last, ck.BOOL), unroll=(unroll, ck.BOOL))
+    if chunk_steps is not None:
+        ck.check_args("tr_jax.landscape.train_curves", chunk_steps=(chunk_steps, ck.POS_INT))
     mean, std = tuple(map(float, mean)), tuple(map(float, std))
     images, labels = jnp.asarray(images), jnp.asarray(labels)  # on the device once
     strategy = mem.resolve(strategy)
@@ -246,6 +255,8 @@ def curve_errors(model: nn.Module, params_a, mid, params_b, images: jnp.ndarray,
     time). Returns ``{'t' [T], 'train_error', 'train_loss'[, 'test_error', 'test_loss']}``, each
     [P, T].
     """
+    ck.check_args("tr_jax.landscape.curve_errors", bn_batch_size=(bn_batch_size, ck.POS_INT),
+                  eval_batch_size=(eval_batch_size, ck.NONNEG_INT))
     points_fn = lambda a, b, t: curve_points(a, mid, b, t)  # noqa: E731
     return pair_curves(model, params_a, params_b,
                        _batch_stats_template(model, tuple(images.shape[1:])), images, labels,

@@ -61,6 +61,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
+from tr_jax import _checks as ck
 from tr_jax import models
 from tr_jax.data.augment import normalize
 from tr_jax import members as mem
@@ -211,6 +212,8 @@ def hessian_trace(loss_fn: LossFn, params: Any, key: jax.Array, max_probes: int 
     Returns:
       ``(mean, stderr, n)``: float scalars and the int32 number of probes used.
     """
+    ck.check_args("tr_jax.landscape.hessian_trace", max_probes=(max_probes, ck.POS_INT),
+                  chunk=(chunk, ck.POS_INT), tol=(tol, ck.NONNEG_FLOAT))
     return _hessian_trace(loss_fn, params, key, max_probes, tol, chunk, mask, loop)
 
 
@@ -253,6 +256,8 @@ def top_eigenvalue(loss_fn: LossFn, params: Any, key: jax.Array, max_iters: int 
 
     ``max_iters`` (static) bounds the number of HVPs; ``tol=0`` runs all of them.
     """
+    ck.check_args("tr_jax.landscape.top_eigenvalue", max_iters=(max_iters, ck.POS_INT),
+                  tol=(tol, ck.NONNEG_FLOAT))
     return _top_eigenvalue(loss_fn, params, key, max_iters, tol, mask, loop)
 
 
@@ -298,6 +303,7 @@ def lanczos(loss_fn: LossFn, params: Any, key: jax.Array, k: int = 5, num_iters:
     models, and num_iters <= P (after a breakdown, beta ~ 0, the next vector is zero and T gains
     spurious zero Ritz values).
     """
+    ck.check_args("tr_jax.landscape.lanczos", k=(k, ck.POS_INT), num_iters=(num_iters, ck.POS_INT))
     if not 1 <= k <= num_iters:
         raise ValueError(f"need 1 <= k <= num_iters; got k={k}, num_iters={num_iters}")
     flat = ravel_pytree(params)[0]
@@ -352,8 +358,12 @@ def member_hessian(model: nn.Module, variables: dict, mask: Any, images: jnp.nda
     power-iteration keys. Eagerly (loop 'auto' -> 'host') each member reuses the compiled steps;
     for a members axis, jit a ``jax.vmap`` of it (loop 'auto' -> 'while') over
     ``(variables, mask, images, labels, key)``. Returns ``{'trace', 'trace_stderr',
-    'trace_probes', 'top_eigenvalue', 'eig_iters'}`` (scalars).
+    'trace_probes', 'top_eigenvalue', 'eig_iters'}`` (scalars). ``max_probes``, ``chunk`` and
+    ``max_iters`` >= 1, ``tol`` >= 0 (the config's ``measure.hessian.*``).
     """
+    ck.check_args("tr_jax.landscape.member_hessian", max_probes=(max_probes, ck.POS_INT),
+                  chunk=(chunk, ck.POS_INT), max_iters=(max_iters, ck.POS_INT),
+                  tol=(tol, ck.NONNEG_FLOAT))
     loss_fn = member_loss(model, variables, mask, images, labels, mean, std)
     params = variables["params"]
     k_trace, k_eig = jax.random.split(key)

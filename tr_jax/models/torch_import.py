@@ -31,6 +31,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from tr_jax.errors import UserError
+
 _BN_FROM_TORCH = {"weight": ("params", "scale"), "bias": ("params", "bias"),
                   "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
 _BN_TO_TORCH = {v: k for k, v in _BN_FROM_TORCH.items()}
@@ -71,6 +73,12 @@ def read_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, 
     prefixes stripped, ``num_batches_tracked`` dropped."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        if os.path.isdir(path):
+            raise UserError(f"{path!r} is a directory, not a checkpoint file (.pth, .pth.tar "
+                            f"or .npz)")
+        if not os.path.isfile(path):
+            raise UserError(f"no such file: {path!r} (the checkpoint to read: a .pth, .pth.tar "
+                            f"or .npz file)")
         source = dict(np.load(path)) if path.endswith(".npz") else _torch_load(path)
     if isinstance(source, Mapping) and "state_dict" in source:
         source = source["state_dict"]

@@ -23,8 +23,9 @@ then ``os.replace``), so a crash never leaves a half-written figure.
 
 The package's modules: :mod:`._common` (labels, colour maps, the cell grid, save_figure),
 :mod:`.overlays` (boundaries, sick / uncertain cells, transition), :mod:`.phase` (phase_diagram,
-figure2), :mod:`.regime_map` (three_regimes) and :mod:`.curves` (curves_along_t). Every name
-is importable from ``tr_jax.plots`` itself.
+figure2), :mod:`.regime_map` (three_regimes), :mod:`.curves` (curves_along_t) and
+:mod:`.dichotomy` (the function ``dichotomy``: the hot-minus-cold effect per density with its
+bootstrap and t intervals). Every name is importable from ``tr_jax.plots`` itself.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ import sys
 import types
 
 from . import _common, curves, overlays, phase, regime_map
+from . import dichotomy as _dichotomy_module
 # every name of the former single module, private ones included, stays importable from here
 from ._common import (_DEFAULT_CMAPS, _FORMATS, _LOG_METRICS, _NAN_COLOR, _PERCENT_METRICS,  # noqa: F401
                       ALL_PANELS, METRIC_LABELS, PANELS, _align, _density_label, _fmt_temperature,  # noqa: F401
                       _metric_values, _missing, _regime_grid, _single_knob, _temperature_label,  # noqa: F401
                       metric_grid, safe_name, save_figure, umask)  # noqa: F401
 from .curves import curves_along_t  # noqa: F401
+from .dichotomy import DIRECTION_COLORS, dichotomy  # noqa: F401
 from .overlays import (_SICK_HATCH, UNCERTAIN_BELOW, _sick_handle, _temperature_y,  # noqa: F401
                        _transition_handles, _transition_rows, _uncertain_handle,  # noqa: F401
                        draw_regime_boundaries, draw_sick_cells, draw_transition,  # noqa: F401
@@ -66,11 +69,13 @@ __all__ = [
     "safe_name",
     "umask",
     "figure2",
+    "dichotomy",
+    "DIRECTION_COLORS",
 ]
 
 _safe_name, _umask = safe_name, umask  # the names before 0.3 (kept for callers)
 
-_SUBMODULES = (_common, overlays, phase, regime_map, curves)
+_SUBMODULES = (_common, overlays, phase, regime_map, curves, _dichotomy_module)
 
 
 class _Package(types.ModuleType):

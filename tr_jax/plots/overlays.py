@@ -119,8 +119,9 @@ def draw_uncertain_cells(ax, cells: pd.DataFrame, *, threshold: float = UNCERTAI
                          hotter_is_smaller: bool | Mapping[str, bool] | None = None) -> list:
     """Mark with a "?" (top right of the cell) every cell whose ``regime_confidence`` is below
     ``threshold``: its regime changes in more than ``1 - threshold`` of the bootstrap resamples
-    of its dense seeds. Nothing is drawn without the column. Returns the texts (gid
-    ``"uncertain_cell"``)."""
+    of its dense seeds. Nothing is drawn without the column, nor on a cell whose confidence is
+    NaN ("n/a": it rests on fewer than two units, nothing to resample; ``ci_unit == "none"``).
+    Returns the texts (gid ``"uncertain_cell"``)."""
     if "regime_confidence" not in cells.columns:
         return []
     conf = pd.to_numeric(cells["regime_confidence"], errors="coerce").astype(float)

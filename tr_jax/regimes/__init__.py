@@ -32,7 +32,8 @@ search per threshold, coordinate-wise); :func:`cells_from_results` is the one ho
 aggregation (cells.csv from results.csv, with bootstrap intervals over dense seeds and a
 regime confidence); :func:`cells_by_seed` gives per-dense-seed cells; :func:`dichotomy` tests
 the paper's dichotomy (hotter better at low density, worse at high density) with bootstrap
-intervals; and
+intervals (and, with :func:`power` / :func:`power_from_summary`, how many dense seeds a study
+needs to decide it; :func:`lmc_change` tests the LMC change between two temperatures); and
 :func:`transition_with_uncertainty` estimates the LMC transition and the best temperature per
 dense seed with their seed-to-seed spread. The case studies live in :mod:`tr_jax.casestudies`.
 
@@ -42,19 +43,22 @@ smaller batch, a larger SAM radius or a larger learning rate are all *hotter*; s
 
 Modules: :mod:`~tr_jax.regimes.rule` (the rule), :mod:`~tr_jax.regimes.aggregate` (cells.csv),
 :mod:`~tr_jax.regimes.cells` (per-seed cells, transition uncertainty), :mod:`~tr_jax.regimes.fit`,
-:mod:`~tr_jax.regimes.dichotomy`, :mod:`~tr_jax.regimes.summary`.
+:mod:`~tr_jax.regimes.dichotomy`, :mod:`~tr_jax.regimes.power`,
+:mod:`~tr_jax.regimes.lmc_change`, :mod:`~tr_jax.regimes.summary`.
 """
 from __future__ import annotations
 
 from .aggregate import CELL_METRICS, CELL_OPTIONAL, PROVENANCE, cells_from_results, prepare_results
 from .cells import cells_by_seed, transition_with_uncertainty
-from .dichotomy import Dichotomy, dichotomy
+from .dichotomy import CORRECTIONS, Dichotomy, dichotomy, holm, unit_effects
 from .fit import FIT_BOUNDS, FitResult, fit_rule
 from .rule import (CLASSIFY_COLUMNS, CODE_OF_LABEL, HOTTER_IS_SMALLER, KNOB_LABELS, LABEL_OF_CODE,
                    REGIMES, Column, RegimeRule, advice, change_point, classify, coerce_rule,
                    column_codes, column_hot_to_cold, density_columns, largest_drop,
                    normalized_test_error, require_columns, temperature_order,
                    temperatures_hot_to_cold, transition)
+from .lmc_change import lmc_change
+from .power import PowerAnalysis, power, power_from_summary, sd_from_t_interval
 from .summary import summary_table
 
 __all__ = [
@@ -77,6 +81,14 @@ __all__ = [
     "transition_with_uncertainty",
     "dichotomy",
     "Dichotomy",
+    "unit_effects",
+    "holm",
+    "CORRECTIONS",
+    "power",
+    "power_from_summary",
+    "sd_from_t_interval",
+    "PowerAnalysis",
+    "lmc_change",
     # helpers shared with casestudies / plots / report
     "CELL_METRICS",
     "CELL_OPTIONAL",

@@ -18,7 +18,8 @@ from .. import stats
 from .rule import (CODE_OF_LABEL, RegimeRule, advice, classify, coerce_rule, column_codes,
                    density_columns, normalized_test_error, require_columns)
 
-__all__ = ["CELL_METRICS", "CELL_OPTIONAL", "PROVENANCE", "prepare_results", "cells_from_results"]
+__all__ = ["CELL_METRICS", "CELL_OPTIONAL", "NO_UNIT", "PROVENANCE", "prepare_results",
+           "cells_from_results"]
 
 #: the metrics of every cell, in cells.csv order (``dense_test_error`` follows them)
 CELL_METRICS = ("test_error", "lmc", "cka", "cka_logits", "loss_barrier")
@@ -29,6 +30,9 @@ PROVENANCE = ("config_hash", "tr_jax_version", "jax_version", "device_kind", "me
 _REQUIRED = ("knob", "stage", "temperature", "density", "dense_seed", "metric", "value")
 _KEYS = ["knob", "temperature", "density"]
 _STAGES = ("dense", "retrain", "pair")
+#: ``ci_unit`` of a cell whose regime confidence (and LMC/CKA intervals) rest on fewer than two
+#: independent units: nothing to resample, so they are NaN ("n/a") rather than 100 % / zero width
+NO_UNIT = "none"
 
 
 def _truthy(col: pd.Series) -> pd.Series:
@@ -73,14 +77,17 @@ def _units(rows: pd.DataFrame, unit: str) -> list:
 
 
 def _replicates(rows: pd.DataFrame, cell_of: np.ndarray, n_cells: int, unit: str, n_boot: int,
-                seed: int) -> np.ndarray:
-    """Bootstrap replicates ``[n_boot, n_cells]`` of the pooled cell means of ``rows``."""
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap replicates ``[n_boot, n_cells]`` of the pooled cell means of ``rows``, and per
+    cell the number of resampled units holding a finite value (``[n_cells]``, int): with fewer
+    than two every replicate repeats the point, so the interval is not a measurement."""
     units = _units(rows, unit)
     if not units:
-        return np.full((n_boot, n_cells), np.nan)
+        return np.full((n_boot, n_cells), np.nan), np.zeros(n_cells, dtype=int)
     sums, counts = _sums_counts(rows, cell_of, n_cells, unit, units)
-    return stats.pooled_mean_replicates(sums, counts, stats.resample_weights(len(units), n_boot,
-                                                                           seed))
+    return (stats.pooled_mean_replicates(sums, counts, stats.resample_weights(len(units), n_boot,
+                                                                            seed)),
+            (counts > 0).sum(axis=1).astype(int))
 
 
 def _regime_confidence(cells: pd.DataFrame, lmc: np.ndarray, cka: np.ndarray,
@@ -120,8 +127,20 @@ def cells_from_results(results: pd.DataFrame, rule: RegimeRule | Mapping[str, An
       replacement, the same draw for the whole sweep (see :mod:`tr_jax.stats`);
     * ``"retrain_seed/pair"`` (one dense seed): the retrain seeds (for per-member metrics) and
       the pairs (for per-pair metrics) are drawn instead. This measures retraining noise only,
-      not the spread between dense models, so it understates the uncertainty; with one pair per
-      cell the LMC/CKA intervals collapse to the point.
+      not the spread between dense models, so it understates the uncertainty (the pairs of one
+      dense seed share members: 3 retrain seeds give 3 pairs, not 3 independent ones);
+    * ``"none"`` (:data:`NO_UNIT`): the cell's LMC or CKA rests on fewer than two of the units
+      above (one dense seed and one healthy pair, as in a quick config with 2 retrain seeds; or
+      one healthy dense seed left in a multi-seed sweep): ``regime_confidence`` is NaN.
+
+    Independent units, per metric and cell: an interval needs at least two resampled units
+    holding a finite value in the cell, else its ``_lo``/``_hi`` are NaN (a bootstrap of one
+    unit only repeats the point). The units are the dense seeds with two or more dense seeds
+    in the sweep; with one, the retrain seeds for ``test_error`` and the Hessian, the pairs for
+    ``lmc, cka, cka_logits, loss_barrier, bezier_mc``. ``dense_test_error`` always rests on the
+    dense seeds at its temperature, ``normalized_test_error`` on the units of ``test_error``,
+    ``regime_confidence`` on the fewer of ``lmc``'s and ``cka``'s. A sweep whose every cell has
+    two or more healthy dense seeds is unaffected by this rule.
 
     Deterministic for a given ``seed`` (a resumed run writes identical tables).
     """
@@ -166,17 +185,20 @@ def cells_from_results(results: pd.DataFrame, rule: RegimeRule | Mapping[str, An
     by_seed = len(seeds) >= 2
     cell_of = every_cell.get_indexer(pd.MultiIndex.from_frame(healthy[_KEYS]))
     reps: dict[str, np.ndarray] = {}
+    n_units: dict[str, np.ndarray] = {}  # per metric and cell: the units its interval rests on
     for m in list(CELL_METRICS) + optional:
         rows = healthy[healthy["metric"] == m]
         idx = cell_of[(healthy["metric"] == m).to_numpy()]
         unit = "dense_seed" if by_seed else ("pair" if (rows["stage"] == "pair").any()
                                              else "retrain_seed")
-        reps[m] = _replicates(rows, idx, n_cells, unit, n_boot, seed)
+        reps[m], n_units[m] = _replicates(rows, idx, n_cells, unit, n_boot, seed)
     cell_t = pd.MultiIndex.from_frame(cells[["knob", "temperature"]])
     temps = cell_t.unique()
     d_t = temps.get_indexer(pd.MultiIndex.from_frame(dense[["knob", "temperature"]]))
-    reps_t = _replicates(dense, d_t, len(temps), "dense_seed", n_boot, seed)  # [B, temps]
+    reps_t, n_t = _replicates(dense, d_t, len(temps), "dense_seed", n_boot, seed)  # [B, temps]
     reps["dense_test_error"] = reps_t[:, temps.get_indexer(cell_t)]
+    n_units["dense_test_error"] = n_t[temps.get_indexer(cell_t)]
+    n_units["normalized_test_error"] = n_units["test_error"]
     te = reps["test_error"]
     col_min = np.full_like(te, np.nan)
     for col in density_columns(cells, None):
@@ -187,10 +209,14 @@ def cells_from_results(results: pd.DataFrame, rule: RegimeRule | Mapping[str, An
     order = list(CELL_METRICS) + ["dense_test_error"] + optional + ["normalized_test_error"]
     for m in order:
         lo, hi = stats.percentile_interval(reps[m], ci)
-        cells[f"{m}_lo"], cells[f"{m}_hi"] = lo, hi
-    cells["regime_confidence"] = _regime_confidence(cells, reps["lmc"], reps["cka"], rule)
+        one = n_units[m] < 2  # nothing to resample: no interval rather than a zero-width one
+        cells[f"{m}_lo"], cells[f"{m}_hi"] = np.where(one, np.nan, lo), np.where(one, np.nan, hi)
+    sure = np.minimum(n_units["lmc"], n_units["cka"]) >= 2
+    cells["regime_confidence"] = np.where(
+        sure, _regime_confidence(cells, reps["lmc"], reps["cka"], rule), np.nan)
     n_dense = (healthy[is_te.loc[healthy.index] & np.isfinite(healthy["value"])]
                .groupby(_KEYS)["dense_seed"].nunique().reindex(every_cell).fillna(0).astype(int))
     cells["n_dense_seeds"] = n_dense.to_numpy()
-    cells["ci_unit"] = "dense_seed" if by_seed else "retrain_seed/pair"
+    cells["ci_unit"] = np.where(sure, "dense_seed" if by_seed else "retrain_seed/pair",
+                                NO_UNIT).astype(object)
     return cells

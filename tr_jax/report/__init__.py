@@ -13,10 +13,13 @@ provenance and the regime rule the sweep used) and writes
 
 Sections: provenance; the three-regime picture of the sweep (paper Figure 1) and the phase
 diagrams of every measured metric with regime boundaries and the transition (Figure 2); the
-regime table; the transition per density with its seed-to-seed uncertainty; case study 1
+regime table; the transition per density with its seed-to-seed uncertainty; the dichotomy
+(verdict, figure of each density's effect with its bootstrap and t intervals, and how many dense
+seeds would decide each density, :func:`tr_jax.regimes.power`); case study 1
 (raise or lower the temperature? advice per density at the coldest temperature, and how often
 the advice was right in this sweep); case study 2 (which model of the family to prune: the
-selectors' regret); case study 3 (SAM rho tuning, when the sweep's knob is ``sam_rho``); and,
+selectors' regret, intervals over dense seeds when results.csv has >= 2); case study 3 (SAM
+rho tuning, when the sweep's knob is ``sam_rho``); and,
 when regime labels are supplied, thresholds fitted to them.
 
 The regime rule is tr_jax's own (the reference has none, SPEC section 3.3): the one in the
@@ -119,7 +122,8 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
                                  "density (line = LMC path; Bezier when measured)", path=dst))
 
     blocks += _transition_section(sw, tt, tt_source)
-    dich_blocks, dich_text = _dichotomy_section(sw)
+    dich_blocks, dich_text = _dichotomy_section(sw, figdir, dpi)
+    figures += [b.path for b in dich_blocks if b.kind == "img"]
     blocks += dich_blocks
     blocks += _case1(sw, focus)
     blocks += _case2(sw)

@@ -121,7 +121,7 @@ def _case2(sw: Sweep) -> list[_Block]:
         best = mean.idxmin() if mean.notna().any() else None
         if best is not None:
             blocks.append(_Block("p", f"Lowest mean regret: {best} ({100 * mean[best]:.2f} points)."))
-        blocks += _selector_intervals(part)
+        blocks += _selector_intervals(part, sw.results)
     if "temperature" in cmp_.columns:
         picks = cmp_.pivot_table(index="density", columns="selector", values="temperature",
                                  aggfunc="first", dropna=False).reset_index()
@@ -132,10 +132,14 @@ def _case2(sw: Sweep) -> list[_Block]:
     return blocks
 
 
-def _selector_intervals(part: pd.DataFrame) -> list[_Block]:
-    """Mean regret per selector with its bootstrap interval over densities, and the paired
-    difference to each baseline (negative = better than the baseline)."""
-    summ = casestudies.selector_summary(part)
+def _selector_intervals(part: pd.DataFrame, results: pd.DataFrame | None = None
+                        ) -> list[_Block]:
+    """Mean regret per selector with its bootstrap interval (over dense seeds when results.csv
+    has >= 2 of them, else over densities), and the paired difference to each baseline
+    (negative = better than the baseline)."""
+    if results is not None and "knob" in results.columns:
+        results = results[results["knob"].astype(str).isin({str(k) for k in part["knob"]})]
+    summ = casestudies.selector_summary(part, results=results)
     rows = []
     for r in summ.itertuples():
         row = {"selector": r.selector, "mean regret (points)":
@@ -148,13 +152,32 @@ def _selector_intervals(part: pd.DataFrame) -> list[_Block]:
                 row[f"minus {b}"] = ("n/a" if pd.isna(v) else
                                      f"{100 * v:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
         rows.append(row)
-    return [_Block("note", "95% bootstrap intervals over the densities; 'minus X' = the "
+    unit = summ["unit"].iloc[0] if len(summ) else "density"
+    over = ("over the dense seeds (each draw reruns the selectors on the resampled cells)"
+            if unit == "dense_seed" else
+            f"over the densities ({summ['unit_note'].iloc[0] if len(summ) else ''})")
+    return [_Block("note", f"95% bootstrap intervals {over}; 'minus X' = the "
                    "selector's regret minus X's at the same density (negative = better than X; "
                    "an interval below 0 = reliably better):"),
             _Block("table", table=pd.DataFrame(rows).fillna(""))]
 
 
-def _dichotomy_section(sw: Sweep) -> tuple[list[_Block], str | None]:
+def _power_sentence(sw: Sweep) -> str | None:
+    """How many dense seeds would decide each density's effect (:func:`regimes.power`), or None
+    when no density can be sized (one dense seed, no spread)."""
+    try:
+        pw = regimes.power(sw.results)
+    except ValueError:
+        return None
+    if not pw.table["n_needed"].notna().any():
+        return None
+    return ("Power of the t test (80 % power, alpha 0.05, from this sweep's own per-seed "
+            "effects; a pilot's effect and sd are estimates, so plan with a margin):\n"
+            + pw.text())
+
+
+def _dichotomy_section(sw: Sweep, figdir: Any = None, dpi: int = 110
+                       ) -> tuple[list[_Block], str | None]:
     blocks = [_Block("h2", "The dichotomy: does a hotter dense model help at low density and "
                      "hurt at high density?"),
               _Block("p", "Per density: the mean pruned test error of the hot half of the "
@@ -164,10 +187,21 @@ def _dichotomy_section(sw: Sweep) -> tuple[list[_Block], str | None]:
     if sw.results is None:
         return blocks + [_Block("note", "No results.csv: the dichotomy needs the runs.")], None
     try:
-        text = regimes.dichotomy(sw.results).text()
+        dich = regimes.dichotomy(sw.results)
+        text = dich.text()
     except ValueError as e:
         return blocks + [_Block("note", f"Not available for this sweep: {e}")], None
-    return blocks + [_Block("pre", text)], text
+    blocks.append(_Block("pre", text))
+    if figdir is not None and len(dich.table):
+        p = plots.dichotomy(dich, figdir / "dichotomy.png", dpi=dpi)
+        blocks.append(_Block("img", text="Hot-minus-cold pruned test error per density (points; "
+                             "negative = hotter better): grey bar = bootstrap interval over "
+                             "dense seeds, capped line = t interval of the per-seed effects, "
+                             "dashed = 0.", path=p))
+    power_text = _power_sentence(sw)
+    if power_text:
+        blocks.append(_Block("pre", power_text))
+    return blocks, text
 
 
 def _case3(sw: Sweep) -> list[_Block]:

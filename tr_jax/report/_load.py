@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import regimes
 from ..regimes import RegimeRule
+from ..tables_io import read_table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,8 +82,10 @@ def load_workdir(workdir: str | os.PathLike, *,
                  rule: RegimeRule | Mapping[str, Any] | None = None) -> Sweep:
     """Read ``cells.csv`` (required), ``results.csv`` and ``config.json`` of a sweep.
 
-    Raises ``ValueError`` naming the path when the workdir or its ``cells.csv`` is missing, or
-    when ``cells.csv`` lacks the columns a report needs. With ``rule`` the regimes are
+    Raises ``ValueError`` naming the path when the workdir or its ``cells.csv`` is missing, and
+    a :class:`~tr_jax.errors.TableError` naming the file, the line or the missing row, and the
+    column when ``cells.csv`` or ``results.csv`` is cut off, damaged or lacks rows of
+    ``config.json``'s grid (see :func:`tr_jax.tables_io.read_table`). With ``rule`` the regimes are
     recomputed with it; otherwise the ``regime`` column of ``cells.csv`` is kept (computed from
     ``config.json``'s rule when absent)."""
     wd = pathlib.Path(workdir)
@@ -93,27 +96,21 @@ def load_workdir(workdir: str | os.PathLike, *,
     if not cells_path.is_file():
         raise ValueError(f"{cells_path} not found: no finished sweep in {str(wd)!r}; run "
                          f"`tr-jax run CONFIG --workdir {wd}` first")
-    cells = pd.read_csv(cells_path)
-    need = ("knob", "temperature", "density", "test_error", "lmc", "cka")
-    missing = [c for c in need if c not in cells.columns]
-    if missing:
-        raise ValueError(f"{cells_path}: lacks column(s) {missing}; has {list(cells.columns)}")
-    if len(cells) == 0:
-        raise ValueError(f"{cells_path}: no cells (empty table)")
-    cells["knob"] = cells["knob"].astype(str)
-    cells["temperature"] = cells["temperature"].astype(float)
-    cells["density"] = cells["density"].astype(float)
-    results = None
-    if (wd / "results.csv").is_file():
-        results = pd.read_csv(wd / "results.csv")
-        if "knob" in results.columns:
-            results["knob"] = results["knob"].astype(str)
     config: dict = {}
     if (wd / "config.json").is_file():
         try:
             config = json.loads((wd / "config.json").read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{wd / 'config.json'}: not valid JSON ({e})") from None
+    # checked against config.json's grid: a cut-off or damaged table raises a TableError
+    cells = read_table(cells_path, "cells", config=config)
+    cells["knob"] = cells["knob"].astype(str)
+    cells["temperature"] = cells["temperature"].astype(float)
+    cells["density"] = cells["density"].astype(float)
+    results = None
+    if (wd / "results.csv").is_file():
+        results = read_table(wd / "results.csv", "results", config=config)
+        results["knob"] = results["knob"].astype(str)
     if rule is not None:
         rule_obj, source = RegimeRule.from_dict(rule), "given"
     else:

@@ -3,58 +3,33 @@ members per program under a memory budget, and the dry-run plan (``tr-jax run CO
 """
 from __future__ import annotations
 
-import time
-
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from tr_jax import models
 from tr_jax.config import config_hash
 from tr_jax.sweep.plan import make_plan
-from tr_jax.training import StepConfig, Trainer, init_state, stack
 from tr_jax.members import resolve as mem_strategy
 
 
 def _step_estimate(model, section, cfg, image_shape, sam: bool, repeats: int = 3) -> dict:
-    """FLOPs, memory and measured seconds of one member's train step (synthetic data, this
-    machine), from the compiled program's cost and memory analyses."""
+    """FLOPs, memory and measured seconds of one member's train step of ``section`` (the run's
+    step settings, synthetic data, this machine), from the compiled program's cost and memory
+    analyses (``autotune.one_member_step``: compiled once per process per shape)."""
+    from tr_jax import autotune
+    from tr_jax.sweep.train import section_step
     bs = int(section.batch_size if cfg.knob != "batch_size" or section is cfg.retrain
              else max(cfg.temperatures))
-    rng = np.random.default_rng(0)
-    X = jnp.asarray(rng.integers(0, 256, (bs, *image_shape), dtype=np.uint8))
-    Y = jnp.asarray(rng.integers(0, 10, (bs,)), jnp.int32)
-    step = StepConfig(mean=(0.5,) * image_shape[2], std=(0.25,) * image_shape[2], batch_size=bs,
-                      pad=cfg.augment.pad, flip=cfg.augment.flip, momentum=section.momentum,
-                      optimizer=section.get("optimizer", "sgd"), sam=sam)
-    v = models.init(model, jax.random.key(0), image_shape)
-    state = stack([init_state(v, jax.tree.map(jnp.ones_like, v["params"]), jax.random.key(1),
-                              0.1, 1e-4, section.momentum, optimizer=step.optimizer)])
-    fn = Trainer(model, step, "vmap", chunk_steps=1)._train_fn(1, bs)
-    args = (X, Y, jnp.int32(0), jnp.int32(0), jnp.ones((1,), jnp.float32))
-    compiled = fn.lower(state, *args).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    memo = compiled.memory_analysis()
-    nbytes = sum(getattr(memo, k, 0) for k in ("temp_size_in_bytes", "argument_size_in_bytes",
-                                               "output_size_in_bytes")) if memo else 0
-    times = []
-    for _ in range(repeats):
-        st = jax.tree.map(jnp.copy, state)
-        t = time.perf_counter()
-        jax.block_until_ready(fn(st, *args))
-        times.append(time.perf_counter() - t)
-    return {"flops_per_step": float((cost or {}).get("flops", 0.0)), "bytes_per_member": nbytes,
-            "seconds_per_step": float(np.median(times)), "device": jax.devices()[0].device_kind}
+    # one step per call: the epoch length (num_train) only sets the chunk, not this program
+    step, _ = section_step(cfg, section, bs, (0.5,) * image_shape[2], (0.25,) * image_shape[2],
+                           bs, sam)
+    return autotune.one_member_step(model, step, image_shape, repeats)
 
 
 def device_memory_bytes() -> int | None:
     """The accelerator's memory limit (None on CPU or when the backend does not say)."""
-    if jax.default_backend() == "cpu":
-        return None
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("bytes_limit")
+    from tr_jax import autotune
+    return autotune.device_memory_bytes()
 
 
 def members_cap(cfg: ml_collections.ConfigDict, model, image_shape) -> tuple[int, str]:
@@ -66,7 +41,7 @@ def members_cap(cfg: ml_collections.ConfigDict, model, image_shape) -> tuple[int
     budget = cfg.run.memory_budget_gb * 2**30 or 0.8 * (device_memory_bytes() or 0)
     if not budget:
         return cap, ""
-    per = max(_step_estimate(model, sec, cfg, image_shape, False, repeats=1)["bytes_per_member"]
+    per = max(_step_estimate(model, sec, cfg, image_shape, False, repeats=0)["bytes_per_member"]
               for sec in (cfg.dense, cfg.retrain))
     fit = members_for_budget(per, budget)
     cap = min(cap, fit) if cap else fit
@@ -77,10 +52,12 @@ def members_cap(cfg: ml_collections.ConfigDict, model, image_shape) -> tuple[int
 def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True, *, model=None,
             dataset=None) -> str:
     """The plan of a config (members, groups, programs, steps) and, with ``measure``, FLOPs,
-    memory and a time estimate from a short measured step on this machine. Writes nothing, and
-    reads no dataset of the built-in ones (their shapes are known); ``npz:`` / ``tfds:`` data is
-    read for its shapes. ``model`` / ``dataset``: a config file's ``get_model()`` /
-    ``get_dataset()``."""
+    memory and a time estimate from a short measured step on this machine (one member: the
+    sweep is never allocated), and the members strategy the run would use — under ``auto`` the
+    autotuner's cached choice, else when and at how many members it will be timed; the dry run
+    times no strategy. Writes nothing, and reads no dataset of the built-in ones (their shapes
+    are known); ``npz:`` / ``tfds:`` data is read for its shapes. ``model`` / ``dataset``: a
+    config file's ``get_model()`` / ``get_dataset()``."""
     from tr_jax.data.datasets import DATASET_SHAPES, load_dataset
     if dataset is None and cfg.dataset in DATASET_SHAPES:
         num_train, shape, classes = DATASET_SHAPES[cfg.dataset]
@@ -101,17 +78,37 @@ def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True, *, model=None,
             f"strategy {mem_strategy(cfg.run.members_strategy)} on {jax.default_backend()} "
             f"({jax.device_count()} device(s))")
     tuned = ""
-    if measure and cfg.run.members_strategy == "auto":  # what the run would measure and choose
-        from tr_jax import autotune
-        m = len(plan.stage_programs("retrain")[0].members)
-        bs = int(cfg.retrain.batch_size)
-        cpu = jax.default_backend() == "cpu"
-        chunk = min(8, cfg.run.chunk_steps or (4 if cpu else -(-num_train // bs)))
-        step = StepConfig(mean=(0.5,) * shape[2], std=(0.25,) * shape[2], batch_size=bs,
-                          pad=cfg.augment.pad, flip=cfg.augment.flip,
-                          momentum=cfg.retrain.momentum, unroll=cpu,
-                          precision=cfg.run.get("precision", "float32"))
-        choice = autotune.choose(model, step, shape, m, autotune.model_candidates(model, m),
-                                 chunk_steps=chunk)
-        tuned = autotune.describe(choice, m) + "\n"
+    if cfg.run.members_strategy == "auto":  # what the run would choose; nothing is timed here
+        tuned = _strategy_line(cfg, model, shape, num_train, plan, measure) + "\n"
     return head + "\n" + (why + "\n" if why else "") + tuned + plan.describe(est)
+
+
+def _strategy_line(cfg: ml_collections.ConfigDict, model, shape, num_train: int, plan,
+                   measure: bool) -> str:
+    """The members strategy a run of ``cfg`` would use under ``auto``, timing nothing: the
+    autotuner's cached choice for the retraining's program shape, else when and for about how
+    long it will be measured (``autotune.planned``); the backend default when autotuning is off."""
+    import os
+
+    from tr_jax import autotune, sharding
+    from tr_jax.sweep.train import section_step
+    m = len(plan.stage_programs("retrain")[0].members)
+    default = mem_strategy("auto")
+    if sharding.multi_process():
+        return f"members strategy M={m}: vmap (a multi-process run is not autotuned)"
+    if os.environ.get(autotune.OFF_ENV, "") == "1":
+        return (f"members strategy M={m}: {default} (the backend default; autotuning off by "
+                f"{autotune.OFF_ENV}=1)")
+    # the run's own step settings (Pipeline._choose_strategy); the normalisation constants are
+    # not part of the autotune cache key, so the data need not be read for them
+    step, chunk = section_step(cfg, cfg.retrain, num_train, (0.5,) * shape[2],
+                               (0.25,) * shape[2])
+    cands = autotune.model_candidates(model, m)
+    budget = cfg.run.memory_budget_gb * 2**30 or None
+    if not measure:
+        cpu = jax.default_backend() == "cpu"
+        return (f"members strategy M={m}: auto, measured at the start of the run, "
+                f"~{autotune.CPU_BUDGET_S if cpu else autotune.ACCELERATOR_BUDGET_S:.0f} s "
+                f"(candidates {', '.join(cands)}); the backend default is {default!r}")
+    return autotune.planned(model, step, shape, m, cands, chunk_steps=min(chunk, 8),
+                            memory_budget_bytes=budget)

@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tr_jax import __version__, landscape, models, pruning
+from tr_jax.errors import UserError
 from tr_jax.sweep import stages
 from tr_jax.sweep.store import atomic_write_text
 
@@ -45,12 +46,24 @@ def import_torch(source: str | os.PathLike, out_dir: str | os.PathLike, *, arch:
     return meta
 
 
+def require_imported(path: str | os.PathLike) -> pathlib.Path:
+    """The absolute path of the checkpoint directory ``path`` written by ``import_torch``; a
+    :class:`~tr_jax.errors.UserError` naming it when it is missing, a file, or has no meta.json."""
+    path = pathlib.Path(path).absolute()
+    make = "make one with: tr-jax import-torch FILE --arch ... --out DIR"
+    if not path.exists():
+        raise UserError(f"no such directory: {str(path)!r} (an imported checkpoint; {make})")
+    if not path.is_dir():
+        raise UserError(f"{str(path)!r} is a file, not an imported checkpoint directory; {make}")
+    if not (path / "meta.json").is_file():
+        raise UserError(f"{str(path)!r} is not a tr_jax imported checkpoint (no meta.json); "
+                        f"{make}")
+    return path
+
+
 def load_imported(path: str | os.PathLike) -> tuple[Any, dict, dict, dict]:
     """(model, variables, mask, meta) of a checkpoint written by ``import_torch``."""
-    path = pathlib.Path(path).absolute()
-    if not (path / "meta.json").is_file():
-        raise FileNotFoundError(f"{str(path)!r} is not a tr_jax imported checkpoint (no meta.json); "
-                                "make one with: tr-jax import-torch FILE --arch ... --out DIR")
+    path = require_imported(path)
     meta = json.loads((path / "meta.json").read_text())
     model = models.build(meta["arch"], depth=meta["depth"], num_classes=meta["num_classes"],
                          width=meta["width"])

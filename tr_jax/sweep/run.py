@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 
 from tr_jax import __version__, autotune, models, plots, regimes, sharding
-from tr_jax.config import config_hash, to_json
-from tr_jax.data.arrays import check_dataset
+from tr_jax.config import config_hash, to_json, validate
+from tr_jax.data.arrays import check_dataset, small_test_split_note
 from tr_jax.data.datasets import load_dataset
 from tr_jax.sweep import tables
 from tr_jax.sweep.estimate import dry_run, members_cap  # noqa: F401  (re-exported)
@@ -38,6 +38,7 @@ from tr_jax.sweep.tables import provenance  # noqa: F401  (re-exported)
 from tr_jax.sweep.measure import MeasureStages
 from tr_jax.sweep.train import TrainStages
 from tr_jax import members as mem
+from tr_jax import distributed as dist
 from tr_jax.training.loop import program_model
 
 
@@ -69,6 +70,8 @@ class Pipeline(TrainStages, MeasureStages):
         self.say(f"tr_jax {__version__}: config {cfg.name!r} (hash {self.hash}) on "
                  f"{jax.default_backend()} ({jax.device_count()} device(s), "
                  f"{jax.process_count()} process(es)); workdir {self.wd.path}")
+        if note := small_test_split_note(self.ds.num_test):  # once, when the sweep starts
+            self.say(f"warning: {note}")
         self.model = model if model is not None else models.build(
             cfg.model.arch, depth=cfg.model.depth, num_classes=self.ds.num_classes,
             width=cfg.model.width)
@@ -91,8 +94,9 @@ class Pipeline(TrainStages, MeasureStages):
     def _choose_strategy(self) -> str:
         """``run.members_strategy``; ``auto`` is measured on this device for the retraining's
         program shape (``tr_jax.autotune``, cached per device, model, shapes, M and version),
-        except in a multi-process run, where it is ``vmap`` (the timing would have to agree
-        across processes)."""
+        timed at the members that fit ``run.memory_budget_gb`` (0: a quarter of the device's
+        memory, or of the host's RAM on CPU), except in a multi-process run, where it is ``vmap``
+        (the timing would have to agree across processes)."""
         requested = self.cfg.run.members_strategy
         if requested != "auto" or sharding.multi_process():
             return resolve_strategy(requested)
@@ -104,7 +108,8 @@ class Pipeline(TrainStages, MeasureStages):
         members = len(self.plan.stage_programs("retrain")[0].members)
         choice = autotune.choose(self.model, step, self.ds.image_shape, members,
                                  autotune.model_candidates(self.model, members),
-                                 chunk_steps=min(chunk, 8), echo=self.say)
+                                 chunk_steps=min(chunk, 8), echo=self.say,
+                                 memory_budget_bytes=self.cfg.run.memory_budget_gb * 2**30 or None)
         self.say(autotune.describe(choice, members))
         return choice.strategy
 
@@ -155,7 +160,8 @@ class Pipeline(TrainStages, MeasureStages):
 
     def _timed(self, name: str, fn, *args):
         t = time.time()
-        out = fn(*args)
+        with dist.stage(name):  # a lost peer in a multi-process run: PeerError naming the stage
+            out = fn(*args)
         self.timings[name] = time.time() - t
         return out
 
@@ -166,6 +172,7 @@ class Pipeline(TrainStages, MeasureStages):
         measured = self._timed("measure", self.measure, retrained)
         bezier = self._timed("bezier", self.bezier, retrained)
         hessian = self._timed("hessian", self.hessian, retrained)
+        dist.set_stage("tables")  # in lost-peer messages (translated by run()'s dist.stage)
         t = time.time()
         cells, results = self.tables(dense, retrained, measured, bezier, hessian)
         summary = regimes.summary_table(cells)
@@ -199,15 +206,19 @@ class Pipeline(TrainStages, MeasureStages):
 def run(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
         echo: Callable[[str], None] = print, *, model=None, dataset=None,
         distributed: bool = False, coordinator: str | None = None,
-        num_processes: int | None = None, process_id: int | None = None) -> dict:
-    """Run (or resume) the pipeline of a validated config in ``workdir``.
+        num_processes: int | None = None, process_id: int | None = None,
+        start_timeout_s: float = 300) -> dict:
+    """Run (or resume) the pipeline of a config in ``workdir`` (validated here: a bad value is a
+    ``ConfigError`` naming it, from ``tj.sweep.run(cfg)``; a validated config is unchanged).
 
     ``model`` / ``dataset`` replace the config's built-in model and dataset. ``distributed``,
     ``coordinator``, ``num_processes``, ``process_id``: as ``tr-jax run``'s flags, start the
     multi-process runtime first (``tr_jax.distributed.initialize``; call this before anything
-    else uses JAX). The workdir is locked for the run (all processes of one run share the lock)."""
-    from tr_jax import distributed as dist
+    else uses JAX; ``start_timeout_s``: how long it waits for every process, ``--start-timeout``).
+    The workdir is locked for the run (all processes of one run share the lock). A process lost
+    mid-run ends the others with a ``tr_jax.errors.PeerError`` naming it and the stage."""
     from tr_jax.sweep.lock import workdir_lock
-    dist.initialize(distributed, coordinator, num_processes, process_id)
-    with workdir_lock(workdir):
+    dist.initialize(distributed, coordinator, num_processes, process_id, timeout_s=start_timeout_s)
+    cfg = validate(cfg, "tj.sweep.run(cfg)")
+    with workdir_lock(workdir), dist.stage("setup"):
         return Pipeline(cfg, workdir, progress, echo, model=model, dataset=dataset).run()

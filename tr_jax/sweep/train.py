@@ -43,6 +43,25 @@ def _fresh_state(variables, key, lr, weight_decay, rho, *, momentum, optimizer):
                       weight_decay, momentum, optimizer=optimizer, rho=rho)
 
 
+def section_step(cfg: ml_collections.ConfigDict, section: ml_collections.ConfigDict,
+                 num_train: int, mean, std, batch_size: int | None = None,
+                 sam: bool = False) -> tuple[StepConfig, int]:
+    """(``StepConfig``, steps per call) of a training section (dense or retrain) of ``cfg`` on a
+    training set of ``num_train`` images normalised by ``mean``/``std``: what a run compiles, and
+    what ``--dry-run`` looks up in the autotune cache without the data."""
+    bs = int(batch_size or section.batch_size)
+    chunk, unroll = cfg.run.chunk_steps, True
+    if chunk == 0:  # auto: unrolled chunks of 4 on CPU, a whole epoch as one rolled scan elsewhere
+        cpu = jax.default_backend() == "cpu"
+        chunk, unroll = (4, True) if cpu else (-(-int(num_train) // bs), False)
+    step = StepConfig(mean=tuple(mean), std=tuple(std), batch_size=bs,
+                      pad=cfg.augment.pad, flip=cfg.augment.flip, momentum=section.momentum,
+                      unroll=unroll, optimizer=section.get("optimizer", "sgd"),
+                      sam=sam or section.get("sam_rho", 0.0) > 0,
+                      precision=cfg.run.get("precision", "float32"))
+    return step, chunk
+
+
 class TrainStages:
     """Dense training and retraining (needs the ``Pipeline`` attributes: cfg, ds, wd, model,
     grid, old_grid, plan, root, strategy, stacked, X, Y, Xt, Yt, say, _restore)."""
@@ -50,18 +69,8 @@ class TrainStages:
     def _step(self, section: ml_collections.ConfigDict, batch_size: int | None = None,
               sam: bool = False) -> tuple[StepConfig, int]:
         """The step settings of a training section (dense or retrain) and its steps per call."""
-        c = self.cfg
-        bs = int(batch_size or section.batch_size)
-        chunk, unroll = c.run.chunk_steps, True
-        if chunk == 0:  # auto: unrolled chunks of 4 on CPU, a whole epoch as one rolled scan elsewhere
-            cpu = jax.default_backend() == "cpu"
-            chunk, unroll = (4, True) if cpu else (-(-self.ds.num_train // bs), False)
-        step = StepConfig(mean=tuple(self.ds.mean), std=tuple(self.ds.std), batch_size=bs,
-                          pad=c.augment.pad, flip=c.augment.flip, momentum=section.momentum,
-                          unroll=unroll, optimizer=section.get("optimizer", "sgd"),
-                          sam=sam or section.get("sam_rho", 0.0) > 0,
-                          precision=c.run.get("precision", "float32"))
-        return step, chunk
+        return section_step(self.cfg, section, self.ds.num_train, self.ds.mean, self.ds.std,
+                            batch_size, sam)
 
     def _trainer(self, section: ml_collections.ConfigDict, batch_size: int | None = None,
                  sam: bool = False) -> Trainer:

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tr_jax import _checks as ck
 from tr_jax import sharding
 from tr_jax import members as mem
 from tr_jax.training.optim import multistep
@@ -135,6 +136,10 @@ class Trainer:
             raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
         if max_steps is not None and max_steps < 0:
             raise ValueError(f"max_steps={max_steps} must be >= 0")
+        ck.check_args("tr_jax.training.Trainer", chunk_steps=(chunk_steps, ck.POS_INT),
+                      milestones=(milestones, ck.Range("tuple", item=ck.NONNEG_INT,
+                                                       increasing=True)),
+                      gamma=(gamma, ck.FACTOR), drop_last=(drop_last, ck.BOOL))
         self.model, self.cfg = model, cfg
         self.milestones, self.gamma = tuple(int(m) for m in milestones), gamma
         self.schedule, self.max_steps = schedule, max_steps

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tr_jax import _checks as ck
+
 OPTIMIZERS = ("sgd", "adam")
 SAM_EPS = 1e-12  # added to the gradient norm (the reference's utils/sam.py)
 
@@ -47,7 +49,12 @@ def _sgd(learning_rate, weight_decay, momentum: float = 0.9):
 
 
 def sgd(learning_rate: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4):
-    """PyTorch's ``torch.optim.SGD(lr, momentum, weight_decay)`` as an optax transformation."""
+    """PyTorch's ``torch.optim.SGD(lr, momentum, weight_decay)`` as an optax transformation.
+
+    ``learning_rate`` > 0, ``momentum`` in [0, 1), ``weight_decay`` >= 0, all finite (plain
+    numbers are checked; arrays and traced values are not)."""
+    ck.check_args("tr_jax.training.optim.sgd", learning_rate=(learning_rate, ck.LR),
+                  momentum=(momentum, ck.MOMENTUM), weight_decay=(weight_decay, ck.WEIGHT_DECAY))
     return optax.inject_hyperparams(_sgd, static_args=("momentum",))(
         learning_rate=learning_rate, weight_decay=weight_decay, momentum=momentum)
 
@@ -87,7 +94,11 @@ def _adam(learning_rate, weight_decay, b1: float = 0.9, b2: float = 0.999, eps: 
 def adam(learning_rate: float = 1e-3, weight_decay: float = 0.0, b1: float = 0.9,
          b2: float = 0.999, eps: float = 1e-8):
     """PyTorch's ``torch.optim.Adam(lr, betas=(b1, b2), eps, weight_decay)`` (coupled L2, not
-    AdamW) as an optax transformation."""
+    AdamW) as an optax transformation. ``learning_rate`` > 0, ``weight_decay`` >= 0, ``b1`` and
+    ``b2`` in [0, 1), ``eps`` >= 0, all finite (plain numbers are checked)."""
+    ck.check_args("tr_jax.training.optim.adam", learning_rate=(learning_rate, ck.LR),
+                  weight_decay=(weight_decay, ck.WEIGHT_DECAY), b1=(b1, ck.MOMENTUM),
+                  b2=(b2, ck.MOMENTUM), eps=(eps, ck.NONNEG_FLOAT))
     return optax.inject_hyperparams(_adam, static_args=("b1", "b2", "eps"))(
         learning_rate=learning_rate, weight_decay=weight_decay, b1=b1, b2=b2, eps=eps)
 
@@ -99,6 +110,8 @@ def make(name: str, learning_rate: float = 0.1, weight_decay: float = 0.0,
     Only ``name`` and ``momentum`` shape the transformation; ``learning_rate`` and
     ``weight_decay`` are its initial injected values (they live in the state).
     """
+    ck.check_args("tr_jax.training.optim.make", learning_rate=(learning_rate, ck.LR),
+                  weight_decay=(weight_decay, ck.WEIGHT_DECAY), momentum=(momentum, ck.MOMENTUM))
     if name == "sgd":
         return sgd(learning_rate, momentum, weight_decay)
     if name == "adam":

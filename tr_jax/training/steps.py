@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from tr_jax import _checks as ck
 from tr_jax import models
 from tr_jax.data.augment import augment, normalize
 from tr_jax.training import optim
@@ -72,6 +73,11 @@ class StepConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        ck.check_args("tr_jax.training.StepConfig", batch_size=(self.batch_size, ck.POS_INT),
+                      pad=(self.pad, ck.NONNEG_INT), momentum=(self.momentum, ck.MOMENTUM),
+                      flip=(self.flip, ck.BOOL), unroll=(self.unroll, ck.BOOL),
+                      sam=(self.sam, ck.BOOL),
+                      optimizer=(self.optimizer, ck.Range("str", choices=optim.OPTIMIZERS)))
 
 
 def compute_model(model: nn.Module, precision: str) -> nn.Module:
@@ -95,6 +101,9 @@ def init_state(variables: dict, mask: Any, key: jax.Array, lr: float, weight_dec
     the member's SAM radius (used only when ``StepConfig.sam``). Vmappable over every argument
     except ``optimizer`` and ``momentum``.
     """
+    ck.check_args("tr_jax.training.init_state", lr=(lr, ck.LR),
+                  weight_decay=(weight_decay, ck.WEIGHT_DECAY), momentum=(momentum, ck.MOMENTUM),
+                  rho=(rho, ck.SAM_RHO))
     params = masked(variables["params"], mask)
     opt = optim.make(optimizer, lr, weight_decay, momentum)
     key_data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
