@@ -81,7 +81,7 @@ def test_the_tables_choices_are_the_modules():
 
 
 @pytest.mark.parametrize("rng, good, bad", [
-    (ck.LR, [1e-9, 1, 0.1], [0, 0.0, -0.1, math.inf, math.nan, None, True, "0.1"]),
+    (ck.LR, [0, 0.0, 1e-9, 1, 0.1], [-0.1, math.inf, math.nan, None, True, "0.1"]),
     (ck.WEIGHT_DECAY, [0, 0.0, 5e-4], [-1e-4, math.nan, math.inf]),
     (ck.MOMENTUM, [0, 0.0, 0.9, 0.999], [1, 1.0, 1.5, -0.1, math.nan]),
     (ck.POS_INT, [1, 64], [0, -1, 3.0, True, "ten", None]),
@@ -99,7 +99,8 @@ def test_the_shared_ranges(rng, good, bad):
 # ------------------------------------------------------------------ --set, files, Python configs
 def test_negative_lr_via_set():
     e = _error(["dense.lr=-0.1"])
-    assert str(e) == "dense.lr=-0.1 (from --set) is invalid: must be a finite number > 0"
+    assert str(e) == ("dense.lr=-0.1 (from --set) is invalid: must be a finite number >= 0 "
+                      "(0 = weights frozen)")
     assert (e.key, e.value, e.source) == ("dense.lr", -0.1, "--set")
 
 
@@ -107,7 +108,8 @@ def test_inf_lr_set_in_a_config_file(tmp_path):
     path = _write(tmp_path, 'c.retrain.lr = float("inf")\n')
     with pytest.raises(ConfigError) as e:
         load_config(path)
-    assert str(e.value) == (f"retrain.lr=inf (from {path}) is invalid: must be a finite number > 0")
+    assert str(e.value) == (f"retrain.lr=inf (from {path}) is invalid: must be a finite number "
+                            ">= 0 (0 = weights frozen)")
 
 
 def test_nan_weight_decay_in_a_python_config():
@@ -240,7 +242,7 @@ def test_sweep_run_validates_its_config(tmp_path):
     with pytest.raises(ConfigError) as e:
         tj.sweep.run(cfg, str(tmp_path / "w"), progress=False)
     assert str(e.value) == ("dense.lr=-0.5 (from tj.sweep.run(cfg)) is invalid: must be a finite "
-                            "number > 0")
+                            "number >= 0 (0 = weights frozen)")
     assert not (tmp_path / "w").exists()
 
 
@@ -249,7 +251,7 @@ def test_cli_refuses_a_negative_lr_in_one_line(tmp_path, capsys):
     assert cli.main(["run", TINY, "--workdir", str(wd), "--set", "dense.lr=-0.1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tr-jax: error:") and err.count("\n") == 1, err
-    assert "dense.lr=-0.1 (from --set) is invalid: must be a finite number > 0" in err
+    assert "dense.lr=-0.1 (from --set) is invalid: must be a finite number >= 0 (0 = weights frozen)" in err
     assert not wd.exists()
 
 
@@ -259,13 +261,13 @@ def test_optimisers_refuse_a_bad_lr():
     with pytest.raises(ConfigError) as e:
         optim.sgd(-0.1)
     assert str(e.value) == ("learning_rate=-0.1 (from tr_jax.training.optim.sgd) is invalid: must "
-                            "be a finite number > 0")
+                            "be a finite number >= 0 (0 = weights frozen)")
     with pytest.raises(ConfigError, match=r"learning_rate=nan \(from tr_jax.training.optim.adam\)"):
         optim.adam(float("nan"))
     with pytest.raises(ConfigError, match=r"b2=1.0 \(from tr_jax.training.optim.adam\)"):
         optim.adam(1e-3, b2=1.0)
-    with pytest.raises(ConfigError, match=r"learning_rate=0.0 \(from tr_jax.training.optim.make\)"):
-        optim.make("sgd", 0.0)
+    with pytest.raises(ConfigError, match=r"learning_rate=-1.0 \(from tr_jax.training.optim.make\)"):
+        optim.make("sgd", -1.0)
     with pytest.raises(ConfigError, match=r"momentum=1.5 \(from tr_jax.training.optim.make\)"):
         optim.make("sgd", 0.1, 0.0, 1.5)
     with pytest.raises(ConfigError, match=r"weight_decay=-1"):
@@ -290,7 +292,7 @@ def test_step_config_init_state_and_trainer_refuse_bad_values():
     with pytest.raises(ConfigError) as e:
         init_state({}, None, None, -1.0, 1e-4)
     assert str(e.value) == ("lr=-1.0 (from tr_jax.training.init_state) is invalid: must be a "
-                            "finite number > 0")
+                            "finite number >= 0 (0 = weights frozen)")
     with pytest.raises(ConfigError, match=r"weight_decay=inf \(from tr_jax.training.init_state\)"):
         init_state({}, None, None, 0.1, math.inf)
     step = StepConfig(mean=(0.5,), std=(0.25,))
@@ -303,9 +305,9 @@ def test_step_config_init_state_and_trainer_refuse_bad_values():
 def test_landscape_settings_are_checked():
     from tr_jax.landscape import hessian
     from tr_jax.landscape.bezier import train_curves
-    with pytest.raises(ConfigError, match=r"^lr=0.0 \(from tr_jax.landscape.train_curves\)"):
+    with pytest.raises(ConfigError, match=r"^lr=-1.0 \(from tr_jax.landscape.train_curves\)"):
         train_curves(None, None, None, None, None, None, None, key=None, mean=(0.5,),
-                     std=(0.25,), lr=0.0)
+                     std=(0.25,), lr=-1.0)
     with pytest.raises(ConfigError, match=r"epochs=0 \(from tr_jax.landscape.train_curves\)"):
         train_curves(None, None, None, None, None, None, None, key=None, mean=(0.5,),
                      std=(0.25,), epochs=0)

@@ -195,7 +195,7 @@ def check_args(source: str, **named: tuple[Any, Range]) -> None:
 
 
 #: shared ranges (the config table and the constructors use the same objects)
-LR = Range("float", lo=0, lo_open=True)                 # a learning rate: > 0 and finite
+LR = Range("float", lo=0, note="0 = weights frozen")  # as torch.optim: >= 0 and finite
 WEIGHT_DECAY = Range("float", lo=0)                     # coupled L2: >= 0 (0 = none)
 MOMENTUM = Range("float", lo=0, hi=1, hi_open=True)     # heavy ball / Adam's b1, b2: [0, 1)
 FACTOR = Range("float", lo=0, lo_open=True)             # a multiplicative factor: > 0, finite
