@@ -125,10 +125,12 @@ def _halves(temps: list[float], hot: Sequence[float] | None, cold: Sequence[floa
     return hot_l, cold_l
 
 
-def _healthy_rows(results: pd.DataFrame, knob: str | None, what: str) -> pd.DataFrame:
-    """The healthy, finite ``retrain`` ``test_error`` rows of ``results`` (of ``knob``)."""
+def healthy_rows(results: pd.DataFrame, knob: str | None, what: str, *, stage: str = "retrain",
+                 metric: str = "test_error") -> pd.DataFrame:
+    """The healthy, finite ``stage`` / ``metric`` rows of ``results`` (of ``knob``); ``what``
+    names the caller in errors."""
     res = prepare_results(results, what)
-    rows = res[(res["stage"] == "retrain") & (res["metric"] == "test_error") & ~res["sick"]
+    rows = res[(res["stage"] == stage) & (res["metric"] == metric) & ~res["sick"]
                & np.isfinite(res["value"])]
     if knob is not None:
         if knob not in set(rows["knob"]):
@@ -136,7 +138,7 @@ def _healthy_rows(results: pd.DataFrame, knob: str | None, what: str) -> pd.Data
                              f"{sorted(set(rows['knob']), key=str)})")
         rows = rows[rows["knob"] == knob]
     if not len(rows):
-        raise ValueError(f"{what}: no healthy retrain test_error rows in results")
+        raise ValueError(f"{what}: no healthy {stage} {metric} rows in results")
     return rows
 
 
@@ -199,7 +201,7 @@ def unit_effects(results: pd.DataFrame, *, knob: str | None = None,
     has one dense seed), ``unit_value`` (the seed), ``effect`` (hot-minus-cold mean test error
     of that unit, a fraction; NaN where it lacks one side), ``hot_temperatures,
     cold_temperatures``. Same arguments and definitions as :func:`dichotomy`."""
-    rows = _healthy_rows(results, knob, "unit_effects")
+    rows = healthy_rows(results, knob, "unit_effects")
     unit, units = _unit_of(rows)
     out = []
     for c in _columns(rows, unit, units, hot, cold, hotter_is_smaller):
@@ -254,7 +256,7 @@ def dichotomy(results: pd.DataFrame, *, knob: str | None = None,
     if correction not in CORRECTIONS:
         raise ValueError(f"dichotomy: unknown correction {correction!r}; expected one of "
                          f"{CORRECTIONS}")
-    rows = _healthy_rows(results, knob, "dichotomy")
+    rows = healthy_rows(results, knob, "dichotomy")
     if int(n_boot) < 1:
         raise ValueError(f"dichotomy: n_boot must be >= 1, got {n_boot!r}")
     unit, units = _unit_of(rows)

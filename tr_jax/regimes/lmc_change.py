@@ -22,8 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from .aggregate import prepare_results
-from .dichotomy import CORRECTIONS, holm, t_test_pvalue
+from .dichotomy import CORRECTIONS, healthy_rows, holm, t_test_pvalue
 
 __all__ = ["lmc_change"]
 
@@ -46,16 +45,7 @@ def lmc_change(results: pd.DataFrame, hot: float, cold: float, *, knob: str | No
     if correction not in CORRECTIONS:
         raise ValueError(f"lmc_change: unknown correction {correction!r}; expected one of "
                          f"{CORRECTIONS}")
-    res = prepare_results(results, "lmc_change")
-    rows = res[(res["stage"] == "pair") & (res["metric"] == "lmc") & ~res["sick"]
-               & np.isfinite(res["value"])]
-    if knob is not None:
-        if knob not in set(rows["knob"]):
-            raise ValueError(f"lmc_change: knob {knob!r} not in results (has "
-                             f"{sorted(set(rows['knob']), key=str)})")
-        rows = rows[rows["knob"] == knob]
-    if not len(rows):
-        raise ValueError("lmc_change: no healthy pair lmc rows in results")
+    rows = healthy_rows(results, knob, "lmc_change", stage="pair", metric="lmc")
     hot, cold = float(hot), float(cold)
     temps = sorted(set(rows["temperature"]))
     missing = [t for t in (hot, cold) if t not in temps]
