@@ -90,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="spell out case study 1's advice for this density")
     p.add_argument("--labels", default=None, help="CSV of regime labels (temperature, density, "
                    "label) to fit the rule's thresholds to")
+    p = sub.add_parser("status", parents=[common],
+                       help="where a sweep stands (live or not; takes no lock): holder, stage, "
+                       "progress, throughput, ETA, sick members, what a rerun would do")
+    p.add_argument("workdir", help="workdir of a `tr-jax run` (running, killed or finished)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--watch", type=float, default=None, metavar="S",
+                   help="reprint every S seconds until the run is finished or no longer alive")
+    p.add_argument("--watch-count", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     try:
@@ -262,9 +270,22 @@ def _dispatch(args: argparse.Namespace) -> int:
             atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     elif args.command == "advise":
         _advise(args)
+    elif args.command == "status":
+        import json
+
+        from tr_jax.sweep.status import format_status, status, watch
+        if args.watch is not None:
+            if not args.watch > 0:
+                raise ValueError(f"--watch {args.watch:g}: give a number of seconds > 0")
+            watch(args.workdir, args.watch, as_json=args.json, count=args.watch_count)
+        else:
+            st = status(args.workdir)
+            print(json.dumps(st, indent=1, default=str) if args.json else format_status(st))
     elif args.command == "report":
         from tr_jax.report import write_report
         paths = write_report(args.workdir, args.out, density=args.density, labels=args.labels)
+        if paths.get("partial"):
+            print(f"tr-jax: {paths['partial']}")
         if paths.get("dichotomy"):
             print(paths["dichotomy"])
         print(f"tr-jax: wrote {paths['html']}")

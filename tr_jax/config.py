@@ -94,7 +94,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.regimes = ml_collections.ConfigDict(RegimeRule().to_dict())
     c.run = ml_collections.ConfigDict(dict(
         members_strategy="auto", chunk_steps=0, eval_batch_size=0, checkpoint_every=5,
-        max_members=0, memory_budget_gb=0.0, precision="float32"))
+        max_members=0, memory_budget_gb=0.0, precision="float32", metrics=True,
+        metrics_test_every=0, tensorboard=False))
+    # metrics: append every epoch's per-member train loss / train error / test error and every
+    # measure chunk's timing to metrics.jsonl in the workdir (tj.sweep.metrics reads it);
+    # metrics_test_every: k > 0 also evaluates the test error every k-th epoch for it (0 = only
+    # the epochs a stage evaluates anyway); tensorboard: also write the cell means as TensorBoard
+    # scalars under workdir/tb/ (needs the `tensorboard` extra: tensorboardX).
     # precision: compute precision of training, "float32" or "bfloat16" (convs and classifier in
     # bf16; params, BN statistics and the loss float32; see tr_jax.training.steps).
     # max_members: members per compiled program (0 = a whole shape group); memory_budget_gb > 0
@@ -199,6 +205,9 @@ RANGES: dict[str, Range] = {
     "run.max_members": Range("int", lo=0, note="0 = no cap"),
     "run.memory_budget_gb": Range("float", lo=0, note="0 = no cap"),
     "run.precision": Range("str", choices=("float32", "bfloat16")),
+    "run.metrics": ck.BOOL,
+    "run.metrics_test_every": Range("int", lo=0, note="0 = only the epochs evaluated anyway"),
+    "run.tensorboard": ck.BOOL,
 }
 
 
@@ -554,7 +563,8 @@ class _null:
 
 #: keys added after tr_jax 0.2, left out of ``to_json`` (and so of the config hash and a workdir's
 #: config.json) while at these defaults, so that earlier workdirs still resume under the same hash
-_NEW_KEY_DEFAULTS = {("code_hash",): "", ("prune", "leaves"): "conv"}
+_NEW_KEY_DEFAULTS = {("code_hash",): "", ("prune", "leaves"): "conv", ("run", "metrics"): True,
+                     ("run", "metrics_test_every"): 0, ("run", "tensorboard"): False}
 
 
 def _drop_new_defaults(d: dict) -> dict:

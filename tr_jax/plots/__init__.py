@@ -25,7 +25,8 @@ The package's modules: :mod:`._common` (labels, colour maps, the cell grid, save
 :mod:`.overlays` (boundaries, sick / uncertain cells, transition), :mod:`.phase` (phase_diagram,
 figure2), :mod:`.regime_map` (three_regimes), :mod:`.curves` (curves_along_t) and
 :mod:`.dichotomy` (the function ``dichotomy``: the hot-minus-cold effect per density with its
-bootstrap and t intervals). Every name is importable from ``tr_jax.plots`` itself.
+bootstrap and t intervals) and :mod:`.training` (training_curves: test error against epoch from
+``metrics.jsonl``). Every name is importable from ``tr_jax.plots`` itself.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from __future__ import annotations
 import sys
 import types
 
-from . import _common, curves, overlays, phase, regime_map
+from . import _common, curves, overlays, phase, regime_map, training
 from . import dichotomy as _dichotomy_module
 # every name of the former single module, private ones included, stays importable from here
 from ._common import (_DEFAULT_CMAPS, _FORMATS, _LOG_METRICS, _NAN_COLOR, _PERCENT_METRICS,  # noqa: F401
@@ -47,6 +48,7 @@ from .overlays import (_SICK_HATCH, UNCERTAIN_BELOW, _sick_handle, _temperature_
                        draw_regime_boundaries, draw_sick_cells, draw_transition,  # noqa: F401
                        draw_uncertain_cells)  # noqa: F401
 from .phase import figure2, phase_diagram  # noqa: F401
+from .training import epoch_points, training_curves  # noqa: F401
 from .regime_map import (REGIME_COLORS, REGIME_DESCRIPTIONS, _arrow_span, _components,  # noqa: F401
                          draw_three_regimes, three_regimes)  # noqa: F401
 
@@ -54,6 +56,7 @@ __all__ = [
     "PANELS",
     "ALL_PANELS",
     "curves_along_t",
+    "training_curves",
     "METRIC_LABELS",
     "metric_grid",
     "phase_diagram",
@@ -75,7 +78,7 @@ __all__ = [
 
 _safe_name, _umask = safe_name, umask  # the names before 0.3 (kept for callers)
 
-_SUBMODULES = (_common, overlays, phase, regime_map, curves, _dichotomy_module)
+_SUBMODULES = (_common, overlays, phase, regime_map, curves, _dichotomy_module, training)
 
 
 class _Package(types.ModuleType):

@@ -40,9 +40,25 @@ from ._load import (FIGURES_DIR, Sweep, coldest_temperature, load_labels, load_w
                     match_density, match_temperature)
 from ._render import _Block, _render_html, _render_md
 from ._sections import _provenance, _regime_section, _transition_section, _transition_table
+from ._training import partial_banner, training_section
 
 __all__ = ["Sweep", "load_workdir", "match_density", "match_temperature", "write_report",
            "load_labels", "accuracy_sentence", "coldest_temperature", "FIGURES_DIR"]
+
+
+def _guarded(sw: Sweep, what: str, make, failed: Any = ()):
+    """``make()``; on partial results (``sw.partial``) a section that cannot be built from the
+    cells measured so far is skipped with a note (returns ``[note]``, or ``(failed, None)``
+    with ``failed`` given as None)."""
+    if sw.partial is None:
+        return make()
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001 - partial results: skip the section, say why
+        if failed is None:
+            return None, None
+        return [_Block("note", f"{what}: skipped, it needs the finished sweep (partial "
+                       f"results: {type(e).__name__}: {e}).")]
 
 
 def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
@@ -57,17 +73,22 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     (see :func:`load_labels`; the section is skipped without labels).
 
     Returns ``{"html": Path, "markdown": Path, "figures_dir": Path, "figures": [Path, ...],
-    "dichotomy": str or None}`` (the verdict of :func:`tr_jax.regimes.dichotomy`, None
-    without results.csv).
+    "dichotomy": str or None, "partial": str or None}`` (the verdict of
+    :func:`tr_jax.regimes.dichotomy`, None without results.csv; the partial-results banner when
+    the workdir has no ``cells.csv`` yet but a ``cells.partial.csv``: a sweep still measuring or
+    stopped, whose report shows the cells measured so far and skips, with a note, the sections
+    they cannot make). A "Training curves" section draws ``metrics.jsonl`` when there is one.
     Raises ``ValueError`` naming the path when the workdir has no ``cells.csv``.
     """
-    sw = load_workdir(workdir, rule=rule)
+    sw = load_workdir(workdir, rule=rule, partial_ok=True)
     focus = match_density(sw.cells, density) if density is not None else None
     out = pathlib.Path(out_dir) if out_dir is not None else sw.workdir
     out.mkdir(parents=True, exist_ok=True)
     figdir = out / FIGURES_DIR
     figdir.mkdir(parents=True, exist_ok=True)
-    tt, tt_source = _transition_table(sw)
+    tt, tt_source = _guarded(sw, "transition", lambda: _transition_table(sw), None)
+    if tt is None:
+        tt, tt_source = None, "none (partial results)"
 
     name = sw.config.get("name") or sw.workdir.name
     title = f"tr_jax report: {name}"
@@ -79,6 +100,8 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
                "the retrained pairs place each (temperature, density) cell in Regime I, II-A "
                "or II-B."),
     ]
+    if sw.partial is not None:  # cells.partial.csv of a sweep still measuring (or stopped)
+        blocks.insert(1, _Block("note", partial_banner(sw)))
     blocks += _provenance(sw)
 
     figures: list[pathlib.Path] = []
@@ -121,13 +144,20 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
             blocks.append(_Block("img", text=f"Train error along t, {c.stem.split('_')[-1]} "
                                  "density (line = LMC path; Bezier when measured)", path=dst))
 
-    blocks += _transition_section(sw, tt, tt_source)
-    dich_blocks, dich_text = _dichotomy_section(sw, figdir, dpi)
+    train_blocks, train_figures = training_section(sw, figdir, dpi)
+    blocks += train_blocks
+    figures += train_figures
+
+    blocks += _guarded(sw, "The transition", lambda: _transition_section(sw, tt, tt_source))
+    dich_blocks, dich_text = _guarded(sw, "The dichotomy",
+                                      lambda: _dichotomy_section(sw, figdir, dpi), None)
+    if dich_blocks is None:
+        dich_blocks, dich_text = [], None
     figures += [b.path for b in dich_blocks if b.kind == "img"]
     blocks += dich_blocks
-    blocks += _case1(sw, focus)
-    blocks += _case2(sw)
-    blocks += _case3(sw)
+    blocks += _guarded(sw, "Case study 1", lambda: _case1(sw, focus))
+    blocks += _guarded(sw, "Case study 2", lambda: _case2(sw))
+    blocks += _guarded(sw, "Case study 3", lambda: _case3(sw))
     if labels is not None:
         blocks += _fit_section(sw, labels)
 
@@ -136,5 +166,6 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     atomic_write_text(html_path, _render_html(blocks, title))
     atomic_write_text(md_path, _render_md(blocks, figdir, out))
     return {"html": html_path, "markdown": md_path, "figures_dir": figdir, "figures": figures,
-            "dichotomy": dich_text}
+            "dichotomy": dich_text,
+            "partial": partial_banner(sw) if sw.partial is not None else None}
 

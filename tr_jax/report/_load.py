@@ -14,7 +14,10 @@ import pandas as pd
 
 from .. import regimes
 from ..regimes import RegimeRule
-from ..tables_io import read_table
+from ..tables_io import expected_grid, read_table
+
+#: the partial cells table of a sweep still measuring (``tr_jax.sweep.partial.CELLS``)
+PARTIAL_CELLS = "cells.partial.csv"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,6 +42,9 @@ class Sweep:
     config: dict
     rule: RegimeRule
     rule_source: str
+    #: ``(cells measured, cells of the grid)`` when read from ``cells.partial.csv`` (a sweep
+    #: still measuring, or stopped), else None
+    partial: tuple[int, int] | None = None
 
     @property
     def knobs(self) -> list[str]:
@@ -79,8 +85,15 @@ def _with_intervals(cells: pd.DataFrame, results: pd.DataFrame, rule: RegimeRule
 
 
 def load_workdir(workdir: str | os.PathLike, *,
-                 rule: RegimeRule | Mapping[str, Any] | None = None) -> Sweep:
+                 rule: RegimeRule | Mapping[str, Any] | None = None,
+                 partial_ok: bool = False) -> Sweep:
     """Read ``cells.csv`` (required), ``results.csv`` and ``config.json`` of a sweep.
+
+    With ``partial_ok`` (the report): a sweep still measuring (or stopped while measuring) has
+    no ``cells.csv`` but may have a ``cells.partial.csv`` (the cells measured so far,
+    :mod:`tr_jax.sweep.partial`): it is read instead, with the parse checks but not the grid's
+    completeness, without ``results.csv``, and ``Sweep.partial`` says how many of the grid's
+    cells it holds.
 
     Raises ``ValueError`` naming the path when the workdir or its ``cells.csv`` is missing, and
     a :class:`~tr_jax.errors.TableError` naming the file, the line or the missing row, and the
@@ -93,7 +106,11 @@ def load_workdir(workdir: str | os.PathLike, *,
         raise ValueError(f"workdir {str(wd)!r} does not exist; run `tr-jax run CONFIG --workdir "
                          f"{wd}` first")
     cells_path = wd / "cells.csv"
-    if not cells_path.is_file():
+    partial_path = wd / PARTIAL_CELLS
+    is_partial = partial_ok and not cells_path.is_file() and partial_path.is_file()
+    if is_partial:
+        cells_path = partial_path
+    elif not cells_path.is_file():
         raise ValueError(f"{cells_path} not found: no finished sweep in {str(wd)!r}; run "
                          f"`tr-jax run CONFIG --workdir {wd}` first")
     config: dict = {}
@@ -103,12 +120,13 @@ def load_workdir(workdir: str | os.PathLike, *,
         except json.JSONDecodeError as e:
             raise ValueError(f"{wd / 'config.json'}: not valid JSON ({e})") from None
     # checked against config.json's grid: a cut-off or damaged table raises a TableError
-    cells = read_table(cells_path, "cells", config=config)
+    # (the partial table: parse checks only; it holds the cells measured so far)
+    cells = read_table(cells_path, "cells", config=None if is_partial else config)
     cells["knob"] = cells["knob"].astype(str)
     cells["temperature"] = cells["temperature"].astype(float)
     cells["density"] = cells["density"].astype(float)
     results = None
-    if (wd / "results.csv").is_file():
+    if not is_partial and (wd / "results.csv").is_file():
         results = read_table(wd / "results.csv", "results", config=config)
         results["knob"] = results["knob"].astype(str)
     if rule is not None:
@@ -124,8 +142,14 @@ def load_workdir(workdir: str | os.PathLike, *,
         cells["regime"] = _none_for_nan(cells["regime"])
     if results is not None and (rule is not None or "regime_confidence" not in cells.columns):
         cells = _with_intervals(cells, results, rule_obj)
+    partial = None
+    if is_partial:
+        grid = expected_grid(config)
+        total = (len(grid.temperatures) * len(grid.densities) if grid is not None
+                 else len(cells))
+        partial = (len(cells), total)
     return Sweep(workdir=wd, cells=cells, results=results, config=config, rule=rule_obj,
-                 rule_source=source)
+                 rule_source=source, partial=partial)
 
 
 def _fmt_density(d: float) -> str:

@@ -57,8 +57,14 @@ def _provenance(sw: Sweep) -> list[_Block]:
     if "sick_members" in sw.cells.columns:
         sick = pd.to_numeric(sw.cells["sick_members"], errors="coerce").fillna(0)
         rows.append(("cells with sick members", f"{int((sick > 0).sum())} of {len(sw.cells)}"))
-    mtime = _dt.datetime.fromtimestamp((sw.workdir / "cells.csv").stat().st_mtime)
-    rows.append(("sweep finished (cells.csv written)", mtime.isoformat(sep=" ", timespec="seconds")))
+    if getattr(sw, "partial", None) is not None:  # a sweep still measuring (or stopped)
+        mtime = _dt.datetime.fromtimestamp((sw.workdir / "cells.partial.csv").stat().st_mtime)
+        rows.append(("partial results (cells.partial.csv written)",
+                     mtime.isoformat(sep=" ", timespec="seconds")))
+    else:
+        mtime = _dt.datetime.fromtimestamp((sw.workdir / "cells.csv").stat().st_mtime)
+        rows.append(("sweep finished (cells.csv written)",
+                     mtime.isoformat(sep=" ", timespec="seconds")))
     from .. import __version__
     try:
         import jax

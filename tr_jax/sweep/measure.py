@@ -11,7 +11,7 @@ import numpy as np
 
 from tr_jax import landscape, sharding
 from tr_jax import members as mem
-from tr_jax.sweep import stages
+from tr_jax.sweep import partial, stages
 from tr_jax.sweep.train import _progress, padded_idx
 
 CURVE_KEYS = ("train_error", "train_loss", "test_error", "test_loss")
@@ -39,6 +39,8 @@ class MeasureStages:
                 if (lo, hi) not in done:
                     done[(lo, hi)] = {k: np.asarray(v) for k, v in compute(items[lo:hi]).items()}
                     self.wd.save_chunk(stage, lo, hi, done[(lo, hi)])
+                    self._metrics_chunk(stage, lo, hi, n, chunk)
+                    partial.committed(self, stage, items, done)  # cells.partial.csv
                     bar.update(hi - lo)
                 results.append(done[(lo, hi)])
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]} if results else {}

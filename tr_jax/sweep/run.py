@@ -29,7 +29,7 @@ from tr_jax import __version__, autotune, models, plots, regimes, sharding
 from tr_jax.config import config_hash, to_json, validate
 from tr_jax.data.arrays import check_dataset, small_test_split_note
 from tr_jax.data.datasets import load_dataset
-from tr_jax.sweep import tables
+from tr_jax.sweep import partial, tables
 from tr_jax.sweep.estimate import dry_run, members_cap  # noqa: F401  (re-exported)
 from tr_jax.sweep.grid import Grid, member_key  # noqa: F401  (re-exported)
 from tr_jax.sweep.plan import make_plan
@@ -169,6 +169,8 @@ class Pipeline(TrainStages, MeasureStages):
         t0 = time.time()
         dense = self._timed("dense", self.dense)
         retrained = self._timed("retrain", self.retrain, dense)
+        # cells.partial.csv while measuring, written by process 0 (tr_jax.sweep.partial)
+        self.partial_tables = partial.PartialTables(self, dense, retrained)
         measured = self._timed("measure", self.measure, retrained)
         bezier = self._timed("bezier", self.bezier, retrained)
         hessian = self._timed("hessian", self.hessian, retrained)
@@ -188,6 +190,7 @@ class Pipeline(TrainStages, MeasureStages):
                 rule=self.cfg.regimes.to_dict(), transition_table=transition))
             figures += self.curve_figures(measured, bezier)
             atomic_write_text(self.wd.path / "summary.txt", summary + "\n")
+            partial.remove(self.wd.path)  # the final tables replace the partial ones
         self.timings["tables"] = time.time() - t
         sharding.barrier("tr_jax:tables")
         self.wd.finish_growth()

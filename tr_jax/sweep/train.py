@@ -82,8 +82,40 @@ class TrainStages:
                        schedule=section.schedule,
                        max_steps=int(section.iterations) if iteration else None)
 
+    def _metrics_log(self):
+        """The workdir's ``metrics.jsonl`` writer (``tr_jax.sweep.metrics``), made once."""
+        if getattr(self, "_mlog", None) is None:
+            from tr_jax.sweep.metrics import MetricsLog
+            run = self.cfg.run
+            self._mlog = MetricsLog(self.wd.path, run.get("metrics", True),
+                                    run.get("tensorboard", False), self.cfg.knob)
+        return self._mlog
+
+    def _metrics_chunk(self, stage: str, lo: int, hi: int, n: int, size: int) -> None:
+        """After the record of chunk [lo, hi) of ``n`` items (chunks of ``size``) of the chunked
+        stage ``stage`` (outputs, lmc, bezier, hessian) is committed: its metrics line (timed from
+        the previous line) and, every ~60 s or at the last chunk, a progress line in the log."""
+        from tr_jax.sweep.metrics import fmt_duration
+        mlog = self._metrics_log()
+        now = time.time()
+        wall = now - mlog.last_t
+        size = max(1, size)
+        k, chunks = lo // size + 1, -(-n // size)
+        group = {"outputs": "measure", "lmc": "measure"}.get(stage, stage)
+        mlog.chunk(group, stage, k, chunks, hi - lo, wall)
+        t = getattr(self, "_chunk_timer", {}).get(stage)
+        self._chunk_timer = {**getattr(self, "_chunk_timer", {}), stage: t or (now - wall, 0, now)}
+        t0, done, last_say = self._chunk_timer[stage]
+        done += hi - lo
+        rate = done / max(now - t0, 1e-9)
+        if hi >= n or now - last_say >= 60:
+            self.say(f"{stage}: chunk {k}/{chunks}, {rate:.3g} items/s, "
+                     f"ETA stage {fmt_duration((n - hi) / max(rate, 1e-9))}")
+            last_say = now
+        self._chunk_timer[stage] = (t0, done, last_say)
+
     def _fit(self, stage: str, trainer: Trainer, state, epochs: int, eval_epochs, desc: str,
-             keep_epochs: tuple[int, ...] = ()):
+             keep_epochs: tuple[int, ...] = (), meta: dict | None = None):
         """``trainer.fit`` that commits a progress checkpoint every ``run.checkpoint_every`` epochs
         (the state, as sharded global arrays, and the test-error history) and resumes from it;
         a kept snapshot (dense variables at ``keep_epochs``) is its own checkpoint, written once.
@@ -109,6 +141,13 @@ class TrainStages:
                 if e <= start:
                     snaps[e] = self.wd.load(f"{stage}_snap{e}", like=host_vars)
             self.say(f"{stage}: resuming from the checkpoint after epoch {start}")
+        mlog = self._metrics_log()
+        mlog.restart(stage, start)  # lines of a killed run beyond its last commit go
+        tick, on_metrics, metric_epochs = self._epoch_metrics(stage, trainer, epochs, start, meta)
+        if on_metrics is None:
+            tick = (lambda k, t=tick: [t(None) for _ in range(k)])  # noqa: E731
+        else:
+            tick = None
 
         def on_epoch(epoch: int, get_state) -> None:
             save = every and epoch % every == 0 and epoch < epochs
@@ -124,14 +163,73 @@ class TrainStages:
                     if e in hist:
                         record["hist"][i] = hist[e]
                 record.update(state=st, epoch=np.int32(epoch))
+                mlog.flush()  # the epochs' lines first: a resume drops those beyond the commit
                 self.wd.save(name, record, note=f"after epoch {epoch}")
 
         with _progress(epochs, desc, self.progress) as bar:
             bar.update(start)
+            self._bar = bar
+            progress = bar.update if tick is None else (lambda k: (bar.update(k), tick(k)))
             final, hist = trainer.fit(state, self.X, self.Y, epochs, test=(self.Xt, self.Yt),
                                       eval_epochs=eval_epochs, on_epoch=on_epoch,
-                                      progress=bar.update, start_epoch=start, history=hist)
+                                      progress=progress, start_epoch=start, history=hist,
+                                      on_metrics=on_metrics, metric_epochs=metric_epochs)
+        mlog.flush()
         return final, hist, snaps
+
+    def _epoch_metrics(self, program: str, trainer: Trainer, epochs: int, start: int,
+                       meta: dict | None):
+        """(tick, on_metrics, metric_epochs) of a program's fit: ``tick(metrics or None)``
+        times an epoch, shows member-steps/s and images/s on the bar, logs a progress line with
+        the stage's ETA every ~60 s (and at each quarter and the end of the program) and, with
+        metrics, buffers the epoch's line; ``on_metrics`` is None when neither metrics.jsonl nor
+        TensorBoard is on (no per-epoch host transfer then)."""
+        from tr_jax.sweep.metrics import fmt_duration
+        meta = dict(meta or {})
+        kind = meta.pop("stage", program.split("_")[0])
+        run, mlog = self.cfg.run, self._metrics_log()
+        n = len(meta.get("member", ())) or 1
+        later = 0  # member-steps of the stage's programs after this one
+        progs = [p for p in self.plan.stage_programs(kind)]
+        names = [p.name for p in progs]
+        if program in names:
+            later = sum(p.steps * len(p.members) for p in progs[names.index(program) + 1:])
+        num_train = int(self.X.shape[0])
+        clock = {"epoch": start, "t": time.time(), "say": time.time(), "steps": 0, "secs": 0.0}
+
+        def tick(m):
+            clock["epoch"] += 1
+            epoch, now = clock["epoch"], time.time()
+            wall, clock["t"] = now - clock["t"], now
+            mlog.last_t = now  # the next measure chunk is timed from here
+            plan = trainer.epoch_plan(num_train, epoch - 1)
+            steps, images = sum(k for _, k, _ in plan), sum(k * b for _, k, b in plan)
+            ms_s, im_s = n * steps / max(wall, 1e-9), n * images / max(wall, 1e-9)
+            if epoch > start + 1 or epochs - start == 1:  # the first epoch compiles
+                clock["steps"] += n * steps
+                clock["secs"] += wall
+            rate = clock["steps"] / clock["secs"] if clock["secs"] > 0 else ms_s
+            bar = getattr(self, "_bar", None)
+            if bar is not None and not bar.disable:
+                bar.set_postfix_str(f"{ms_s:.0f} member-steps/s, {im_s:.0f} img/s", refresh=False)
+            if m is not None:
+                mlog.epoch({"stage": kind, "program": program, "epoch": epoch, "epochs": epochs,
+                            "wall_s": round(wall, 4), "member_steps_s": ms_s, "images_s": im_s,
+                            "members": {**meta, **{k: ([None] * n if v is None else v[:n])
+                                                   for k, v in m.items()}}})
+            quarter = epochs >= 4 and epoch % (epochs // 4) == 0
+            if epoch == epochs or quarter or now - clock["say"] >= 60:
+                left = n * steps * (epochs - epoch) + later
+                self.say(f"{program}: epoch {epoch}/{epochs}, {ms_s:.0f} member-steps/s, "
+                         f"{im_s:.0f} images/s, ETA stage {fmt_duration(left / max(rate, 1e-9))}")
+                clock["say"] = now
+
+        # decided from the config, the same in every process: the per-epoch host copies are
+        # collectives of sharded arrays, so every process makes them (only process 0 writes)
+        if not (run.get("metrics", True) or run.get("tensorboard", False)):
+            return tick, None, ()
+        k = int(run.get("metrics_test_every", 0))
+        return tick, (lambda epoch, m: tick(m)), (range(k, epochs + 1, k) if k else ())
 
     def _remove_progress(self, stage: str, keep: tuple = ()) -> None:
         self.wd.remove(f"{stage}_progress")
@@ -170,8 +268,11 @@ class TrainStages:
         temps, keep = self._dense_keep(prog)
         self.say(f"{prog.name}: {n} dense member(s) x {prog.epochs} epochs "
                  f"({prog.steps} steps, batch {prog.batch_size}, strategy {trainer.strategy})")
+        meta = {"stage": "dense", "member": list(prog.members),
+                "dense_seed": [s for s, _ in members], "temperature": [t for _, t in members],
+                "density": [None] * n, "retrain_seed": [None] * n}
         _, hist, snaps = self._fit(prog.name, trainer, state, prog.epochs, temps,
-                                   f"dense {prog.name} (epochs)", keep_epochs=keep)
+                                   f"dense {prog.name} (epochs)", keep_epochs=keep, meta=meta)
         trim = lambda x: np.asarray(x)[:n]  # noqa: E731  (drop the padding)
         out = {"variables": jax.tree.map(lambda *xs: np.stack([trim(x) for x in xs], axis=1),
                                          *[snaps[t] for t in temps]),
@@ -409,8 +510,12 @@ class TrainStages:
                                      density[sel], keys[sel], lr=rc.lr, weight_decay=rc.weight_decay,
                                      momentum=rc.momentum, scope=self.cfg.prune.scope,
                                      leaves=self.cfg.prune.leaves)
+        grid_members = self.grid.members()
+        meta = {"stage": "retrain", "member": [int(i) for i in ids],
+                **{k: [grid_members[i][j] for i in ids] for j, k in enumerate(
+                    ("dense_seed", "temperature", "density", "retrain_seed"))}}
         final, hist, _ = self._fit(prog.name, self._trainer(rc), state, prog.epochs, eval_epochs,
-                                   f"retrain {prog.name} (epochs)")
+                                   f"retrain {prog.name} (epochs)", meta=meta)
         variables = {"params": final.params, "batch_stats": final.batch_stats}
         healthy = stages.finite(variables)[:n]
         # pruned weights stay 0 (a diverged member's NaN/inf weights are its own business)

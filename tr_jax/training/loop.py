@@ -94,7 +94,7 @@ def _compiled_train(model: nn.Module, cfg: StepConfig, strategy: str, n_steps: i
     """The jitted group step, built once per (model, settings, strategy, chunk shape) per process,
     so every Trainer of a run (dense, retrain) and every run in a process shares the compile."""
     fn = functools.partial(train_steps, program_model(model, strategy), cfg, n_steps=n_steps,
-                           batch_size=batch_size)
+                           batch_size=batch_size, with_errors=True)
     return mem.over_members(fn, strategy, (0, None, None, None, None, None), donate_argnums=(0,))
 
 
@@ -118,6 +118,12 @@ def _run(work: Callable, groups: list, strategy: str, fns: list[Callable]) -> li
 def _mean_loss(losses: list, n_steps: int) -> jnp.ndarray:
     """Mean of the per-step losses [..., n] of an epoch's calls."""
     return jnp.sum(jnp.concatenate(losses, axis=-1), axis=-1) / n_steps
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _error_rate(wrongs: list, n_images: int) -> jnp.ndarray:
+    """Fraction of misclassified training images of an epoch from the per-step counts [..., n]."""
+    return jnp.sum(jnp.concatenate(wrongs, axis=-1), axis=-1) / n_images
 
 
 class Trainer:
@@ -191,7 +197,9 @@ class Trainer:
     # -- public -----------------------------------------------------------------------------
     def train_epoch(self, groups: list[TrainState], images: jnp.ndarray, labels: jnp.ndarray,
                     epoch: int) -> tuple[list[TrainState], list[jnp.ndarray]]:
-        """One epoch for every group; returns new groups and their mean losses (on device)."""
+        """One epoch for every group; returns new groups and their mean losses (on device).
+        The running training error of each group (misclassified / trained images of the epoch,
+        train mode, on device) is left in ``self.last_train_error``."""
         plan = self.epoch_plan(images.shape[0], epoch)
         if not plan:
             raise ValueError(f"epoch {epoch} lies beyond max_steps={self.max_steps}")
@@ -199,17 +207,20 @@ class Trainer:
         calls = [(self._train_fn(n, bs), jnp.asarray(step0, jnp.int32), jnp.asarray(scales))
                  for (step0, n, bs), scales in zip(plan, self.lr_plan(images.shape[0], epoch))]
         n_steps = sum(n for _, n, _ in plan)
+        n_images = sum(n * bs for _, n, bs in plan)
 
         def work(g):
-            losses = []
+            losses, wrongs = [], []
             for fn, step0, scales in calls:
-                g, loss = fn(g, images, labels, step0, ep, scales)
+                g, (loss, wrong) = fn(g, images, labels, step0, ep, scales)
                 losses.append(loss)
+                wrongs.append(wrong)
             # one reduction per epoch, not two small ops per call (each a dispatch)
-            return g, _mean_loss(losses, n_steps)
+            return g, _mean_loss(losses, n_steps), _error_rate(wrongs, n_images)
 
         out = _run(work, groups, self.strategy, [fn for fn, _, _ in calls])
-        return [g for g, _ in out], [loss for _, loss in out]
+        self.last_train_error = [err for _, _, err in out]
+        return [g for g, _, _ in out], [loss for _, loss, _ in out]
 
     def evaluate(self, groups: list[TrainState], images: jnp.ndarray,
                  labels: jnp.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +244,9 @@ class Trainer:
             test: tuple[jnp.ndarray, jnp.ndarray] | None = None, eval_epochs: Iterable[int] = (),
             on_epoch: Callable[[int, Callable[[], TrainState]], None] | None = None,
             progress: Callable[[int], None] | None = None, start_epoch: int = 0,
-            history: dict[int, np.ndarray] | None = None):
+            history: dict[int, np.ndarray] | None = None,
+            on_metrics: Callable[[int, dict], None] | None = None,
+            metric_epochs: Iterable[int] = ()):
         """Train the stacked members for epochs ``start_epoch .. epochs - 1`` (fewer when
         ``max_steps`` is spent earlier: the epoch that reaches it ends mid-epoch, and counts as
         done for ``eval_epochs`` and ``on_epoch``).
@@ -241,18 +254,32 @@ class Trainer:
         ``eval_epochs``: 1-indexed epochs after which the test error of every member is recorded.
         ``on_epoch(epoch_done, get_state)`` is called after every epoch (1-indexed) with a thunk
         that joins the groups into a stacked state (only built when asked for).
+        ``on_metrics(epoch_done, metrics)`` (before ``on_epoch``) gets host arrays [M] of the
+        epoch: ``train_loss`` (mean over its steps), ``train_error`` (running error on its
+        training batches) and ``test_error`` (None unless the epoch is in ``eval_epochs`` or
+        ``metric_epochs``: extra epochs evaluated for the callback only, not kept in the history).
         Returns the stacked final state and ``{epoch: test errors [M]}`` (filled into ``history``
         when given, so a callback sees it as it grows).
         """
-        eval_epochs = set(eval_epochs)
+        eval_epochs, metric_epochs = set(eval_epochs), set(metric_epochs)
         M = mem.num_members(state)
         groups = mem.split_groups(state, self.strategy)
         history = {} if history is None else history
         needed = self.epochs_needed(images.shape[0])
         for epoch in range(start_epoch, epochs if needed is None else min(epochs, needed)):
-            groups, _ = self.train_epoch(groups, images, labels, epoch)
-            if test is not None and epoch + 1 in eval_epochs:
-                history[epoch + 1] = self.evaluate(groups, *test)[0][:M]
+            groups, losses = self.train_epoch(groups, images, labels, epoch)
+            test_err = None
+            if test is not None and (epoch + 1 in eval_epochs or
+                                     (on_metrics is not None and epoch + 1 in metric_epochs)):
+                test_err = self.evaluate(groups, *test)[0][:M]
+                if epoch + 1 in eval_epochs:
+                    history[epoch + 1] = test_err
+            if on_metrics is not None:
+                host = lambda xs: np.concatenate(  # noqa: E731
+                    [np.atleast_1d(sharding.to_host(x)) for x in xs])[:M].astype(np.float64)
+                on_metrics(epoch + 1, {"train_loss": host(losses),
+                                       "train_error": host(self.last_train_error),
+                                       "test_error": test_err})
             if on_epoch is not None:
                 on_epoch(epoch + 1, lambda gs=groups: mem.join_groups(gs, self.strategy, M))
             if progress is not None:

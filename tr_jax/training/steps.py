@@ -131,22 +131,25 @@ def _check_opt_state(opt: optax.GradientTransformation, cfg: StepConfig, state: 
 
 
 def train_step(model: nn.Module, cfg: StepConfig, state: TrainState, x: jnp.ndarray,
-               y: jnp.ndarray, lr: jnp.ndarray) -> tuple[TrainState, jnp.ndarray]:
+               y: jnp.ndarray, lr: jnp.ndarray, *, with_errors: bool = False):
     """One masked optimiser step (a SAM step when ``cfg.sam``) on a normalised batch
     x [B, H, W, C], labels y [B], at learning rate ``lr`` []. Returns the new state and the
-    (first-pass) training loss."""
+    (first-pass) training loss; with ``with_errors``, the loss is a pair (loss, #misclassified
+    images of the batch in the first, train-mode pass) [] int32 (an auxiliary output of the same
+    forward pass: the state and loss are unchanged)."""
     model = compute_model(model, cfg.precision)
 
     def train_loss(params):
         variables = {"params": masked(params, state.mask), "batch_stats": state.batch_stats}
         logits, new = models.apply(model, variables, x, train=True)
-        return cross_entropy(logits, y), new["batch_stats"]
+        wrong = jnp.sum(jnp.argmax(logits, -1) != y).astype(jnp.int32)
+        return cross_entropy(logits, y), (new["batch_stats"], wrong)
 
     def frozen_loss(params):  # batch statistics, running statistics untouched
         variables = {"params": masked(params, state.mask), "batch_stats": state.batch_stats}
         return cross_entropy(models.apply(model, variables, x, mode="frozen"), y)
 
-    (loss, batch_stats), grads = jax.value_and_grad(train_loss, has_aux=True)(state.params)
+    (loss, (batch_stats, wrong)), grads = jax.value_and_grad(train_loss, has_aux=True)(state.params)
     if cfg.sam:
         e = optim.sam_perturbation(grads, state.rho)
         grads = jax.grad(frozen_loss)(jax.tree.map(jnp.add, state.params, e))
@@ -155,12 +158,13 @@ def train_step(model: nn.Module, cfg: StepConfig, state: TrainState, x: jnp.ndar
     opt_state = optim.with_learning_rate(state.opt_state, lr)
     updates, opt_state = opt.update(grads, opt_state, state.params)
     params = jax.tree.map(lambda p, u, m: p + u * m, state.params, updates, state.mask)
-    return state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state), loss
+    new = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new, ((loss, wrong) if with_errors else loss)
 
 
 def train_steps(model: nn.Module, cfg: StepConfig, state: TrainState, images: jnp.ndarray,
                 labels: jnp.ndarray, step0: jnp.ndarray, epoch: jnp.ndarray, lr_scale: jnp.ndarray,
-                *, n_steps: int, batch_size: int) -> tuple[TrainState, jnp.ndarray]:
+                *, n_steps: int, batch_size: int, with_errors: bool = False):
     """Steps ``step0 .. step0 + n_steps - 1`` of ``epoch`` for one member.
 
     images: uint8 [N, H, W, C] raw pixels (shared by all members); labels: int32 [N].
@@ -168,7 +172,8 @@ def train_steps(model: nn.Module, cfg: StepConfig, state: TrainState, images: jn
     ``lr_scale`` [n_steps] (or [], the same for every step): the schedule's multiplier of the
     member's base lr at each step (a traced value, so one program serves every epoch and every
     schedule, per epoch or per iteration).
-    Returns the new state and the per-step training losses [n_steps].
+    Returns the new state and the per-step training losses [n_steps]; with ``with_errors``, a
+    pair (losses [n_steps], #misclassified training images of each step [n_steps] int32).
     """
     key = jax.random.wrap_key_data(state.key)
     k_epoch = jax.random.fold_in(key, epoch)
@@ -179,7 +184,8 @@ def train_steps(model: nn.Module, cfg: StepConfig, state: TrainState, images: jn
         s, lr = s_lr
         idx = lax.dynamic_slice(perm, (s * cfg.batch_size,), (batch_size,))
         x = augment(jax.random.fold_in(k_epoch, s + 1), images[idx], cfg.pad, cfg.flip)
-        return train_step(model, cfg, st, normalize(x, cfg.mean, cfg.std), labels[idx], lr)
+        return train_step(model, cfg, st, normalize(x, cfg.mean, cfg.std), labels[idx], lr,
+                          with_errors=with_errors)
 
     steps = step0 + jnp.arange(n_steps, dtype=jnp.int32)
     if not cfg.unroll:
@@ -190,7 +196,7 @@ def train_steps(model: nn.Module, cfg: StepConfig, state: TrainState, images: jn
     for i in range(n_steps):
         state, loss = body(state, (steps[i], lrs[i]))
         losses.append(loss)
-    return state, jnp.stack(losses)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *losses)
 
 
 def padded_batches(images: jnp.ndarray, labels: jnp.ndarray, batch_size: int):
