@@ -103,16 +103,15 @@ class TrainStages:
         k, chunks = lo // size + 1, -(-n // size)
         group = {"outputs": "measure", "lmc": "measure"}.get(stage, stage)
         mlog.chunk(group, stage, k, chunks, hi - lo, wall)
-        t = getattr(self, "_chunk_timer", {}).get(stage)
-        self._chunk_timer = {**getattr(self, "_chunk_timer", {}), stage: t or (now - wall, 0, now)}
-        t0, done, last_say = self._chunk_timer[stage]
+        timers = self.__dict__.setdefault("_chunk_timer", {})  # stage -> (start, items, last say)
+        t0, done, last_say = timers.setdefault(stage, (now - wall, 0, now))
         done += hi - lo
         rate = done / max(now - t0, 1e-9)
         if hi >= n or now - last_say >= 60:
             self.say(f"{stage}: chunk {k}/{chunks}, {rate:.3g} items/s, "
                      f"ETA stage {fmt_duration((n - hi) / max(rate, 1e-9))}")
             last_say = now
-        self._chunk_timer[stage] = (t0, done, last_say)
+        timers[stage] = (t0, done, last_say)
 
     def _fit(self, stage: str, trainer: Trainer, state, epochs: int, eval_epochs, desc: str,
              keep_epochs: tuple[int, ...] = (), meta: dict | None = None):
@@ -190,7 +189,7 @@ class TrainStages:
         run, mlog = self.cfg.run, self._metrics_log()
         n = len(meta.get("member", ())) or 1
         later = 0  # member-steps of the stage's programs after this one
-        progs = [p for p in self.plan.stage_programs(kind)]
+        progs = list(self.plan.stage_programs(kind))
         names = [p.name for p in progs]
         if program in names:
             later = sum(p.steps * len(p.members) for p in progs[names.index(program) + 1:])
