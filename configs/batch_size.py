@@ -1,4 +1,4 @@
-"""The batch-size temperature (SPEC §1.4 item 2): PreResNet-20 / CIFAR-10, B = 16 ... 512.
+"""The batch-size temperature (docs/fidelity.md, Temperature knobs): PreResNet-20 / CIFAR-10, B = 16 ... 512.
 
 Dense: a fixed budget of 62 400 iterations (= 160 epochs at batch 128) at lr 0.1 for every batch size,
 MultiStepLR x0.1 at iterations 31 200 and 46 800 (stepped per iteration), drop_last; only the final

@@ -1,4 +1,4 @@
-"""Figure 2's sweep on CIFAR-100 (PreResNet-20, 100 classes): SPEC §5 lists CIFAR-100 as supported;
+"""Figure 2's sweep on CIFAR-100 (PreResNet-20, 100 classes): the reference supports CIFAR-100;
 the paper's CIFAR-100 settings are [UNVERIFIED], so the CIFAR-10 schedule of figure2.py is kept."""
 import pathlib
 

@@ -1,7 +1,7 @@
 """The embedded digits, run properly: enough seeds to measure uncertainty, and a grid that
-straddles the dense model's first LR drop (issue 16, item 5).
+straddles the dense model's first LR drop.
 
-Why this grid (SPEC §3.2, §4): Figure 2's sharp LMC transition sits right after the dense
+Why this grid (Zhou et al. 2023, Figure 2): Figure 2's sharp LMC transition sits right after the dense
 model's first LR drop (epoch 80 of 160), and the dichotomy (hotter better at low density,
 worse at high density) shows at the densities where retraining starts to fail. quick's grid
 (5..40 epochs, drops at 20/30, densities 2..50 %) showed neither. So here:
@@ -12,7 +12,7 @@ worse at high density) shows at the densities where retraining starts to fail. q
 * densities 1 / 2 / 5 / 50 %: 1-2 % is where retraining starts to fail on PreResNet-8, 50 %
   the high-density side of the dichotomy;
 * 3 dense seeds x 3 retrain seeds (180 members, 3 pairs per cell): every cell is a mean of
-  9 runs, as in Figure 2 (SPEC §1.7), so the bootstrap over dense seeds has 3 units;
+  9 runs, as in Figure 2, so the bootstrap over dense seeds has 3 units;
 * LR-rewinding retraining for 10 epochs (x0.1 at 5 and 8): half of quick's, for time;
 * LMC on 6 points (t = 0, 0.2, ..., 1) instead of 11; Bezier and Hessian off (time).
 

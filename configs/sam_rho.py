@@ -1,4 +1,4 @@
-"""The SAM-rho temperature (SPEC §1.4 item 3; README of the reference: rho 0.1 ... 0.8).
+"""The SAM-rho temperature (docs/fidelity.md, Temperature knobs; README of the reference: rho 0.1 ... 0.8).
 
 Dense: SAM around SGD (global-norm perturbation, BN running stats frozen on the second pass, wd only
 in the base step), 160 epochs at the Figure-2 schedule; every rho is a member of one program (rho is

@@ -1,4 +1,5 @@
-"""Figure 2's sweep on another architecture: VGG-16 with BN (default) or DenseNet-40 (SPEC §1.2, §5).
+"""Figure 2's sweep on another architecture: VGG-16 with BN (default) or DenseNet-40
+(docs/fidelity.md, Architectures).
 
     tr-jax run configs/vgg_densenet.py --workdir runs/vgg16            # VGG-16-BN
     tr-jax run configs/vgg_densenet.py --set model.arch=densenet --set model.depth=40 --workdir ...

@@ -1,4 +1,4 @@
-"""Print the paper's claims, measured with their uncertainty, for a finished sweep (issue 16).
+"""Print the paper's claims, measured with their uncertainty, for a finished sweep.
 
     python experiments/analyze_study.py runs/digits_study [--n-boot 1000]
     python experiments/analyze_study.py runs/digits_verdict --correction holm --lmc-change 25,35

@@ -6,7 +6,7 @@ against the device's peak, and the extrapolated wall time of Figure 2's 1 296 re
         [--depth 20] [--shape cifar]
 
 What is timed is the program a sweep's retraining stage runs: ``Trainer``'s compiled group step
-(``tr_jax.training.loop._compiled_train``) for M masked PreResNet-20 members, CIFAR shapes
+(``Trainer.train_fn``) for M masked PreResNet-20 members, CIFAR shapes
 (32x32x3 uint8 images on device, augmentation inside the step), batch 64, SGD momentum, ``--steps``
 steps per call, state donated, under ``--strategy`` (``auto``: ``vmap`` on an accelerator,
 ``threads`` on CPU). Per M it prints member-steps/s, the speed-up over M = 1, the compiled
@@ -14,7 +14,7 @@ program's FLOPs per member-step (XLA's ``cost_analysis``), the achieved FLOP/s a
 the device's peak, and the memory per member (``memory_analysis``: arguments + outputs +
 temporaries of the program, over M).
 
-The Figure-2 extrapolation (SPEC: 16 epoch-temperatures x 9 densities x 3 dense seeds x 3 retrain
+The Figure-2 extrapolation (16 epoch-temperatures x 9 densities x 3 dense seeds x 3 retrain
 seeds = 1 296 retrains of 160 epochs at ``ceil(50 000 / 64) = 782`` steps per epoch) takes the
 fastest M whose members fit ``--memory-gb`` (default: the device's memory, else 16) and divides the
 grid's member-steps by its member-steps/s: the retraining stage on one device, the dense runs and
@@ -49,9 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import tr_jax as tj
-from tr_jax.training import StepConfig, init_state, stack
+from tr_jax.training import StepConfig, Trainer, init_state, stack
 from tr_jax import members as mem
-from tr_jax.training.loop import _compiled_train
 
 #: float32 peak TFLOP/s (dense, no sparsity) of accelerators by ``device_kind`` substring
 PEAK_TFLOPS = {"H200": 67.0, "H100": 67.0, "A100": 19.5, "L4": 30.3, "V100": 15.7}
@@ -109,7 +108,7 @@ def bench(M: int, strategy: str, steps: int, repeats: int, depth: int = 20, shap
     groups = mem.split_groups(jax.tree.map(jnp.copy, stack([one] * M)), strategy)
     step_args = (jnp.int32(0), jnp.int32(0), jnp.ones((steps,), jnp.float32))  # shared by members
     t = time.perf_counter()  # one compile: its executable is both analysed and run
-    compiled = _compiled_train(model, cfg, strategy, steps, 64).lower(
+    compiled = Trainer(model, cfg, strategy).train_fn(steps, 64).lower(
         groups[0], X, Y, *step_args).compile()
     compile_s = time.perf_counter() - t
 

@@ -1,5 +1,5 @@
 """One 3x3 conv layer, forward + backward, M members: XLA's conv vs ``conv_impl="gemm"`` (im2col +
-matmul), each as M sequential single-member calls and as one vmapped call (issue 18).
+matmul), each as M sequential single-member calls and as one vmapped call.
 
     python experiments/bench_gemm_layer.py [--members 4] [--batch 64]
 

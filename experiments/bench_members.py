@@ -21,7 +21,8 @@ CPU), ``vmap`` at 32x32 beyond 4 members (grouped convolutions: 0.24-0.53x seque
 
 ``--autotune``: also ``tr_jax.autotune.choose`` for each (shape, M) with its default candidates
 (one step per call: mostly the programs compiled above), without its cache and with
-``--autotune-budget`` seconds (default: tr_jax's): its choice, the seconds it took and its table.
+``--autotune-budget`` seconds (default: ``run.autotune_budget_s``'s): its choice, the seconds it
+took and its table.
 
 ``--precision-check``: PreResNet-8 on the embedded digits data, trained ``--epochs`` epochs in
 float32 and in bfloat16 (``StepConfig.precision``) from the same initialisation: test error both
@@ -42,9 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import tr_jax as tj
+from tr_jax.config import AUTOTUNE_BUDGET_S
 from tr_jax.training import StepConfig, Trainer, init_state, stack
 from tr_jax import members as mem
-from tr_jax.training.loop import _compiled_train
 
 SHAPES = {"digits": (8, 8, 1), "cifar": (32, 32, 3)}
 DEFAULT_STEPS = {"digits": 4, "cifar": 1}  # per member and repeat (--steps overrides both)
@@ -55,7 +56,7 @@ def skip_reason(strategy: str, shape: str, M: int, cpu: bool) -> str | None:
     if not cpu:
         return None
     if strategy.startswith("map"):
-        return "rolled lax.map of conv train steps: each step ~25-70x slower on XLA CPU (DESIGN.md)"
+        return "rolled lax.map of conv train steps: each step ~25-70x slower on XLA CPU"
     if strategy == "vmap" and shape == "cifar" and M > 4:
         return "vmap at 32x32 = grouped convolutions on XLA CPU: 0.24-0.53x sequential at M=4"
     return None
@@ -85,7 +86,7 @@ class Case:
 
     def sequential(self):
         """Each member alone: its single-member program, one call per step, then the next."""
-        fn = _compiled_train(self.model, self.cfg, "loop", 1, 64)
+        fn = Trainer(self.model, self.cfg, "loop").train_fn(1, 64)
         if "sequential" not in self.groups:
             self.groups["sequential"] = mem.unstack(self.fresh())
         gs = self.groups["sequential"]
@@ -125,7 +126,7 @@ def emit(res: dict) -> None:
                   f"RESULT {k}={v:.3f}", flush=True)
 
 
-def autotune_case(case: Case, shape: str, M: int, res: dict, budget: float | None) -> None:
+def autotune_case(case: Case, shape: str, M: int, res: dict, budget: float) -> None:
     """The autotuner's choice for this case (no cache; one step per call, the programs the
     strategies above compiled), printed and put into ``res``."""
     from tr_jax import autotune
@@ -232,8 +233,8 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="also run the combinations skipped on CPU")
     ap.add_argument("--autotune", action="store_true",
                     help="also time tr_jax.autotune.choose per (shape, M) and print its choice")
-    ap.add_argument("--autotune-budget", type=float, default=None,
-                    help="seconds per case for --autotune (default: tr_jax.autotune's)")
+    ap.add_argument("--autotune-budget", type=float, default=AUTOTUNE_BUDGET_S,
+                    help="seconds per case for --autotune (default: run.autotune_budget_s's)")
     ap.add_argument("--precision-check", action="store_true")
     ap.add_argument("--epochs", type=int, default=8, help="epochs of --precision-check")
     a = ap.parse_args()

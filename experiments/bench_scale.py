@@ -37,7 +37,7 @@ def _one(temperatures: int, workdir: str, bezier: bool, n_train: int, n_test: in
 
     from tr_jax.config import default_config, validate
     from tr_jax.sweep import store
-    from tr_jax.sweep.run import Pipeline
+    from tr_jax.sweep import run_stages, setup
 
     compile_s = {"t": 0.0}
 
@@ -82,9 +82,9 @@ def _one(temperatures: int, workdir: str, bezier: bool, n_train: int, n_test: in
     ds = from_arrays(full.train_images[:n_train], full.train_labels[:n_train],
                      full.test_images[:n_test], full.test_labels[:n_test], name=f"digits{n_train}")
     t0 = time.time()
-    p = Pipeline(c, workdir, progress=False, echo=lambda s: None, dataset=ds)
+    p = setup(c, workdir, progress=False, echo=lambda s: None, dataset=ds)
     setup = time.time() - t0
-    out = p.run()
+    out = run_stages(p)
     wall = time.time() - t0
     stages = pathlib.Path(workdir) / "stages"
     held = sum(f.stat().st_size for f in stages.rglob("*") if f.is_file())

@@ -41,9 +41,8 @@ import numpy as np
 
 import tr_jax as tj
 from tr_jax.landscape import bn as lbn
-from tr_jax.training import StepConfig, init_state
+from tr_jax.training import StepConfig, Trainer, init_state
 from tr_jax import members as mem
-from tr_jax.training.loop import _compiled_train
 from tr_jax.training.steps import train_steps
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -208,10 +207,10 @@ def main() -> None:
     k = 1  # steps per jitted call (a repeat makes ``--steps`` calls)
     raw = functools.partial(train_steps, model, cfg, n_steps=k, batch_size=64)
     cfg16 = StepConfig(**{**cfg.__dict__, "precision": "bfloat16"})
-    fns = {"tr_jax": _compiled_train(model, cfg, "loop", k, 64),
+    fns = {"tr_jax": Trainer(model, cfg, "loop").train_fn(k, 64),
            "before (XLA defaults)": jax.jit(raw, donate_argnums=(0,)),
            "no donation": mem.jit(raw),
-           "tr_jax bfloat16": _compiled_train(model, cfg16, "loop", k, 64)}
+           "tr_jax bfloat16": Trainer(model, cfg16, "loop").train_fn(k, 64)}
     states = {n: fresh() for n in fns}
     n_batches = a.images // 64
     step_no = {"i": 0}

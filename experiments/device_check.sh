@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One script to run first on any GPU or TPU machine (issue 18); on CPU a tiny fallback of each part.
+# One script to run first on any GPU or TPU machine; on CPU a tiny fallback of each part.
 #
 #   bash experiments/device_check.sh [LOGFILE]        # PYTHON=... to pick the interpreter
 #

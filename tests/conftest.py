@@ -5,13 +5,10 @@ import os
 import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-# the autotuner's cache (members_strategy="auto"): one per test session, shared with subprocesses
+# the autotuner's cache (members_strategy="auto"): one per pytest run, shared with subprocesses
 import tempfile  # noqa: E402
 
 os.environ.setdefault("TR_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="tr_jax_autotune_"))
-# sweeps in tests keep the backend default for "auto": the autotuner's choice depends on how busy
-# the machine is, and the tests compare tables across runs (tests/test_autotune.py tests it)
-os.environ.setdefault("TR_JAX_AUTOTUNE_OFF", "1")
 # subprocesses (`tr-jax run` in the multi-process, kill and notebook tests) compile as this one
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 

@@ -1,4 +1,5 @@
-"""PreResNet, VGG and DenseNet structure, init, forward shapes and BN modes (SPEC §1.2, §1.5)."""
+"""PreResNet, VGG and DenseNet structure, init, forward shapes and BN modes
+(docs/fidelity.md, Architectures)."""
 import functools
 import jax
 import jax.numpy as jnp
@@ -26,8 +27,8 @@ def _counts(arch, depth, num_classes=10):
             sum(x.size for x in head))
 
 
-# expected values: SPEC §1.2 for PreResNet-20; the others counted on the reference's PyTorch
-# modules (models/cifar/vgg.py, densenet.py) with 10 classes
+# expected values: docs/fidelity.md, Architectures, for PreResNet-20; the others counted on
+# the reference's PyTorch modules (models/cifar/vgg.py, densenet.py) with 10 classes
 @pytest.mark.parametrize("arch,depth,want", [
     ("preresnet", 20, (21, 270_256, 272_282, 650)),
     ("vgg", 16, (13, VGG16_CONV, VGG16_CONV + VGG16_BIAS + 5130, 5130)),

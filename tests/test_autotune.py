@@ -1,4 +1,4 @@
-"""``tr_jax.autotune``: the measured ``auto`` members strategy (issue 18): the cache is written
+"""``tr_jax.autotune``: the measured ``auto`` members strategy: the cache is written
 and reused, a fixed strategy wins, candidates are validated, the budget skips with a reason."""
 from __future__ import annotations
 
@@ -118,21 +118,26 @@ def test_a_sweep_with_auto_uses_the_autotuners_choice_and_logs_it(tmp_path, monk
     import pathlib
 
     from tr_jax.config import load_config
-    from tr_jax.sweep.run import Pipeline
+    from tr_jax.sweep import setup
     tiny = str(pathlib.Path(__file__).parents[1] / "configs" / "tiny.py")
     asked = []
 
     def fake_choose(model, step_cfg, image_shape, members, candidates=None, **kw):
-        asked.append((members, tuple(candidates), kw["chunk_steps"], step_cfg.batch_size))
+        asked.append((members, tuple(candidates), kw["chunk_steps"], step_cfg.batch_size,
+                      kw["budget_s"]))
         return autotune.Choice("vmap", [{"strategy": "vmap", "member_steps_s": 9.0}], "faked")
 
     monkeypatch.setattr(autotune, "choose", fake_choose)
-    monkeypatch.delenv(autotune.OFF_ENV, raising=False)
-    p = Pipeline(load_config(tiny, []), str(tmp_path / "a"), progress=False, echo=lambda s: None)
+    p = setup(load_config(tiny, ["run.autotune=True", "run.autotune_budget_s=7"]),
+              str(tmp_path / "a"), progress=False, echo=lambda s: None)
     assert p.strategy == "vmap" and p.stacked
-    assert asked == [(8, ("threads", "loop", "vmap", "gemm"), 1, 256)]
+    assert asked == [(8, ("threads", "loop", "vmap", "gemm"), 1, 256, 7.0)]
     assert "members strategy M=8: vmap (faked); member-steps/s: vmap 9.0/s" in (
         tmp_path / "a" / "log.txt").read_text()
-    fixed = Pipeline(load_config(tiny, ["run.members_strategy=loop"]), str(tmp_path / "b"),
-                     progress=False, echo=lambda s: None)
+    fixed = setup(load_config(tiny, ["run.members_strategy=loop", "run.autotune=True"]),
+                  str(tmp_path / "b"), progress=False, echo=lambda s: None)
     assert fixed.strategy == "loop" and len(asked) == 1
+    off = setup(load_config(tiny, []), str(tmp_path / "c"), progress=False,
+                echo=lambda s: None)  # configs/tiny.py: run.autotune=False
+    assert off.strategy == tj.members.default_strategy() and len(asked) == 1
+    assert "autotuning off by run.autotune=False" in (tmp_path / "c" / "log.txt").read_text()

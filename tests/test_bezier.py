@@ -1,4 +1,4 @@
-"""Trained quadratic Bezier curves between pairs of members (SPEC §2.3)."""
+"""Trained quadratic Bezier curves between pairs of members (docs/fidelity.md, Bezier curves)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -193,7 +193,7 @@ def test_select_model_lmc_cka_has_zero_regret_most_trained_does_not():
     assert r1.chosen in T and r1 == select_model(df, 0.05, by="random", seed=0)
     # high density: the most-trained model is also best and II-B
     assert select_model(df, 0.5).chosen == 160.0 and select_model(df, 0.5).regret == 0.0
-    # the SPEC sanity-check connectivity (LMC > -0.1) agrees here
+    # the sanity-check connectivity (LMC > -0.1) agrees here
     assert select_model(df, 0.05, connected="threshold").chosen == 40.0
     assert select_model(df, 0.05, connected="tolerance").chosen == 40.0
 

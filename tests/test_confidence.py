@@ -21,7 +21,7 @@ DENS = (0.05, 0.5)
 
 
 def results(seeds=(1,), retrain=(1, 2), knobs=("epochs",), sick_dense=None, rng_seed=0):
-    """A results table shaped as ``Pipeline.tables`` builds it: per dense seed, temperature and
+    """A results table shaped as ``tr_jax.sweep.run.tables_of`` builds it: per dense seed, temperature and
     density the retrained members (test error) and their pairs (LMC, CKA, ...), random values;
     ``sick_dense=(seed, T)`` makes that dense model and its members sick."""
     rng = np.random.default_rng(rng_seed)
@@ -245,7 +245,7 @@ def test_sweep_says_it_once_when_it_starts(tmp_path):
 
     from tr_jax.config import load_config
     from tr_jax.data import load_digits
-    from tr_jax.sweep.run import Pipeline
+    from tr_jax.sweep import setup
     tiny = str(pathlib.Path(__file__).parents[1] / "configs" / "tiny.py")
     digits = load_digits()
     with pytest.warns(SmallTestSplitWarning):  # the functional API's warning
@@ -254,11 +254,11 @@ def test_sweep_says_it_once_when_it_starts(tmp_path):
     lines = []
     with warnings.catch_warnings():
         warnings.simplefilter("error", SmallTestSplitWarning)  # a log line, not a warning
-        Pipeline(load_config(tiny, []), str(tmp_path / "a"), progress=False,
+        setup(load_config(tiny, []), str(tmp_path / "a"), progress=False,
                  echo=lines.append, dataset=ds)
     said = [s for s in lines if "test split of 50 image(s): one image = 2 points" in s]
     assert len(said) == 1 and "warning:" in said[0]
     assert (tmp_path / "a" / "log.txt").read_text().count("test split of 50 image(s)") == 1
     lines.clear()
-    Pipeline(load_config(tiny, []), str(tmp_path / "b"), progress=False, echo=lines.append)
+    setup(load_config(tiny, []), str(tmp_path / "b"), progress=False, echo=lines.append)
     assert not any("test split" in s for s in lines)  # digits: 360 test images

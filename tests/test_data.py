@@ -1,4 +1,4 @@
-"""Tests for tr_jax.data: digits / TFDS loaders and on-device augmentation (SPEC §1.1)."""
+"""Tests for tr_jax.data: digits / TFDS loaders and on-device augmentation."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -80,7 +81,8 @@ def test_one_process_with_simulated_cpu_devices_dispatches_inline(devices, inlin
 
 
 def test_two_processes_on_localhost(tmp_path):
-    """Two real processes, 2 CPU devices each, one 4-device mesh."""
+    """Two real processes, 2 CPU devices each, one 4-device members mesh (tr_jax.sharding): a
+    members array of 8 rows is split 4 + 4 between the processes, process 0 the first half."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -91,11 +93,19 @@ def test_two_processes_on_localhost(tmp_path):
         # stdout and stderr apart: gloo's own log lines on stderr must not split a key=value
         # line of the worker (a CI run once lost 'broadcast=' that way)
         outs, errs = [], []
+        deadline = time.monotonic() + 180
         try:
             for p in procs:
-                out, err = p.communicate(timeout=120)
+                out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
                 outs.append(out)
                 errs.append(err)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            tails = [(outs[j], errs[j]) if j < len(outs) else p.communicate(timeout=30)
+                     for j, p in enumerate(procs)]
+            pytest.fail("the 2 processes did not finish within 180 s:\n" + "\n".join(
+                f"--- process {i}:\n{o[-2000:]}\n{e[-3000:]}" for i, (o, e) in enumerate(tails)))
         finally:
             for p in procs:
                 p.kill()
@@ -106,6 +116,9 @@ def test_two_processes_on_localhost(tmp_path):
         lines = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln and " " not in
                      ln.split("=", 1)[0])
         assert f"process={i} of=2 devices=4 local=2 primary={i == 0}" in out, out[-4000:]
+        assert lines["mesh"] == "('members',) shards=4 mesh_devices=4"
+        assert lines["members_problems"] == "[]", lines["members_problems"]
+        assert lines["members_rows"] == ("0:4", "4:8")[i]
         assert lines["to_host_sharded"] == "True" and lines["to_host_replicated"] == "True"
         assert lines.get("broadcast") == "from-0-é", out  # process 0's value, in both
         assert lines["barrier"] == "passed"

@@ -13,6 +13,7 @@ import pytest
 
 import tr_jax as tj
 from tr_jax import autotune
+from tr_jax.config import AUTOTUNE_BUDGET_S
 from tr_jax.training import StepConfig
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -46,7 +47,6 @@ def test_dry_run_of_a_large_sweep_is_a_plan_in_bounded_memory(config, members, t
     VGG-16 on CIFAR shapes; no CIFAR data needed) finishes under an address-space limit and a
     timeout, and says which members strategy the run would use, measuring nothing."""
     env = dict(os.environ)
-    env.pop(autotune.OFF_ENV, None)  # the autotune line a real run would see
     env[autotune.CACHE_ENV] = str(tmp_path)
     env["JAX_PLATFORMS"] = "cpu"  # an accelerator runtime reserves address space of its own
     proc = subprocess.run(
@@ -59,7 +59,7 @@ def test_dry_run_of_a_large_sweep_is_a_plan_in_bounded_memory(config, members, t
     assert f"retrain: {members} members" in out and "member-steps" in out
     assert "retrain estimate:" in out and "MiB per member-step" in out
     assert (f"members strategy M={members}: auto, measured at the start of the run, "
-            f"~{autotune.CPU_BUDGET_S:.0f} s") in out
+            f"~{AUTOTUNE_BUDGET_S:.0f} s") in out
     assert f" of {members} members: memory budget" in out or f"at all {members}" in out
     assert not (tmp_path / autotune.CACHE_FILE).exists()  # nothing was timed, nothing cached
 
@@ -80,7 +80,7 @@ def test_autotune_times_a_probe_that_fits_the_memory_budget(cache):
                            memory_budget_bytes=3.5 * per).probe == 2
     assert autotune.lookup(MODEL, CFG, SHAPE, 64, ("vmap",), chunk_steps=1,
                            memory_budget_bytes=100 * per) is None
-    fits = autotune.planned(MODEL, CFG, SHAPE, 64, ("vmap",), chunk_steps=1,
+    fits = autotune.planned(MODEL, CFG, SHAPE, 64, ("vmap",), chunk_steps=1, budget_s=30.0,
                             memory_budget_bytes=100 * per)
     assert "measured at the start of the run" in fits and "at all 64 members" in fits
 
@@ -115,14 +115,13 @@ def test_dry_run_times_nothing_and_shows_the_runs_cached_choice(tmp_path, cache,
     key (the run's step settings, its probe) without the dry run reading the data."""
     from tr_jax.config import load_config
     from tr_jax.sweep.estimate import dry_run
-    from tr_jax.sweep.run import Pipeline
+    from tr_jax.sweep import setup
 
     def no_timing(*a, **k):
         raise AssertionError("the dry run timed a members strategy")
 
-    monkeypatch.delenv(autotune.OFF_ENV, raising=False)
     monkeypatch.setattr(autotune, "measure", no_timing)
-    cfg = load_config(str(ROOT / "configs" / "tiny.py"), [])
+    cfg = load_config(str(ROOT / "configs" / "tiny.py"), ["run.autotune=True"])
     before = dry_run(cfg)
     assert "members strategy M=8: auto, measured at the start of the run" in before
     assert "timed at all 8 members" in before and not cache.exists()
@@ -133,13 +132,16 @@ def test_dry_run_times_nothing_and_shows_the_runs_cached_choice(tmp_path, cache,
         return {"members": members, "member_steps_s": speed, "seconds": 0.01, "compile_s": 0.0}
 
     monkeypatch.setattr(autotune, "measure", fake)
-    p = Pipeline(cfg, str(tmp_path / "w"), progress=False, echo=lambda s: None)
+    p = setup(cfg, str(tmp_path / "w"), progress=False, echo=lambda s: None)
     assert p.strategy == "vmap"
     monkeypatch.setattr(autotune, "measure", no_timing)
     after = dry_run(cfg)
     assert "members strategy M=8: vmap (measured fastest" in after and ", cached)" in after
     assert "timed at all 8 members" in after
 
-    monkeypatch.setenv(autotune.OFF_ENV, "1")
-    off = dry_run(cfg, measure=False)
-    assert "autotuning off by TR_JAX_AUTOTUNE_OFF=1" in off
+    off = dry_run(load_config(str(ROOT / "configs" / "tiny.py"), []), measure=False)
+    assert "autotuning off by run.autotune=False" in off
+    slow = dry_run(load_config(str(ROOT / "configs" / "tiny.py"), ["run.autotune=True",
+                                                                  "run.autotune_budget_s=45"]),
+                   measure=False)
+    assert "measured at the start of the run, ~45 s (run.autotune_budget_s" in slow

@@ -1,4 +1,4 @@
-"""The ``gemm`` conv layout (issue 18): im2col + batched matmul equals the plain conv per member,
+"""The ``gemm`` conv layout: im2col + batched matmul equals the plain conv per member,
 forward and gradient, for every architecture; no grouped convolution under vmap; the ``gemm``
 members strategy; bfloat16 compute for every architecture."""
 from __future__ import annotations
@@ -104,8 +104,8 @@ def test_gemm_strategy_in_trainer():
     args = (state, X, Y, jnp.int32(0), jnp.int32(0), jnp.ones((1,), jnp.float32))
     trainers = {s: Trainer(model, cfg, s, chunk_steps=1, eval_batch_size=32, milestones=())
                 for s in ("gemm", "vmap", "loop")}
-    assert grouped_convolutions(trainers["vmap"]._train_fn(1, 32), *args)
-    assert grouped_convolutions(trainers["gemm"]._train_fn(1, 32), *args) == []
+    assert grouped_convolutions(trainers["vmap"].train_fn(1, 32), *args)
+    assert grouped_convolutions(trainers["gemm"].train_fn(1, 32), *args) == []
     err = {s: trainers[s].evaluate(mem.split_groups(state, s), X, Y) for s in ("gemm", "loop")}
     np.testing.assert_allclose(err["gemm"][1], err["loop"][1], rtol=1e-4)
     np.testing.assert_array_equal(err["gemm"][0], err["loop"][0])

@@ -1,4 +1,4 @@
-"""Hessian trace / top eigenvalue (SPEC §2.5) against dense Hessians of tiny problems."""
+"""Hessian trace / top eigenvalue against dense Hessians of tiny problems."""
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,4 @@
-"""LMC and CKA (SPEC §2.2, §2.4) against the reference and their defining properties."""
+"""LMC and CKA (docs/fidelity.md, LMC and CKA) against the reference and their defining properties."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -69,11 +69,9 @@ def test_metrics_file_has_every_epoch_and_chunk(metrics_run, capsys):
 
 
 def test_metrics_off_writes_no_file(tmp_path):
-    from tr_jax.sweep.run import Pipeline
+    from tr_jax.sweep.metrics import MetricsLog
     cfg = load_config(TINY, ["run.metrics=False"])
-    p = Pipeline.__new__(Pipeline)
-    p.cfg, p.wd = cfg, type("W", (), {"path": tmp_path})()
-    log = p._metrics_log()
+    log = MetricsLog(tmp_path, cfg.run.metrics, cfg.run.tensorboard, cfg.knob)  # as setup() does
     log.epoch({"stage": "dense", "program": "dense_p0", "epoch": 1, "members": {}})
     log.flush()
     log.chunk("measure", "lmc", 1, 1, 2, 0.5)

@@ -1,4 +1,4 @@
-"""PreResNet structure, init and forward passes against the PyTorch reference (SPEC §1.2)."""
+"""PreResNet structure, init and forward passes against the PyTorch reference."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""Optimisers, SAM and schedules with PyTorch semantics (SPEC §1.3, §1.4, §1.6, §7).
+"""Optimisers, SAM and schedules with PyTorch semantics (docs/fidelity.md).
 
 Expected values are computed by hand in numpy (and, where torch is installed, by torch.optim and a
 torch re-enactment of the reference's SAM step) on tiny trees and a tiny Dense-BN-Dense model.
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tr_jax as tj
+from tr_jax._jax_compat import compiled_count
 from tr_jax.models.batchnorm import BatchNorm
 from tr_jax.training import StepConfig, Trainer, init_state, optim, stack, train_step, unstack
 
@@ -375,7 +376,7 @@ def test_iteration_schedule_of_the_batch_size_knob():
 
 
 def test_epochs_of_the_batch_size_knob():
-    # SPEC §1.4 item 2: epochs = ceil(62400 / floor(50000 / B))
+    # batch-size knob: epochs = ceil(62400 / floor(50000 / B))
     want = {16: 20, 32: 40, 64: 80, 128: 160, 256: 320, 512: 644}
     for b, epochs in want.items():
         tr = Trainer(Toy(), _cfg(batch_size=b), "loop", chunk_steps=8, drop_last=True,
@@ -421,14 +422,14 @@ def test_max_steps_stops_exactly_and_nothing_recompiles():
                                rtol=1e-6)
     # one compile per chunk shape (4 and 3 steps) over 3 epochs of changing lr multipliers
     for n in (4, 3):
-        assert tr._train_fn(n, 128)._cache_size() == 1
+        assert compiled_count(tr.train_fn(n, 128)) == 1
     # the epoch schedule through fit: decay at the start of epoch 1, lr of the last step = base/10
     tr_e = Trainer(model, cfg, "vmap", chunk_steps=4, drop_last=True, milestones=(1,))
     final_e, _ = tr_e.fit(stack(states), X, Y, 2)
     np.testing.assert_array_equal(final_e.opt_state.count, [22, 22])
     np.testing.assert_allclose(final_e.opt_state.hyperparams["learning_rate"], [0.01, 0.02],
                                rtol=1e-6)
-    assert tr_e._train_fn(4, 128)._cache_size() == 1
+    assert compiled_count(tr_e.train_fn(4, 128)) == 1
 
 
 def test_unknown_schedule():

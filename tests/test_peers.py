@@ -34,10 +34,8 @@ def _free_port() -> int:
 
 
 def _env() -> dict:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-    env.pop("TR_JAX_KILL_AT", None)
-    return env
+    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 
 
 def _launch(wd: pathlib.Path, port: int, pid: int, *extra: str, tag: str = "") -> subprocess.Popen:

@@ -132,7 +132,7 @@ def test_precision_errors_name_the_value():
         StepConfig(mean=(0.5,), std=(0.25,), precision="fp16")
     import flax.linen as nn
 
-    class NoDtype(nn.Module):  # every built-in architecture has a compute dtype now (issue 18)
+    class NoDtype(nn.Module):  # every built-in architecture has a compute dtype
         def __call__(self, x):
             return x
 

@@ -27,7 +27,7 @@ def test_batch_size_knob_groups_by_shape_and_counts_iterations():
     progs = plan.stage_programs("dense")
     assert [p.batch_size for p in progs] == [16, 32, 64, 128, 256, 512]   # one group per shape
     assert all(len(p.members) == 3 for p in progs)                        # the 3 dense seeds
-    # SPEC §1.4 item 2: epochs = ceil(62400 / floor(50000 / B)), exactly 62 400 steps
+    # batch-size knob: epochs = ceil(62400 / floor(50000 / B)), exactly 62 400 steps
     assert [p.epochs for p in progs] == [20, 40, 80, 160, 320, 644]
     assert all(p.steps == 62400 for p in progs)
     (r,) = plan.stage_programs("retrain")

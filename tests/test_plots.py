@@ -7,9 +7,10 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from tr_jax.plots import (ALL_PANELS, PANELS, _temperature_y, draw_regime_boundaries,
-                          draw_three_regimes, draw_transition, figure2, metric_grid,
-                          phase_diagram, save_figure, three_regimes)
+from tr_jax.plots import (PANELS, all_panels, draw_regime_boundaries, draw_three_regimes,
+                          draw_transition, figure2, metric_grid, phase_diagram, save_figure,
+                          three_regimes)
+from tr_jax.plots.overlays import _temperature_y
 from tr_jax.regimes import classify, transition
 
 EPOCHS = [10.0, 20.0, 40.0, 80.0]
@@ -354,7 +355,7 @@ def test_temperature_y_interpolates_and_clips():
 
 
 def test_figure2_boundaries_sick_and_transition_on_every_panel(tmp_path, monkeypatch):
-    import tr_jax.plots as plots_mod
+    import tr_jax.plots.phase as plots_mod  # figure2 calls the overlays through its own names
     df = planted()
     df["bezier_mc"] = df["lmc"] * 0.5
     df["hessian_trace"] = 100.0 + df["temperature"]
@@ -375,7 +376,7 @@ def test_figure2_boundaries_sick_and_transition_on_every_panel(tmp_path, monkeyp
     monkeypatch.setattr(plots_mod, "draw_regime_boundaries", count("bounds", real_b))
     monkeypatch.setattr(plots_mod, "draw_sick_cells", count("sick", real_s))
     monkeypatch.setattr(plots_mod, "draw_transition", count("transition", real_t))
-    panels = [m for m in ALL_PANELS if m in df.columns or m == "normalized_test_error"]
+    panels = [m for m in all_panels() if m in df.columns or m == "normalized_test_error"]
     paths = figure2(df, tmp_path, panels=panels, transition=transition(df), dpi=40)
     assert len(paths) == len(panels) == 6
     assert calls == {"bounds": 6, "sick": 6, "transition": 6}

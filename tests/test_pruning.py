@@ -1,4 +1,4 @@
-"""Magnitude masks (SPEC §1.5): counts, ties, reference masks, traced densities."""
+"""Magnitude masks (docs/fidelity.md, Magnitude pruning): counts, ties, reference masks, traced densities."""
 import jax
 import jax.numpy as jnp
 import numpy as np

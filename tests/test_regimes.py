@@ -557,7 +557,7 @@ PROV = dict(config_hash="c0ffee", tr_jax_version="0.2.0", jax_version="0.10.2",
 def pipeline_like_results(seeds=(1, 2, 3), temps=(10.0, 20.0, 40.0), dens=(0.05, 0.5),
                           retrain=(1, 2, 3), sick_member=None, sick_dense=None, hessian=False,
                           rng_seed=0):
-    """A results table shaped exactly as ``Pipeline.tables`` builds it (same columns, order,
+    """A results table shaped exactly as ``tr_jax.sweep.run.tables_of`` builds it (same columns, order,
     stages, metrics), with random values and optional sick rows."""
     rng = np.random.default_rng(rng_seed)
     rows = []
@@ -602,7 +602,7 @@ def pipeline_like_results(seeds=(1, 2, 3), temps=(10.0, 20.0, 40.0), dens=(0.05,
 
 
 def pipeline_cells(results, rule=None):
-    """The cell half of ``Pipeline.tables`` as it was before this aggregation moved here
+    """The cell half of ``tr_jax.sweep.run.tables_of`` as it was before this aggregation moved here
     (tr_jax/sweep/run.py), kept verbatim as the reference."""
     keys = ["knob", "temperature", "density"]
     members = results[results.stage != "dense"]
@@ -746,8 +746,8 @@ def test_summary_table_carries_intervals():
 
 
 # ---------------------------------------------------------------------------------------------
-# The default rule on a Figure-2-like table (SPEC §3.2-3.3, §4; values drawn at random inside
-# the ranges the SPEC describes, several draws, nothing tuned to one table)
+# The default rule on a Figure-2-like table (values drawn at random inside the ranges read off
+# Figure 2, docs/fidelity.md, several draws, nothing tuned to one table)
 # ---------------------------------------------------------------------------------------------
 
 FIG2_EPOCHS = [float(e) for e in range(10, 161, 10)]
@@ -755,7 +755,7 @@ FIG2_DENS = [0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80]
 
 
 def figure2_like(rng_seed):
-    """LMC per SPEC §4: 5-8 %: -0.25..-0.08 up to 80 epochs (drawn II-A), -0.45..-0.35 at 90,
+    """LMC as read off Figure 2: 5-8 %: -0.25..-0.08 up to 80 epochs (drawn II-A), -0.45..-0.35 at 90,
     -0.68..-0.5 from 100 on (Regime I); 10 %: ~0 (-0.03..0) up to 100, -0.05 at 110, -0.23..-0.1
     from 120 on; >= 14 %: |LMC| <= 0.03. CKA rises with density (0.91 -> 0.99), 0.88-0.93 in
     Regime I."""

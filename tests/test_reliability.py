@@ -14,10 +14,10 @@ import socket
 import numpy as np
 import pytest
 
-from tr_jax import cli
+from tr_jax import cli, hooks
 from tr_jax.config import load_config, to_json
-from tr_jax.sweep import store
-from tr_jax.sweep.store import CorruptCheckpointError, DiskFullError, Workdir, atomic_write_text
+from tr_jax.files import DiskFullError, atomic_write_text
+from tr_jax.sweep.store import CorruptCheckpointError, Workdir
 
 ROOT = pathlib.Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -43,22 +43,20 @@ class _Died(BaseException):
 
 
 @pytest.mark.parametrize("point", ["save:written", "save:swapping"])
-def test_a_checkpoint_replaced_when_the_process_dies_is_never_lost(point, tmp_path, monkeypatch):
+def test_a_checkpoint_replaced_when_the_process_dies_is_never_lost(point, tmp_path):
     """Die inside the write of version 2 over version 1 (after orbax committed the new copy,
     or between the two renames): the next process finds version 2, fully written, in place."""
     wd = Workdir(tmp_path / "w", CFG)
     wd.save("p", _tree(1))
 
-    def die(where, name=""):
-        if where == point:
+    def die(where, info):
+        if where == point and info["name"] == "p":
             raise _Died(where)
 
-    monkeypatch.setattr(store, "fault_point", die)
-    with pytest.raises(_Died):
+    with hooks.added(die), pytest.raises(_Died):
         wd.save("p", _tree(2))
     if point == "save:swapping":
         assert not wd.stage_dir("p").exists()  # the dangerous moment: only .p.old and .p.new
-    monkeypatch.undo()
     again = Workdir(tmp_path / "w", CFG)  # a new process on the same workdir
     assert again.has("p")
     _assert_tree(again.load("p", like=_tree(0)), 2)
@@ -129,25 +127,57 @@ def test_a_full_disk_while_writing_a_table_keeps_the_old_one(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.csv"]
 
 
-def test_a_table_write_that_dies_leaves_the_old_table(tmp_path, monkeypatch):
+def test_a_table_write_that_dies_leaves_the_old_table(tmp_path):
     """Die after the new table is written to its temporary file, before the rename: the old
     table is intact; the temporary file a SIGKILL leaves behind is removed by the next run."""
     wd = Workdir(tmp_path / "w", CFG)
     atomic_write_text(wd.path / "cells.csv", "old\n")
 
-    def die(where, name=""):
-        if where == "text:written":
+    def die(where, info):
+        if where == "text:written" and info["name"] == "cells.csv":
             raise _Died(where)
 
-    monkeypatch.setattr(store, "fault_point", die)
-    with pytest.raises(_Died):
+    with hooks.added(die), pytest.raises(_Died):
         atomic_write_text(wd.path / "cells.csv", "new\n")
-    monkeypatch.undo()
     assert (wd.path / "cells.csv").read_text() == "old\n"
     (wd.path / ".cells.csv.x1y2z3").write_text("ne")  # what SIGKILL leaves (no cleanup runs)
     (wd.path / "figures").mkdir()
     (wd.path / "figures" / ".epochs_lmc.png.x1y2.tmp").write_bytes(b"\x89PN")
     assert _hidden(Workdir(tmp_path / "w", CFG)) == []
+
+
+def test_hooks_see_every_point_of_a_save_and_kill_at_counts_named_points(tmp_path):
+    """The points of a checkpoint save, a chunk record and a table write reach every hook with
+    their info, in order; a remover unregisters; ``kill_at`` SIGKILLs a real process the n-th
+    time a point of the given name is reached (and not at other names)."""
+    import signal
+    import subprocess
+    import sys
+
+    wd = Workdir(tmp_path / "w", CFG)
+    seen = []
+    remove = hooks.add(lambda p, info: seen.append((p, info["name"])))
+    with hooks.added(lambda p, info: seen.append(("again", p))):
+        wd.save("p", _tree(1))
+        wd.save_chunk("lmc", 0, 2, {"x": np.zeros(2)})
+    atomic_write_text(wd.path / "cells.csv", "x\n")
+    remove()
+    remove()  # harmless twice
+    hooks.point("save:written", name="p")  # nobody listens any more
+    assert seen == [("save:written", "p"), ("again", "save:written"),
+                    ("save:swapping", "p"), ("again", "save:swapping"),
+                    ("chunk:written", "lmc"), ("again", "chunk:written"),
+                    ("text:written", "cells.csv")]
+    script = (
+        "import sys\n"
+        "from tr_jax import hooks\n"
+        "hooks.add(hooks.kill_at('save:written', 2, where='b'))\n"
+        "for name in ('b', 'a', 'a', 'b', 'a'):\n"
+        "    print(name, flush=True)\n"
+        "    hooks.point('save:written', name=name)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    assert r.stdout.split() == ["b", "a", "a", "b"]
 
 
 def _corrupt(folder: pathlib.Path) -> None:

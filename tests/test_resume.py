@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tr_jax import cli
+from tr_jax import cli, hooks
 from tr_jax.config import load_config
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -32,11 +32,22 @@ def _sets(overrides) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
 
+#: the fault points of the workdir (tr_jax.hooks) that the kill test aims at
+KILL_POINTS = ("save:written", "save:swapping", "chunk:written")
+_POINTS: dict[str, list[tuple[str, str]]] = {}  # workdir -> the points its run passed, in order
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    """An uninterrupted run of the SMALL config."""
+    """An uninterrupted run of the SMALL config (the fault points it passes are recorded)."""
     wd = tmp_path_factory.mktemp("small") / "ref"
-    assert cli.main(["run", TINY, "--workdir", str(wd), "--no-progress", *_sets(SMALL)]) == 0
+    seen = _POINTS.setdefault(str(wd), [])
+
+    def record(point, info):
+        if point in KILL_POINTS:
+            seen.append((point, str(info["name"])))
+    with hooks.added(record):
+        assert cli.main(["run", TINY, "--workdir", str(wd), "--no-progress", *_sets(SMALL)]) == 0
     return wd
 
 
@@ -98,19 +109,66 @@ def _leftovers(wd: pathlib.Path) -> list[str]:
                   if p.name.startswith(".") or "orbax-checkpoint-tmp" in p.name)
 
 
+def _plan_kills(points: list[tuple[str, str]], aims, rng) -> list[tuple[str, str, int]]:
+    """One kill per aim ``(label, predicate(point, name))``, in order: ``(point, name, k)``, the
+    k-th time the run reaches ``point`` for checkpoint or stage ``name``, drawn by ``rng`` among
+    the ``points`` of the uninterrupted run. Each aim's point belongs to a name (a checkpoint, a
+    chunked stage) whose first point comes after every point of the previous aim's name: the
+    run killed there has not reached that name yet, and the rerun (which resumes after what is
+    committed) reaches it exactly as the uninterrupted run does, so k counts the same. A choice
+    is kept only when the later aims still have a point."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, (_, name) in enumerate(points):
+        first.setdefault(name, i)
+        last[name] = i
+
+    def options(after: int, pred) -> list[int]:
+        return [i for i, (p, n) in enumerate(points) if pred(p, n) and first[n] > after]
+
+    def feasible(after: int, preds) -> bool:
+        for pred in preds:
+            opts = options(after, pred)
+            if not opts:
+                return False
+            after = last[points[opts[0]][1]]
+        return True
+
+    plan, after = [], -1
+    preds = [pred for _, pred in aims]
+    for a, (label, pred) in enumerate(aims):
+        opts = [i for i in options(after, pred) if feasible(last[points[i][1]], preds[a + 1:])]
+        assert opts, f"no fault point for {label} in {points}"
+        i = int(rng.choice(opts))
+        point, name = points[i]
+        plan.append((point, name, points[: i + 1].count((point, name))))
+        after = last[name]
+    return plan
+
+
 def test_kill_anywhere_then_rerun_gives_the_same_tables(small_run, tmp_path):
-    """Real `tr-jax run` processes on one workdir, each SIGKILLed: at seeded random moments in
-    dense training, in retraining and in the measure stage, and (a fault point, see
-    ``sweep.store.fault_point``) between the two renames of a checkpoint swap. Each rerun
-    resumes; the last one completes. The tables equal the uninterrupted run's byte for byte,
-    nothing committed is computed twice (log.txt logs every commit) and nothing half-written is
-    left. (tests/test_reliability.py dies at the other moments of checkpoint and table writes.)"""
+    """Real `tr-jax run` processes on one workdir, each SIGKILLed at a fault point
+    (``tr_jax.hooks``: a checkpoint written but not swapped in, between the two renames of a
+    swap, a chunk record written but not renamed) drawn by a seeded generator among the points
+    the uninterrupted run passes: in dense training, at a checkpoint swap, in retraining and in
+    the measure stage. The kill lands at a named point, with a count, whatever the machine's
+    speed. Each rerun resumes; the last one completes. The tables equal the uninterrupted
+    run's byte for byte, nothing committed is computed twice (log.txt logs every commit) and
+    nothing half-written is left. (tests/test_reliability.py dies at the other moments of
+    checkpoint and table writes.)"""
     import os
     import re
     import signal
-    import time
 
-    rng = np.random.default_rng(2023)
+    measure = ("measure", "bezier", "hessian")
+    aims = [  # (where, which points)
+        ("dense training",  # before the stage's commit: the rerun resumes the program
+         lambda p, n: n.startswith("dense_")),
+        ("a checkpoint swap", lambda p, n: p == "save:swapping"),
+        ("retraining", lambda p, n: n.startswith("retrain_")),
+        ("measurement", lambda p, n: p == "chunk:written" or n in measure),
+    ]
+    plan = _plan_kills(_POINTS[str(small_run)], aims, np.random.default_rng(2023))
     wd = tmp_path / "killed"
     args = ["run", TINY, "--workdir", str(wd), "--no-progress", *_sets(SMALL)]
     env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",  # as in-process (conftest)
@@ -118,36 +176,29 @@ def test_kill_anywhere_then_rerun_gives_the_same_tables(small_run, tmp_path):
            "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    log = wd / "log.txt"
-    attempts = [  # (where, log lines that start the random wait, seconds | fault point)
-        ("dense training", ("committed dense_p0_progress",), rng.uniform(0.0, 1.0)),
-        ("a checkpoint swap", (), f"save:swapping:{rng.integers(1, 4)}"),
-        ("retraining", ("retrain (", "retrain: done"), rng.uniform(0.5, 2.5)),
-        ("measurement", ("measure: LMC", "measure: done"), rng.uniform(0.2, 1.2)),
-    ]
-    for where, triggers, when in attempts:
-        start = log.stat().st_size if log.exists() else 0
-        fault = {"TR_JAX_KILL_AT": when} if isinstance(when, str) else {}
-        proc = subprocess.Popen([sys.executable, "-m", "tr_jax.cli", *args], env={**env, **fault},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if not fault:
-            deadline = time.time() + 600
-            while proc.poll() is None and time.time() < deadline:
-                new = log.read_bytes()[start:].decode() if log.exists() else ""
-                if any(t in new for t in triggers):
-                    break
-                time.sleep(0.02)
-            time.sleep(when)
-            proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == -signal.SIGKILL, (where, proc.returncode, err.decode()[-2000:])
+    launcher = str(ROOT / "tests" / "_faulty_cli.py")
+    for (where, _), (point, name, k) in zip(aims, plan):
+        spec = f"{point}@{name}:{k}"
+        proc = subprocess.Popen([sys.executable, launcher, "--kill-at", spec, "--", *args],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == -signal.SIGKILL, (where, spec, proc.returncode,
+                                                    err.decode()[-2000:])
     assert not (wd / "cells.csv").exists()
     assert cli.main(args) == 0
     _same_tables(small_run, wd)
-    text = log.read_text()
+    text = (wd / "log.txt").read_text()
     commits = re.findall(r"\] committed (.+)", text)
     assert len(commits) == len(set(commits)), f"committed twice: {commits}"
-    assert {"dense (stage done)", "retrain (stage done)", "measure (stage done)"} <= set(commits)
+    # a checkpoint killed in its save is committed by the rerun's repair, which logs nothing
+    killed = {name for point, name, _ in plan if point.startswith("save:")}
+    assert {f"{s} (stage done)" for s in ("dense", "retrain", "measure")
+            if s not in killed} <= set(commits), (plan, commits)
     assert "resuming" in text and "done before, loaded" in text
     assert _leftovers(wd) == []
 

@@ -39,22 +39,24 @@ def _free_port() -> int:
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **extra}
-    env.pop("TR_JAX_KILL_AT", None)
-    env.update(extra)
-    return env
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **extra}
 
 
-def _cmd(wd: pathlib.Path, *extra: str) -> list[str]:
+def _cmd(wd: pathlib.Path, *extra: str, kill_at: str | None = None) -> list[str]:
+    """The ``tr-jax run`` command; with ``kill_at`` (``POINT[@NAME]:N``) through the kill tests'
+    launcher, which SIGKILLs the process at that fault point (``tr_jax.hooks.kill_at``)."""
     sets = [a for s in SETS for a in ("--set", s)]
-    return [sys.executable, "-m", "tr_jax.cli", "run", TINY, "--workdir", str(wd), "--no-progress",
-            *sets, *extra]
+    exe = ([sys.executable, str(ROOT / "tests" / "_faulty_cli.py"), "--kill-at", kill_at, "--"]
+           if kill_at else [sys.executable, "-m", "tr_jax.cli"])
+    return [*exe, "run", TINY, "--workdir", str(wd), "--no-progress", *sets, *extra]
 
 
-def _launch(wd: pathlib.Path, n_proc: int, port: int, **env) -> list[subprocess.Popen]:
+def _launch(wd: pathlib.Path, n_proc: int, port: int, kill_at: dict[int, str] | None = None,
+            **env) -> list[subprocess.Popen]:
     """Start the processes of one run; each writes its stdout and stderr to files beside the
-    workdir (never pipes: a full pipe would stall a process, and with it the other's collective)."""
+    workdir (never pipes: a full pipe would stall a process, and with it the other's collective).
+    ``kill_at``: process index -> the fault point that kills it (see :func:`_cmd`)."""
     procs = []
     for i in range(n_proc):
         extra = ([] if n_proc == 1 else
@@ -64,8 +66,8 @@ def _launch(wd: pathlib.Path, n_proc: int, port: int, **env) -> list[subprocess.
         wd.parent.mkdir(parents=True, exist_ok=True)
         files = (pathlib.Path(f"{base}.out"), pathlib.Path(f"{base}.err"))
         with open(files[0], "w") as out, open(files[1], "w") as err:  # the child keeps its copies
-            p = subprocess.Popen(_cmd(wd, *extra), env=_env(4 // n_proc, **env), stdout=out,
-                                 stderr=err)
+            p = subprocess.Popen(_cmd(wd, *extra, kill_at=(kill_at or {}).get(i)),
+                                 env=_env(4 // n_proc, **env), stdout=out, stderr=err)
         p.files = files
         procs.append(p)
     return procs
@@ -108,15 +110,17 @@ def four_devices(tmp_path_factory):
 def test_two_processes_killed_mid_retrain_resume_to_the_tables_of_one(four_devices, tmp_path):
     """2 processes x 2 devices (gloo, 127.0.0.1) run tiny under vmap on one workdir. Process 0 is
     SIGKILLed inside the commit of the retraining's progress checkpoint (written by both
-    processes' orbax saves, not yet swapped in); process 1, waiting at the commit's barrier, is
-    killed too. Both restarted with the same command resume after epoch 1 and end with the cells
+    processes' orbax saves, not yet swapped in: a fault point, ``tr_jax.hooks``); process 1,
+    which cannot pass the commit's last barrier without process 0, is killed then. Both
+    restarted with the same command resume after epoch 1 and end with the cells
     of one process with 4 devices (within 1e-4, same regimes); only process 0 wrote the tables,
     the figures and the log."""
     wd = tmp_path / "w"
-    procs = _launch(wd, 2, _free_port(), TR_JAX_KILL_AT="save:written@retrain_p0_progress:1")
+    procs = _launch(wd, 2, _free_port(), kill_at={0: "save:written@retrain_p0_progress:1"})
     try:
         assert procs[0].wait(timeout=TIMEOUT) == -signal.SIGKILL, procs[0].files[1].read_text()[-3000:]
-        time.sleep(1.0)
+        # process 0 died after both passed the barrier after writing: process 1 (which writes
+        # nothing) waits at the barrier that ends the commit, which it cannot pass alone
         procs[1].send_signal(signal.SIGKILL)
     finally:
         _finish(procs, 30)

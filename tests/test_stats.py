@@ -104,7 +104,7 @@ def test_dichotomy_planted_is_found():
 def test_dichotomy_null_and_one_sided_tables_do_not_hold():
     null = dichotomy(results({0.05: 0.0, 0.2: 0.0, 0.5: 0.0}, noise=0.01), n_boot=500)
     assert not null.holds and "NOT shown" in null.text()
-    # hotter better everywhere (the digits with noisy labels, SPEC §4): no dichotomy
+    # hotter better everywhere (as on the embedded digits with noisy labels): no dichotomy
     same_sign = dichotomy(results({0.05: -0.01, 0.5: -0.01}), n_boot=300)
     assert set(same_sign.table.direction) == {"hotter better"} and not same_sign.holds
     # the wrong way round (hotter better only at HIGH density) is not the paper's claim

@@ -1,4 +1,4 @@
-"""Reference state_dicts <-> tr_jax variables for every architecture (SPEC §1.2, §1.5, §7).
+"""Reference state_dicts <-> tr_jax variables for every architecture.
 
 Where torch is installed, forward passes are checked against small PyTorch re-implementations of the
 reference's ``models/cifar/{preresnet,vgg,densenet}.py`` (same modules, names and forward).

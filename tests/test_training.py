@@ -1,4 +1,4 @@
-"""SGD with PyTorch semantics, the members strategies, masked retraining (SPEC §1.3, §1.6)."""
+"""SGD with PyTorch semantics, the members strategies, masked retraining."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +32,8 @@ def test_sgd_matches_torch(fidelity):
         np.testing.assert_allclose(p[n] + upd[n], d[f"next/param_after/{n}"], rtol=1e-5, atol=1e-7)
 
 
-def test_step_decay_reference_schedule():
-    f = [float(tj.training.step_decay(e, (80, 120))) for e in (0, 79, 80, 119, 120, 159)]
+def test_multistep_reference_schedule():
+    f = tj.training.multistep([0, 79, 80, 119, 120, 159], (80, 120))
     np.testing.assert_allclose(f, [1, 1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
 
 

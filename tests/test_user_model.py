@@ -1,5 +1,5 @@
-"""A user's own Flax model (Linen or NNX, flax BatchNorm or none) through tr_jax (issue 17):
-exact BN recalibration (SPEC §2.2) against hand-computed statistics, the four modes, and the
+"""A user's own Flax model (Linen or NNX, flax BatchNorm or none) through tr_jax:
+exact BN recalibration against hand-computed statistics, the four modes, and the
 training / pruning / landscape stages on a tiny model."""
 import flax.linen as nn
 import jax
@@ -49,7 +49,7 @@ def _images(n=10, seed=0):
 
 
 def _hand_stats(per_batch_inputs):
-    """SPEC §2.2 by hand: size-weighted averages of per-batch means and unbiased variances of
+    """BN recalibration by hand: size-weighted averages of per-batch means and unbiased variances of
     one layer's inputs (a list of [b, H, W, C] arrays)."""
     n = sum(a.shape[0] for a in per_batch_inputs)
     mean = sum(a.shape[0] * a.mean((0, 1, 2)) for a in per_batch_inputs) / n

@@ -14,7 +14,7 @@ import pytest
 from tr_jax import _checks as ck
 from tr_jax import cli
 from tr_jax.config import (KNOBS, RANGES, RETRAIN_MODES, config_hash, default_config, load_config,
-                           schema_keys, validate)
+                           ranges, schema_keys, validate)
 from tr_jax.errors import ConfigError, UserError
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -32,7 +32,7 @@ HASHES = {
     "lr.py": "251c35712513",
     "quick.py": "b8026ddaa8e7",
     "sam_rho.py": "574830352480",
-    "tiny.py": "63cb2253f0e5",
+    "tiny.py": "4bbd8b7a8854",  # sets run.autotune=False; with it True: "63cb2253f0e5" as before
     "vgg_densenet.py": "142dde07488d",
 }
 
@@ -54,15 +54,17 @@ def _write(tmp_path, body: str, name: str = "mine.py") -> pathlib.Path:
 # ------------------------------------------------------------------ the table
 @pytest.mark.parametrize("key", schema_keys())
 def test_every_schema_key_has_a_range(key):
-    assert key in RANGES, f"{key} has no entry in tr_jax.config.RANGES"
+    table = ranges()  # RANGES and the registered measures' settings
+    assert key in table, f"{key} has no entry in tr_jax.config.RANGES (or its measure's ranges)"
     value = default_config()
     for p in key.split("."):
         value = value[p]
-    RANGES[key].check(key, value, "default")  # every default is in its own range
+    table[key].check(key, value, "default")  # every default is in its own range
 
 
 def test_the_table_has_no_stale_key():
-    assert sorted(RANGES) == sorted(schema_keys())
+    assert sorted(ranges()) == sorted(schema_keys())
+    assert not any(k.startswith(("measure.bezier.", "measure.hessian.")) for k in RANGES)
 
 
 def test_the_tables_choices_are_the_modules():
@@ -229,10 +231,23 @@ def test_every_config_validates_with_its_hash_unchanged():
         assert config_hash(again) == want and again.to_dict() == cfg.to_dict(), path.name
 
 
+def test_new_run_keys_at_their_defaults_leave_the_hash_alone():
+    """run.autotune and run.autotune_budget_s came after workdirs were written: at their defaults
+    they are left out of the hash (config._NEW_KEY_DEFAULTS), so those workdirs still resume."""
+    assert config_hash(load_config(TINY, ["run.autotune=True"])) == "63cb2253f0e5"
+    assert config_hash(load_config(TINY, ["run.autotune=True", "run.autotune_budget_s=18.0"])) \
+        == "63cb2253f0e5"
+    assert config_hash(load_config(TINY, ["run.autotune=True", "run.autotune_budget_s=60"])) \
+        != "63cb2253f0e5"
+    with pytest.raises(ConfigError, match="run.autotune_budget_s"):
+        load_config(TINY, ["run.autotune_budget_s=0"])
+
+
 def test_override_hashes_unchanged():
     cfg = load_config(CONFIGS / "cifar_small.py", ["knob=lr", "temperatures=(0.2,0.1,0.05)"])
     assert config_hash(cfg) == "a060e4accb28"
-    assert config_hash(load_config(TINY, ["dense.lr=1"])) == "d4ed2dc238f7"
+    # configs/tiny.py sets run.autotune=False since; at the default the hash is the old one
+    assert config_hash(load_config(TINY, ["dense.lr=1", "run.autotune=True"])) == "d4ed2dc238f7"
 
 
 def test_sweep_run_validates_its_config(tmp_path):

@@ -10,12 +10,16 @@ by compiled steps. Public API (see README):
     curve = tj.landscape.interpolation_errors(model, va, vb, images, labels, mean=..., std=...)
     tj.landscape.lmc(curve["train_error"]); tj.landscape.cka(x, y)
 """
-from tr_jax import (casestudies, data, distributed, landscape, members, models,  # noqa: F401
-                    pruning, regimes, sharding, training)
+from tr_jax import (casestudies, data, distributed, hooks, landscape, measures,  # noqa: F401
+                    members, models, pruning, regimes, sharding, training)
 
 __version__ = "0.3.0"
 
 _LAZY = ("autotune", "config", "plots", "report", "stats", "sweep")
+
+__all__ = ["__version__", "autotune", "casestudies", "config", "data", "distributed", "hooks",
+           "landscape", "measures", "members", "models", "plots", "pruning", "regimes", "report",
+           "sharding", "stats", "sweep", "training"]
 
 
 def __getattr__(name: str):

@@ -1,7 +1,7 @@
-"""``members_strategy = "auto"`` measured: the fastest members layout on the device at hand (issue 18).
+"""``members_strategy = "auto"`` measured: the fastest members layout on the device at hand.
 
     choice = tj.autotune.choose(model, step_cfg, image_shape=(32, 32, 3), members=64,
-                                chunk_steps=4)
+                                budget_s=60.0, chunk_steps=4)
     choice.strategy        # e.g. 'gemm'
     print(tj.autotune.describe(choice))   # the choice and every measured alternative
 
@@ -13,9 +13,9 @@ the table of what was measured. The candidates are timed in order, the backend's
 (``members.default_strategy``) first, after one compile-and-warm-up call each; the median of
 ``repeats`` calls counts.
 
-Budget: tuning one shape may spend ``budget_s`` seconds (default: ``CPU_BUDGET_S`` on CPU, 5 % of
-the quick job's ~6 min on 2 cores, ``ACCELERATOR_BUDGET_S`` elsewhere). When the first candidate's
-cost, times the number of candidates, would exceed it, tuning stops there and the backend default
+Budget: tuning one shape may spend ``budget_s`` seconds (a sweep's ``run.autotune_budget_s``,
+default ``tr_jax.config.AUTOTUNE_BUDGET_S``). When the first candidate's cost, times the number
+of candidates, would exceed it, tuning stops there and the backend default
 is kept, with the reason in ``Choice.reason``; later candidates are skipped once the budget is
 spent. The price is set by the first candidate's compile and first call, timed at the job's own
 program shape (pass the job's ``StepConfig`` and steps per call): when all M members are timed
@@ -61,18 +61,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tr_jax import __version__, models
 from tr_jax import members as mem
+from tr_jax.files import atomic_write_text
+from tr_jax.training import Trainer, init_state, stack
 
-QUICK_JOB_S = 360.0  # configs/quick.py on the 2-core CPU: ~6 min wall (README)
-CPU_BUDGET_S = 0.05 * QUICK_JOB_S  # the issue's bound: 5 % of the quick job
-ACCELERATOR_BUDGET_S = 120.0
 MEMORY_FRACTION = 0.25  # of the device's memory (host RAM on CPU) the timed probe may take
 STEP_TIMING_S = 2.0  # one_member_step stops timing calls once they took this long in all
 CACHE_ENV = "TR_JAX_CACHE_DIR"
-OFF_ENV = "TR_JAX_AUTOTUNE_OFF"  # "1": a sweep's "auto" is the backend default, nothing timed
 CACHE_FILE = "autotune.json"
 MAP_ON_CPU = ("not timed on CPU: a rolled lax.map of conv train steps runs each step ~25-70x "
-              "slower on XLA CPU (DESIGN.md); pass candidates= to time it")
+              "slower on XLA CPU; pass candidates= to time it")
 
 
 class Choice(NamedTuple):
@@ -150,13 +149,12 @@ def cache_key(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], mem
               probe: int | None = None) -> tuple[str, dict]:
     """(sha256 key, the fields it hashes) of one program shape on this device and version, timed
     at ``probe`` members (None: all ``members``)."""
-    import tr_jax
     fields = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
               "device_count": jax.device_count(), "model": repr(model),
               "step_config": _timing_repr(step_cfg), "image_shape": list(image_shape),
               "members": int(members), "probe": int(members if probe is None else probe),
               "chunk_steps": int(chunk_steps),
-              "candidates": list(candidates), "tr_jax": tr_jax.__version__,
+              "candidates": list(candidates), "tr_jax": __version__,
               "jax": jax.__version__}
     blob = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:20], fields
@@ -176,7 +174,6 @@ def _write_cache(path: pathlib.Path, key: str, entry: dict) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache(path)
         data[key] = entry
-        from tr_jax.sweep.store import atomic_write_text
         atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
         return None
     except OSError as e:
@@ -224,8 +221,6 @@ def default_memory_budget() -> tuple[float | None, str]:
 def _synthetic(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], n_images: int):
     """Synthetic uint8 images and int32 labels (``n_images``) and one freshly initialised
     member's train state: what the autotuner and the dry run's step estimate time."""
-    from tr_jax import models
-    from tr_jax.training import init_state
     rng = np.random.default_rng(0)
     X = jnp.asarray(rng.integers(0, 256, (n_images, *image_shape), dtype=np.uint8))
     Y = jnp.asarray(rng.integers(0, 10, (n_images,)), jnp.int32)
@@ -247,7 +242,6 @@ def one_member_step(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...
     ``repeats`` the median ``seconds_per_step`` of up to that many calls (fewer once they took
     ``STEP_TIMING_S``: a VGG-16 step on 2 CPU cores takes seconds). The dry run's step estimate
     and the autotuner's per-member footprint; compiled and timed once per process per shape."""
-    from tr_jax.training import Trainer, stack
     prog = "gemm" if mem.resolve(strategy) == "gemm" else "vmap"
     key = (model, _timing_repr(step_cfg), tuple(image_shape), prog)  # mean/std: same program
     hit = _ONE_STEP.get(key)
@@ -255,7 +249,7 @@ def one_member_step(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...
         bs = int(step_cfg.batch_size)
         X, Y, one = _synthetic(model, step_cfg, image_shape, bs)
         state = stack([one])
-        fn = Trainer(model, step_cfg, prog, chunk_steps=1)._train_fn(1, bs)
+        fn = Trainer(model, step_cfg, prog, chunk_steps=1).train_fn(1, bs)
         args = (X, Y, jnp.int32(0), jnp.int32(0), jnp.ones((1,), jnp.float32))
         t = time.perf_counter()
         compiled = fn.lower(state, *args).compile()
@@ -327,7 +321,6 @@ def measure(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], membe
     (synthetic uint8 data, batch ``step_cfg.batch_size``). Returns ``members`` (as stacked),
     ``member_steps_s``, ``seconds`` (per call) and ``compile_s`` (the first call); only
     ``members`` and ``compile_s`` when ``give_up(compile_s)`` is true."""
-    from tr_jax.training import Trainer
     X, Y, one = _synthetic(model, step_cfg, image_shape, step_cfg.batch_size * chunk_steps)
     tr = Trainer(model, step_cfg, strategy, chunk_steps=chunk_steps, drop_last=True,
                  milestones=())
@@ -369,21 +362,20 @@ def lookup(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], member
 
 
 def planned(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], members: int,
-            candidates: Sequence[str] | None = None, *, chunk_steps: int = 4,
-            budget_s: float | None = None, memory_budget_bytes: float | None = None) -> str:
+            candidates: Sequence[str] | None = None, *, budget_s: float, chunk_steps: int = 4,
+            memory_budget_bytes: float | None = None) -> str:
     """``--dry-run``'s line for ``members_strategy = "auto"``: the cached choice when there is
     one (``describe``), else what the run will time, at how many members and for about how long
-    (the time budget). Times nothing and allocates no sweep: one member's step is compiled."""
+    (``budget_s``, the run's time budget). Times nothing and allocates no sweep: one member's
+    step is compiled."""
     cands = _ordered(check_candidates(
         default_candidates(members) if candidates is None else candidates, model))
     probe, why = probe_size(model, step_cfg, image_shape, members, memory_budget_bytes)
     hit = _cached(*cache_key(model, step_cfg, image_shape, members, chunk_steps, cands, probe))
     if hit is not None:
         return describe(hit, members)
-    cpu = jax.default_backend() == "cpu"
-    budget = (CPU_BUDGET_S if cpu else ACCELERATOR_BUDGET_S) if budget_s is None else budget_s
     return (f"members strategy M={members}: auto, measured at the start of the run, "
-            f"~{budget:.0f} s (the autotune time budget on {jax.default_backend()}; candidates "
+            f"~{budget_s:.0f} s (the autotune time budget on {jax.default_backend()}; candidates "
             f"{', '.join(cands)}, {why}); nothing cached yet, the backend default is "
             f"{mem.default_strategy()!r}")
 
@@ -400,25 +392,27 @@ def _fastest(table: list[dict], default: str) -> str:
 
 
 def choose(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], members: int,
-           candidates: Sequence[str] | None = None, *, chunk_steps: int = 4, repeats: int = 2,
-           budget_s: float | None = None, memory_budget_bytes: float | None = None,
+           candidates: Sequence[str] | None = None, *, budget_s: float, chunk_steps: int = 4,
+           repeats: int = 2, memory_budget_bytes: float | None = None,
            use_cache: bool = True, echo: Callable[[str], None] | None = None) -> Choice:
     """The fastest members strategy for one program shape on this device (module docstring).
 
     ``candidates`` (None: ``default_candidates``) are validated by ``check_candidates``; the
-    backend default is timed first when it is among them. ``budget_s`` (None: the backend's) bounds
-    the seconds spent timing; ``memory_budget_bytes`` (None: ``default_memory_budget()``) bounds
-    the memory: candidates are timed at ``probe_size`` members (``gemm``, whose step needs more,
-    at what fits at its own footprint), said in ``Choice.probe``, the table and the reason.
+    backend default is timed first when it is among them. ``budget_s`` (> 0; a sweep's
+    ``run.autotune_budget_s``) bounds the seconds spent timing, compiles included;
+    ``memory_budget_bytes`` (None: ``default_memory_budget()``) bounds the memory: candidates
+    are timed at ``probe_size`` members (``gemm``, whose step needs more, at what fits at its own
+    footprint), said in ``Choice.probe``, the table and the reason.
     ``use_cache`` reads and writes ``cache_dir() / CACHE_FILE``. ``echo`` receives one line per
     timed candidate."""
     if members < 1:
         raise ValueError(f"members={members} must be >= 1")
+    if not budget_s > 0:
+        raise ValueError(f"budget_s={budget_s!r} must be > 0 (seconds of timing)")
     default = mem.default_strategy()
     cands = _ordered(check_candidates(
         default_candidates(members) if candidates is None else candidates, model))
-    cpu = jax.default_backend() == "cpu"
-    budget = (CPU_BUDGET_S if cpu else ACCELERATOR_BUDGET_S) if budget_s is None else budget_s
+    cpu, budget = jax.default_backend() == "cpu", float(budget_s)
     probe, at = probe_size(model, step_cfg, image_shape, members, memory_budget_bytes)
     key, fields = cache_key(model, step_cfg, image_shape, members, chunk_steps, cands, probe)
     path = cache_dir() / CACHE_FILE
@@ -451,9 +445,8 @@ def choose(model: nn.Module, step_cfg: Any, image_shape: tuple[int, ...], member
             first = row.pop("compile_s")
             reason = (f"autotuning skipped: ~{first * len(cands):.0f}s for {len(cands)} "
                       f"candidates ({first:.1f}s for the compile and first call of {s!r}) would "
-                      f"exceed the budget {budget:.0f}s" + (
-                          " (5% of the quick job on CPU)" if cpu and budget_s is None else "")
-                      + f"; kept the backend default {default!r}")
+                      f"exceed the budget {budget:.0f}s (run.autotune_budget_s); kept the "
+                      f"backend default {default!r}")
             table += [{"strategy": c, "skipped": "over budget",
                        **({"members": row.get("members", n)} if c == s else {})} for c in cands]
             break

@@ -266,7 +266,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             if isinstance(v, float):
                 print(f"{k:28s} {v:.6g}")
         if args.json:
-            from tr_jax.sweep.store import atomic_write_text
+            from tr_jax.files import atomic_write_text
             atomic_write_text(args.json, json.dumps(out, indent=1) + "\n")
     elif args.command == "advise":
         _advise(args)
@@ -332,7 +332,7 @@ def _advise(args: argparse.Namespace) -> None:
     print(adv.text())
     print(accuracy_sentence(score))
     if args.json:
-        from tr_jax.sweep.store import atomic_write_text
+        from tr_jax.files import atomic_write_text
         out = {"workdir": str(sweep.workdir), "advice": adv.to_dict(), "text": adv.text(),
                "accuracy": score.to_dict(), "rule": sweep.rule.to_dict(),
                "rule_source": sweep.rule_source}

@@ -30,18 +30,18 @@ from typing import Any, Callable, Iterable, Mapping
 import ml_collections
 
 from tr_jax import _checks as ck
+from tr_jax import measures
 from tr_jax._checks import Range
-from tr_jax.data.datasets import check_name
+from tr_jax.data.datasets import DATASET_SHAPES, check_name
 from tr_jax.errors import ConfigError, UserError
-from tr_jax.regimes import RegimeRule
-
-#: temperature-like knobs (SPEC §1.4): what the temperature grid of a sweep varies
-KNOBS = ("epochs", "batch_size", "sam_rho", "lr", "weight_decay")
+from tr_jax.regimes import KNOBS, RegimeRule  # KNOBS: what the temperature grid of a sweep varies
 RETRAIN_MODES = ("lr_rewinding", "finetune", "weight_rewinding")
+#: default of ``run.autotune_budget_s``: 5 % of configs/quick.py's ~6 min on a 2-core CPU
+AUTOTUNE_BUDGET_S = 18.0
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The full schema with the paper's settings (SPEC §1.3-1.7) as defaults."""
+    """The full schema with the paper's settings as defaults (see docs/fidelity.md)."""
     c = ml_collections.ConfigDict()
     c.name = "default"
     c.seed = 0                      # root PRNG key: every member key is folded in from it
@@ -59,43 +59,48 @@ def default_config() -> ml_collections.ConfigDict:
         milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3), optimizer="sgd", sam_rho=0.0,
         schedule="epoch", iterations=0, drop_last=False))
     # dense.optimizer: sgd | adam (PyTorch semantics, coupled L2); dense.sam_rho > 0 wraps it in
-    # SAM (SPEC §1.4: global-norm perturbation, BN running stats frozen on the second pass).
+    # SAM (docs/fidelity.md, SAM: global-norm perturbation, BN running stats frozen on the second pass).
     c.augment = ml_collections.ConfigDict(dict(pad=4, flip=True))
     c.prune = ml_collections.ConfigDict(dict(
         densities=(0.05, 0.06, 0.07, 0.08, 0.10, 0.14, 0.20, 0.40, 0.80), scope="uniform",
         leaves="conv"))
-    # prune.leaves (SPEC §1.5): which weights are pruned, by every scope alike: "conv" (every conv
-    # kernel, the reference), "conv+dense" (also Dense kernels) or a regex searched in the
-    # parameter path, e.g. "Conv_[1-9]/kernel" (tr_jax.models.is_prunable).
+    # prune.leaves (docs/fidelity.md, Magnitude pruning): which weights are pruned, by every
+    # scope alike: "conv" (every conv kernel, the reference), "conv+dense" (also Dense kernels)
+    # or a regex searched in the parameter path, e.g. "Conv_[1-9]/kernel" (tr_jax.models.is_prunable).
     c.retrain = ml_collections.ConfigDict(dict(
         mode="lr_rewinding", epochs=160, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4,
         milestones=(80, 120), gamma=0.1, seeds=(1, 2, 3), finetune_lr=0.001, rewind_epoch=2,
         schedule="epoch", iterations=0, drop_last=False))
     # {dense,retrain}.schedule: 'epoch' (milestones are 0-indexed epochs, `epochs` epochs) or
     # 'iteration' (milestones are optimiser steps; exactly `iterations` steps, the batch-size
-    # experiments of SPEC §1.4 item 2, usually with drop_last=True).
-    # retrain.mode (SPEC §1.6, §8.3): lr_rewinding (the reference: pruned trained weights, the
+    # experiments, see docs/fidelity.md, Temperature knobs, usually with drop_last=True).
+    # retrain.mode (docs/fidelity.md, Retraining): lr_rewinding (the reference: pruned trained weights, the
     # retrain schedule lr/milestones re-run), finetune (pruned trained weights, constant
     # finetune_lr, no milestones), weight_rewinding (weights and BN of the dense run at
     # rewind_epoch, masked by the mask of the trained checkpoint, then the retrain schedule).
     c.measure = ml_collections.ConfigDict(dict(
         lmc_points=11, bn_batch_size=64, cka_images=6464, test_error_last_epochs=5,
-        points_per_call=0,
-        # trained quadratic Bezier curve per pair (SPEC §2.3): middle bend trained, masked
-        bezier=ml_collections.ConfigDict(dict(
-            enabled=True, epochs=50, batch_size=128, lr=0.01, weight_decay=5e-4, momentum=0.9,
-            points=5)),
-        # Hessian of every retrained member (SPEC §2.5): eval mode, first `images` training images
-        hessian=ml_collections.ConfigDict(dict(
-            enabled=True, images=200, max_probes=100, tol=1e-3, chunk=10, eig_iters=100,
-            restrict_to_mask=True))))
+        points_per_call=0))
+    # measure.<name>: the settings of each switchable landscape measure, from its entry in the
+    # measure registry (tr_jax.measures): bezier, hessian and any measure registered later
+    for m in measures.registered():
+        if m.settings is not None:
+            c.measure[m.name] = ml_collections.ConfigDict(dict(m.settings))
     # measure.points_per_call: parameter points (pairs x t) per compiled LMC/Bezier evaluation;
     # 0 = auto (1 on CPU, 32 on accelerators: see experiments/bench_landscape.py).
     c.regimes = ml_collections.ConfigDict(RegimeRule().to_dict())
     c.run = ml_collections.ConfigDict(dict(
         members_strategy="auto", chunk_steps=0, eval_batch_size=0, checkpoint_every=5,
         max_members=0, memory_budget_gb=0.0, precision="float32", metrics=True,
-        metrics_test_every=0, tensorboard=False))
+        metrics_test_every=0, tensorboard=False, autotune=True,
+        autotune_budget_s=AUTOTUNE_BUDGET_S))
+    # autotune: under members_strategy="auto", time the candidate members layouts on this device
+    # before training (tr_jax.autotune; the choice is cached per device, model, shapes and
+    # version); False keeps the backend default (tr_jax.members.default_strategy) and times
+    # nothing. Results do not depend on it: every layout computes the same numbers.
+    # autotune_budget_s: the seconds the autotuner may spend timing candidates for one program
+    # shape, compiles included; when the first candidate's compile and first call, times the
+    # number of candidates, would exceed it, the backend default is kept (on any backend).
     # metrics: append every epoch's per-member train loss / train error / test error and every
     # measure chunk's timing to metrics.jsonl in the workdir (tj.sweep.metrics reads it);
     # metrics_test_every: k > 0 also evaluates the test error every k-th epoch for it (0 = only
@@ -176,20 +181,6 @@ RANGES: dict[str, Range] = {
     "measure.cka_images": ck.POS_INT,
     "measure.test_error_last_epochs": ck.POS_INT,
     "measure.points_per_call": Range("int", lo=0, note="0 = auto"),
-    "measure.bezier.enabled": ck.BOOL,
-    "measure.bezier.epochs": ck.POS_INT,
-    "measure.bezier.batch_size": ck.POS_INT,
-    "measure.bezier.lr": ck.LR,
-    "measure.bezier.weight_decay": ck.WEIGHT_DECAY,
-    "measure.bezier.momentum": ck.MOMENTUM,
-    "measure.bezier.points": Range("int", lo=3),
-    "measure.hessian.enabled": ck.BOOL,
-    "measure.hessian.images": ck.POS_INT,
-    "measure.hessian.max_probes": ck.POS_INT,
-    "measure.hessian.tol": Range("float", lo=0, note="0 = run every probe / iteration"),
-    "measure.hessian.chunk": Range("int", lo=1, note="<= measure.hessian.max_probes"),
-    "measure.hessian.eig_iters": ck.POS_INT,
-    "measure.hessian.restrict_to_mask": ck.BOOL,
     # RegimeRule's own checks (tr_jax.regimes.rule): thresholds finite, cka_delta >= 0
     "regimes.lmc_threshold": ck.FINITE,
     "regimes.use_jump": ck.BOOL,
@@ -208,7 +199,21 @@ RANGES: dict[str, Range] = {
     "run.metrics": ck.BOOL,
     "run.metrics_test_every": Range("int", lo=0, note="0 = only the epochs evaluated anyway"),
     "run.tensorboard": ck.BOOL,
+    "run.autotune": ck.BOOL,
+    "run.autotune_budget_s": Range("float", lo=0, lo_open=True,
+                                   note="seconds of autotuning per program shape"),
 }
+
+
+def ranges() -> dict[str, Range]:
+    """Every key's valid range: :data:`RANGES` and the settings of the registered measures
+    (``measure.<name>.*``, from :mod:`tr_jax.measures`)."""
+    out = dict(RANGES)
+    for m in measures.registered():
+        if m.settings is not None:
+            out[f"measure.{m.name}.enabled"] = ck.BOOL
+            out.update({f"measure.{m.name}.{k}": r for k, r in m.ranges.items()})
+    return out
 
 
 def schema_keys(node: Any = None, prefix: str = "") -> list[str]:
@@ -226,7 +231,7 @@ def schema_keys(node: Any = None, prefix: str = "") -> list[str]:
 def _coerce(key: str, value: Any) -> Any:
     """``value`` in the shape the schema expects: a list or a scalar where a tuple is expected
     becomes a tuple (``0.05`` -> ``(0.05,)``). Anything else is left to the checks."""
-    rng = RANGES.get(key)
+    rng = ranges().get(key)
     if rng is not None and rng.kind == "tuple":
         if isinstance(value, list):
             return tuple(value)
@@ -263,7 +268,7 @@ def _merge(node: Any, cfg: Any, src: Callable[[str], str], prefix: str = "") -> 
         try:
             node[k] = value
         except TypeError as e:
-            rng = RANGES.get(key)
+            rng = ranges().get(key)
             if rng is None:
                 raise ConfigError(key, value, f"of type {type(node[k]).__name__}", src(key)) from e
             raise ConfigError(key, value, rng.describe(), src(key)) from e
@@ -306,7 +311,7 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config", *,
     _check_keys(cfg, schema)
     merged = schema
     _merge(merged, cfg, src)  # recursive, keys already checked
-    for key, rng in RANGES.items():
+    for key, rng in ranges().items():
         rng.check(key, _get(merged, key), src(key))
 
     def fail(key: str, valid: str, hint: str = "") -> None:
@@ -368,10 +373,10 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config", *,
         if not rw < first:
             fail("retrain.rewind_epoch", f"an integer epoch of the dense run before {first} (the "
                  "first pruned checkpoint); 0 = initialisation")
-    h = merged.measure.hessian
-    if h.chunk > h.max_probes:
-        fail("measure.hessian.chunk", f"an integer in [1, measure.hessian.max_probes="
-             f"{h.max_probes}] (probes per batched Hessian-vector product)")
+    for m in measures.registered():  # each measure's rules between its own settings
+        bad = m.check(merged.measure[m.name]) if m.check and m.settings is not None else None
+        if bad:
+            fail(f"measure.{m.name}.{bad[0]}", bad[1])
     try:
         RegimeRule.from_dict(merged.regimes.to_dict())
     except ValueError as e:  # not expected after the table's checks: RegimeRule's own rules
@@ -395,7 +400,6 @@ def _check_batch_sizes(cfg: ml_collections.ConfigDict, temps: tuple,
                        src: Callable[[str], str] = lambda key: "config") -> None:
     """Training batch sizes must fit in the training set (known per built-in dataset without
     loading it; other datasets are checked when loaded)."""
-    from tr_jax.data.datasets import DATASET_SHAPES
     if cfg.dataset not in DATASET_SHAPES:
         return
     n = DATASET_SHAPES[cfg.dataset][0]
@@ -404,8 +408,10 @@ def _check_batch_sizes(cfg: ml_collections.ConfigDict, temps: tuple,
         sizes += [("temperatures", t) for t in temps]
     else:
         sizes.append(("dense.batch_size", cfg.dense.batch_size))
-    if cfg.measure.bezier.enabled:
-        sizes.append(("measure.bezier.batch_size", cfg.measure.bezier.batch_size))
+    for m in measures.registered():  # a measure that trains (Bezier curves) has a batch size
+        if m.batch_setting and m.is_enabled(cfg):
+            sizes.append((f"measure.{m.name}.{m.batch_setting}",
+                          cfg.measure[m.name][m.batch_setting]))
     for key, bs in sizes:
         if bs > n:
             if key == "temperatures":
@@ -521,7 +527,7 @@ def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> ml_c
             with node.unlocked() if hasattr(node, "unlocked") else _null():
                 node[parts[-1]] = value
         except TypeError as e:  # ml_collections refuses a value of another type than the default's
-            rng = RANGES.get(key)
+            rng = ranges().get(key)
             raise ConfigError(key, value, rng.describe() if rng else "of the default's type",
                               "--set") from e
         overridden[key] = "--set"
@@ -545,7 +551,7 @@ def _parse_override(key: str, raw: str) -> Any:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = {"true": True, "false": False}.get(raw.strip().lower(), raw)
-    rng = RANGES.get(key)
+    rng = ranges().get(key)
     if rng is not None and rng.kind == "str" and not isinstance(value, str):
         return raw
     if isinstance(value, list):
@@ -564,12 +570,28 @@ class _null:
 #: keys added after tr_jax 0.2, left out of ``to_json`` (and so of the config hash and a workdir's
 #: config.json) while at these defaults, so that earlier workdirs still resume under the same hash
 _NEW_KEY_DEFAULTS = {("code_hash",): "", ("prune", "leaves"): "conv", ("run", "metrics"): True,
-                     ("run", "metrics_test_every"): 0, ("run", "tensorboard"): False}
+                     ("run", "metrics_test_every"): 0, ("run", "tensorboard"): False,
+                     ("run", "autotune"): True, ("run", "autotune_budget_s"): AUTOTUNE_BUDGET_S}
+
+
+def _new_key_defaults() -> dict[tuple, Any]:
+    """:data:`_NEW_KEY_DEFAULTS` and the settings of every registered measure whose section is
+    left out of the hash at its defaults (``Measure.hash_defaults`` False)."""
+    out = dict(_NEW_KEY_DEFAULTS)
+    for m in measures.registered():
+        if m.settings is not None and not m.hash_defaults:
+            out.update({("measure", m.name, k): v for k, v in m.settings.items()})
+    return out
 
 
 def _drop_new_defaults(d: dict) -> dict:
     d = json.loads(json.dumps(d))
-    for path, default in _NEW_KEY_DEFAULTS.items():
+    for m in measures.registered():
+        if m.settings is not None and not m.hash_defaults:
+            section = d.get("measure", {}).get(m.name)
+            if isinstance(section, dict) and section == json.loads(json.dumps(dict(m.settings))):
+                d["measure"].pop(m.name)
+    for path, default in _new_key_defaults().items():
         node = d
         for p in path[:-1]:
             node = node.get(p, {}) if isinstance(node, dict) else {}

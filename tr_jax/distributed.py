@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from tr_jax._jax_compat import backends_are_initialized, runtime_error_type
 from tr_jax.errors import PeerError
 
 BROADCAST_MAX_BYTES = 4096  # broadcast_str's fixed buffer
@@ -89,8 +90,7 @@ def _inline_cpu_dispatch_with_simulated_devices() -> None:
     in-process rendezvous timeout ("only 2 of 4 threads arrived"), in the measure stage; this
     keeps that pool to the SPMD programs' per-device tasks (a mitigation: the cause is not
     proven). No effect once a backend is up, or with one device."""
-    from jax._src import xla_bridge
-    if _simulated_cpu_devices() > 1 and not xla_bridge.backends_are_initialized():
+    if _simulated_cpu_devices() > 1 and backends_are_initialized() is False:
         import jax
         jax.config.update("jax_cpu_enable_async_dispatch", False)
 
@@ -134,8 +134,7 @@ def initialize(distributed: bool = False, coordinator: str | None = None,
             raise ValueError(f"the multi-process runtime is already up (with {_STATE['args']}); "
                              f"cannot start it again with {args}")
         return jax.process_count() > 1
-    from jax._src import xla_bridge
-    if xla_bridge.backends_are_initialized():
+    if backends_are_initialized():
         raise ValueError("tr_jax.distributed.initialize() must run before anything uses JAX "
                          "(devices, arrays, computations): call it first")
     if jax.config.jax_cpu_collectives_implementation != "mpi":  # respect an explicit MPI choice
@@ -329,11 +328,7 @@ _RUNTIME_SIGNS = ("deadline_exceeded", "unavailable", "aborted: barrier", "heart
 
 def _runtime_failure(e: BaseException) -> BaseException | None:
     """The error in e's chain (e, its cause, its context) that reports a lost peer, if any."""
-    try:
-        from jax.errors import JaxRuntimeError
-    except ImportError:  # older JAX
-        from jax._src.lib import xla_client
-        JaxRuntimeError = xla_client.XlaRuntimeError
+    JaxRuntimeError = runtime_error_type()
     seen: set[int] = set()
     x: BaseException | None = e
     while x is not None and id(x) not in seen and len(seen) < 16:

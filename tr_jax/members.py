@@ -1,4 +1,4 @@
-"""How members advance together: the ``members_strategy`` switch (DESIGN.md).
+"""How members advance together: the ``members_strategy`` switch (see docs/design.md).
 
 * ``loop``           a Python loop over members, each a jitted call on an unstacked member;
 * ``threads[:k]``    ``loop``'s per-member calls dispatched from k host threads (default: one per
@@ -12,7 +12,7 @@
                      convolution. Here it lifts ``fn`` like ``vmap``; ``Trainer`` swaps the model.
 
 ``auto`` picks the default for the backend from ``experiments/bench_members.py``: ``threads`` on
-CPU, ``vmap`` on GPU/TPU (not measured here: no accelerator was lent). Measured on the 2-core CPU
+CPU, ``vmap`` on GPU/TPU (on GPU/TPU a default, not a measured choice). Measured on the 2-core CPU
 (PreResNet-20, batch 64, member-images/s against M sequential single-member runs, medians, one
 run of ``bench_members.py`` with its defaults; README, Performance): 8x8x1 ``threads`` 0.98 / 1.23
 / 1.29 / 1.32x at M = 1 / 4 / 16 / 64, ``loop`` 0.96-1.11x, ``vmap`` 1.35x at M=4 but 0.72x at
@@ -35,6 +35,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from tr_jax import sharding
 
 STRATEGIES = ("loop", "threads", "threads:k", "vmap", "gemm", "map", "map_chunked:k", "auto")
 PER_MEMBER = ("loop", "threads")  # strategies whose groups are single unstacked members
@@ -242,7 +244,6 @@ def shard_members(stacked: Any) -> Any:
     last member) to a multiple of the device count; ``join_groups(..., num=M)`` drops the padding.
     Jitted steps then run SPMD, each device on its share of members. Always a copy, so a step
     that donates its state never deletes the caller's arrays (on every backend)."""
-    from tr_jax import sharding
     return sharding.shard(stacked)
 
 

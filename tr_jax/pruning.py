@@ -1,4 +1,4 @@
-"""One-shot magnitude pruning masks as pytrees (SPEC §1.5).
+"""One-shot magnitude pruning masks as pytrees (docs/fidelity.md, Magnitude pruning).
 
 A mask is a pytree shaped like ``params`` with 1.0 (kept) / 0.0 (pruned) float leaves; every leaf
 that is not prunable is all ones (so ``params * mask`` needs no special case). Which leaves are
@@ -119,8 +119,14 @@ def magnitude_masks(params, density, scope: str = "uniform", leaves: str = "conv
 
 
 def apply_masks(params, masks):
-    """Pruned params: ``params * masks`` leaf by leaf."""
+    """Pruned params: ``params * masks`` leaf by leaf (the effective weights of masked training)."""
     return jax.tree.map(lambda p, m: p * m, params, masks)
+
+
+def masked_update(params, updates, masks):
+    """``params + updates * masks`` leaf by leaf: an optimiser update that leaves pruned entries
+    where they are (zero, after ``apply_masks``)."""
+    return jax.tree.map(lambda p, u, m: p + u * m, params, updates, masks)
 
 
 def mask_density(masks, leaves: str = "conv") -> jnp.ndarray:

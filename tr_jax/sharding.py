@@ -1,5 +1,5 @@
 """The members mesh: one global ``jax.Array`` per stacked leaf, sharded over every device of every
-process (DESIGN.md, Scale-out).
+process (see docs/design.md on scaling out).
 
 A sweep's members (or pairs, or LMC points) lie on the leading axis of every leaf. That axis is
 sharded over a 1-D :class:`jax.sharding.Mesh` named ``members`` that holds every device of every
@@ -75,10 +75,15 @@ def _pad_leaf(x, m_pad: int):
     return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
 
 
+def pad_members(tree: Any, m_pad: int) -> Any:
+    """``tree`` (leaves [M, ...]) with its members axis padded to ``m_pad`` by repeating the last
+    member (unchanged when M >= ``m_pad``); traceable, so it serves inside jitted programs."""
+    return jax.tree.map(lambda x: _pad_leaf(x, m_pad), tree)
+
+
 @functools.lru_cache(maxsize=None)
 def _resharder(m_pad: int, sharding: jax.sharding.Sharding):
-    return jax.jit(lambda t: jax.tree.map(lambda x: _pad_leaf(x, m_pad), t),
-                   out_shardings=sharding)
+    return jax.jit(lambda t: pad_members(t, m_pad), out_shardings=sharding)
 
 
 def shard(tree: Any, m_pad: int | None = None) -> Any:
@@ -110,16 +115,6 @@ def replicate(tree: Any) -> Any:
 
 def tree_to_host(tree: Any) -> Any:
     return jax.tree.map(to_host, tree)
-
-
-def like(tree: Any) -> Any:
-    """Restore targets for a tree: ``ShapeDtypeStruct`` with the sharding of each global array,
-    host numpy leaves as themselves."""
-    def one(x):
-        if isinstance(x, jax.Array):
-            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-        return x
-    return jax.tree.map(one, tree)
 
 
 def members_like(template: Any, m_pad: int) -> Any:

@@ -1,7 +1,7 @@
 """Small statistics for the analysis of a sweep: bootstrap resampling of dense seeds, percentile
 intervals, Wilson intervals and permutation baselines. Pure numpy (and the standard library).
 
-Why a bootstrap over *dense seeds* (SPEC §1.3, §1.7): every cell of Figure 2 is the mean of 9
+Why a bootstrap over *dense seeds* (docs/fidelity.md, Figure 2 grid): every cell of Figure 2 is the mean of 9
 runs, 3 dense seeds x 3 retrain seeds (or pairs). The retrain runs of one dense seed share its
 pruned network, so they are not independent; the dense seed is the independent unit. A
 replicate draws the dense seeds with replacement, the same draw for every cell of the sweep
@@ -113,7 +113,7 @@ def t_interval(values: Sequence[float], ci: float = 0.95) -> tuple[float, float,
     """Mean of the finite ``values`` with its Student-t interval ``(mean, lo, hi)``
     (``mean +- t_{n-1} * sd / sqrt(n)``); NaN bounds with fewer than 2 values.
 
-    Why next to the bootstrap: with 3 dense seeds (the paper's design, SPEC §1.3) a percentile
+    Why next to the bootstrap: with 3 dense seeds (the design of Zhou et al. 2023, Figure 2) a percentile
     bootstrap interval can never be wider than the range of the 3 seed means, so it covers the
     truth far less often than its nominal level; the t interval (t_2 = 4.30 at 95 %) is the
     honest small-sample answer under normality. The t quantile comes from scipy (a dependency

@@ -58,10 +58,10 @@ class _Spec:
 
 
 def _cells_spec() -> _Spec:
-    from tr_jax.regimes.aggregate import CELL_METRICS, CELL_OPTIONAL
+    from tr_jax.regimes.aggregate import cell_metrics, optional_metrics
     from tr_jax.regimes.rule import REGIMES
-    metrics = set(CELL_METRICS) | set(CELL_OPTIONAL) | {"dense_test_error",
-                                                        "normalized_test_error"}
+    metrics = set(cell_metrics()) | set(optional_metrics()) | {"dense_test_error",
+                                                               "normalized_test_error"}
     plain = metrics | {"temperature", "density", "sick_members", "n_dense_seeds",
                        "regime_confidence"}
 

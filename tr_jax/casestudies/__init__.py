@@ -1,6 +1,7 @@
 """The paper's three case studies, as tr_jax runs them on a sweep's cell table.
 
-Zhou et al. (ICML 2023) illustrate the three-regime model with three case studies (SPEC 3.4):
+Zhou et al. (ICML 2023) illustrate the three-regime model with three case studies
+(docs/fidelity.md, Case studies):
 (1) should a temperature knob be raised or lowered before pruning, (2) which dense model of a
 family should be pruned, and (3) tuning SAM's rho for pruning. The paper's exact protocols,
 baselines and table values are **UNVERIFIED** (only the abstract and figure captions were
@@ -32,7 +33,8 @@ its retrained pairs are measured at that density (the premise of the case study)
 use those and the *dense* test error, but **never the pruned test error** they are judged by.
 
 * ``"lmc_cka"`` (the three-regime selector): among *connected* candidates the one with the
-  highest CKA (SPEC 3.4; the SPEC sanity check on Figure 2 uses LMC > -0.1 then max CKA).
+  highest CKA (a sanity check on Figure 2's read-outs, LMC > -0.1 then the maximum CKA, picks a
+  model close to the best test error in every density column).
 * ``"lmc_error"``: among connected candidates the lowest *dense* test error.
 * ``"most_trained"``: the coldest candidate (baseline: prune the fully trained model).
 * ``"best_dense"``: the lowest dense test error (baseline).
@@ -43,7 +45,7 @@ use those and the *dense* test error, but **never the pruned test error** they a
 is judged on the whole density column, as :func:`~tr_jax.regimes.classify` does); if no
 candidate is connected, it falls back to ``"tolerance"``. ``"tolerance"`` = ``lmc >= max(lmc of
 the candidates) - lmc_tolerance`` (default 0.05 on the train-error fraction). ``"threshold"`` =
-``lmc > lmc_threshold`` (default -0.1, the SPEC sanity check). Ties go to the hotter candidate
+``lmc > lmc_threshold`` (default -0.1, the threshold of that sanity check). Ties go to the hotter candidate
 (cheaper to train). The judge: the pruned test error of the chosen cell; the *oracle* is the
 candidate with the lowest pruned test error in hindsight; ``regret = error(choice) -
 error(oracle)`` (>= 0).

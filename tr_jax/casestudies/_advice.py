@@ -1,4 +1,4 @@
-"""Case study 1 (SPEC §3.4): raise or lower the temperature before pruning; the advice's
+"""Case study 1 (docs/fidelity.md, Case studies): raise or lower the temperature before pruning; the advice's
 accuracy against shuffled moves."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Case study 3 (SPEC §3.4): tuning SAM's rho for pruning, against the smallest rho."""
+"""Case study 3 (docs/fidelity.md, Case studies): tuning SAM's rho for pruning, against the smallest rho."""
 from __future__ import annotations
 
 

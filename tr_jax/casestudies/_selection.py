@@ -1,4 +1,4 @@
-"""Case study 2 (SPEC §3.4): which dense model of a family to prune; regret against the
+"""Case study 2 (docs/fidelity.md, Case studies): which dense model of a family to prune; regret against the
 baselines with bootstrap intervals (over dense seeds when the runs are given, as every other
 interval of tr_jax; over densities otherwise)."""
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Datasets (embedded digits, TFDS, your own arrays) and on-device augmentation (SPEC §1.1)."""
+"""Datasets (embedded digits, TFDS, your own arrays) and on-device augmentation (docs/fidelity.md, Data)."""
 
-from tr_jax.data.arrays import (NPZ_KEYS, SMALL_TEST_SPLIT, SmallTestSplitWarning, check_dataset,
-                                from_arrays, load_npz, small_test_split_note)
+from tr_jax.data.arrays import (NPZ_KEYS, SMALL_TEST_SPLIT, Dataset, SmallTestSplitWarning,
+                                check_dataset, from_arrays, load_npz, small_test_split_note)
 from tr_jax.data.augment import augment, normalize, random_crop, random_flip
 from tr_jax.data.datasets import (
     CIFAR_MEAN,
@@ -11,7 +11,6 @@ from tr_jax.data.datasets import (
     SVHN_MEAN,
     SVHN_STD,
     TFDS_DATASETS,
-    Dataset,
     check_name,
     load_dataset,
     load_digits,

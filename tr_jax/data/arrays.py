@@ -1,4 +1,5 @@
-"""Your own image-classification data as a :class:`~tr_jax.data.datasets.Dataset` (SPEC §1.1).
+"""The :class:`Dataset` every loader returns, and your own image-classification data as one
+(docs/fidelity.md, Data).
 
 ``from_arrays(x_train, y_train, x_test, y_test, mean=None, std=None, name=...)`` wraps numpy
 arrays; ``load_npz(path)`` reads them from an ``.npz`` file (keys ``x_train, y_train, x_test,
@@ -30,20 +31,58 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from tr_jax.data.datasets import Dataset
-
-__all__ = ["NPZ_KEYS", "SMALL_TEST_SPLIT", "SmallTestSplitWarning", "check_dataset",
-           "from_arrays", "load_npz", "small_test_split_note"]
+__all__ = ["NPZ_KEYS", "SMALL_TEST_SPLIT", "Dataset", "SmallTestSplitWarning", "check_dataset",
+           "from_arrays", "load_npz", "quiet_small_test_split", "small_test_split_note"]
 
 #: the arrays an npz dataset file must hold
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 #: test splits of fewer images are warned about: below 100 images one image moves the test
 #: error by more than one percentage point
 SMALL_TEST_SPLIT = 100
+
+
+class Dataset(NamedTuple):
+    """A fully materialised train/test image-classification dataset (host memory).
+
+    Attributes:
+      name: dataset name (one of :data:`~tr_jax.data.datasets.DATASETS`, ``npz:PATH``, ...).
+      train_images: uint8 ``[N, H, W, C]`` raw pixels 0..255, dataset order (never shuffled).
+      train_labels: int32 ``[N]``.
+      test_images: uint8 ``[N_test, H, W, C]``.
+      test_labels: int32 ``[N_test]``.
+      num_classes: number of classes ``K``; labels lie in ``0..K-1``.
+      mean: per-channel mean on the [0, 1] pixel scale, length ``C``.
+      std: per-channel std on the [0, 1] pixel scale, length ``C``.
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of one image."""
+        h, w, c = self.train_images.shape[1:]
+        return (int(h), int(w), int(c))
+
+    @property
+    def num_train(self) -> int:
+        """Number of training examples ``N``."""
+        return int(self.train_images.shape[0])
+
+    @property
+    def num_test(self) -> int:
+        """Number of test examples ``N_test``."""
+        return int(self.test_images.shape[0])
 
 
 class SmallTestSplitWarning(UserWarning):
@@ -68,7 +107,7 @@ def _warn_small_test_split(n_test: int) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_small_test_split() -> Iterator[None]:
+def quiet_small_test_split() -> Iterator[None]:
     """No :class:`SmallTestSplitWarning` inside (a sweep says it once in its log instead)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallTestSplitWarning)
@@ -188,7 +227,7 @@ def check_dataset(ds: Dataset) -> Dataset:
             raise ValueError(f"dataset {ds.name!r}: {split} images have NaN or infinite values")
     if np.asarray(x_tr).dtype != np.uint8:  # stored on the 0..255 scale already
         x_tr, x_te = np.asarray(x_tr) / 255.0, np.asarray(x_te) / 255.0
-    with _quiet_small_test_split():  # a re-check: the caller (a sweep) says it itself
+    with quiet_small_test_split():  # a re-check: the caller (a sweep) says it itself
         from_arrays(x_tr, ds.train_labels, x_te, ds.test_labels, ds.mean, ds.std, ds.name,
                     ds.num_classes)
     return ds
@@ -208,7 +247,7 @@ def load_npz(path: str, name: str | None = None) -> Dataset:
                              f"needs {list(NPZ_KEYS)}")
         arrays = {k: f[k] for k in f.files}
     k = arrays.get("num_classes")
-    with _quiet_small_test_split():  # warned below, pointing at load_npz's caller
+    with quiet_small_test_split():  # warned below, pointing at load_npz's caller
         ds = from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"],
                          arrays["y_test"], mean=arrays.get("mean"), std=arrays.get("std"),
                          name=name or p.stem, num_classes=None if k is None else int(k))

@@ -1,4 +1,4 @@
-"""On-device normalisation and data augmentation (SPEC §1.1), pure ``jax.numpy``.
+"""On-device normalisation and data augmentation (docs/fidelity.md, Data), pure ``jax.numpy``.
 
 Images are NHWC. Augmentation works on the *raw* uint8 pixels and keeps their dtype; it is
 applied before normalisation, exactly as the reference (``RandomCrop(32, padding=4)`` on the
@@ -28,7 +28,7 @@ __all__ = ["augment", "normalize", "random_crop", "random_flip"]
 def normalize(
     images: jax.Array, mean: Sequence[float] | jax.Array, std: Sequence[float] | jax.Array
 ) -> jax.Array:
-    """Per-channel normalisation ``(images / 255 - mean) / std`` (SPEC §1.1).
+    """Per-channel normalisation ``(images / 255 - mean) / std``.
 
     Args:
       images: uint8 or float ``[..., H, W, C]`` raw pixels on the 0..255 scale.

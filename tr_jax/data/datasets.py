@@ -3,7 +3,7 @@
 Every loader returns a :class:`Dataset` holding *raw* pixels (uint8, NHWC, 0..255) in a fixed,
 deterministic dataset order (nothing is shuffled here; shuffling and augmentation happen on the
 device, see :mod:`tr_jax.data.augment`), integer labels (int32) and the per-channel mean/std on the
-[0, 1] pixel scale that :func:`tr_jax.data.augment.normalize` uses (SPEC §1.1).
+[0, 1] pixel scale that :func:`tr_jax.data.augment.normalize` uses (docs/fidelity.md, Data).
 
 Datasets
 --------
@@ -47,9 +47,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from tr_jax.data.arrays import Dataset, from_arrays, load_npz, quiet_small_test_split
 
 __all__ = [
     "CIFAR_MEAN",
@@ -71,7 +73,7 @@ DATASET_SHAPES: dict[str, tuple[int, tuple[int, int, int], int]] = {
     "digits": (1437, (8, 8, 1), 10), "cifar10": (50000, (32, 32, 3), 10),
     "cifar100": (50000, (32, 32, 3), 100), "svhn_cropped": (73257, (32, 32, 3), 10)}
 
-# Reference implementation's normalisation constants (SPEC §1.1), on the [0, 1] pixel scale.
+# Reference implementation's normalisation constants (docs/fidelity.md, Data), on the [0, 1] pixel scale.
 CIFAR_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR_STD: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
 SVHN_MEAN: tuple[float, float, float] = (0.4377, 0.4438, 0.4728)
@@ -85,46 +87,6 @@ _TFDS_META: dict[str, tuple[int, tuple[float, ...], tuple[float, ...]]] = {
 }
 
 _TFDS_BATCH = 4096
-
-
-class Dataset(NamedTuple):
-    """A fully materialised train/test image-classification dataset (host memory).
-
-    Attributes:
-      name: dataset name (one of :data:`DATASETS`).
-      train_images: uint8 ``[N, H, W, C]`` raw pixels 0..255, dataset order (never shuffled).
-      train_labels: int32 ``[N]``.
-      test_images: uint8 ``[N_test, H, W, C]``.
-      test_labels: int32 ``[N_test]``.
-      num_classes: number of classes ``K``; labels lie in ``0..K-1``.
-      mean: per-channel mean on the [0, 1] pixel scale, length ``C``.
-      std: per-channel std on the [0, 1] pixel scale, length ``C``.
-    """
-
-    name: str
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(H, W, C)`` of one image."""
-        h, w, c = self.train_images.shape[1:]
-        return (int(h), int(w), int(c))
-
-    @property
-    def num_train(self) -> int:
-        """Number of training examples ``N``."""
-        return int(self.train_images.shape[0])
-
-    @property
-    def num_test(self) -> int:
-        """Number of test examples ``N_test``."""
-        return int(self.test_images.shape[0])
 
 
 def _unknown_name_error(name: str, choices: tuple[str, ...]) -> ValueError:
@@ -170,8 +132,7 @@ def load_dataset(name: str, data_dir: str | None = None, **kw: Any) -> Dataset:
     if name in TFDS_DATASETS:
         return load_tfds(name, data_dir=data_dir, **kw)
     if str(name).startswith("npz:"):
-        from tr_jax.data.arrays import _quiet_small_test_split, load_npz
-        with _quiet_small_test_split():  # a sweep says it once in its log when it starts
+        with quiet_small_test_split():  # a sweep says it once in its log when it starts
             return load_npz(name[4:], **kw)
     if str(name).startswith("tfds:"):
         return load_tfds(name[5:], data_dir=data_dir, **kw)
@@ -346,6 +307,5 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
         num_classes, mean, std = _TFDS_META[name]
         return Dataset(name=name, train_images=xtr, train_labels=ytr, test_images=xte,
                        test_labels=yte, num_classes=num_classes, mean=tuple(mean), std=tuple(std))
-    from tr_jax.data.arrays import from_arrays
     k = getattr(features[label_key], "num_classes", None)
     return from_arrays(xtr, ytr, xte, yte, name=f"tfds:{name}", num_classes=k)

@@ -1,4 +1,4 @@
-"""Loss-landscape measures of pruned models: LMC, CKA, BN recalibration (SPEC §2)."""
+"""Loss-landscape measures of pruned models: LMC, CKA, BN recalibration (see docs/fidelity.md)."""
 from tr_jax.landscape.bezier import bezier, curve_errors, mode_connectivity, train_curves
 from tr_jax.landscape.bn import evaluate, evaluate_stacked, recalibrate, recalibrate_points
 from tr_jax.landscape.cka import cka

@@ -1,9 +1,9 @@
-"""Trained quadratic Bezier-curve mode connectivity, batched over pairs (SPEC §2.3).
+"""Trained quadratic Bezier-curve mode connectivity, batched over pairs (docs/fidelity.md, Bezier curves).
 
 The curve between two members theta_a, theta_b (same mask) is
 ``phi(t) = (1 - t)^2 theta_a + 2 t (1 - t) theta_mid + t^2 theta_b`` on every parameter. The
 endpoints are fixed; the middle bend starts at the midpoint (where the curve *is* the straight
-line of SPEC §2.2) and is trained, as the predecessor (Yang et al. 2021, after Garipov et al. 2018):
+line of LMC) and is trained, as the predecessor (Yang et al. 2021, after Garipov et al. 2018):
 every minibatch draws one ``t ~ U(0, 1)`` and takes an SGD step (momentum 0.9, PyTorch semantics,
 no SGD weight decay) on ``CE(f(x; phi(t))) + 0.5 wd ||phi(t)||^2`` (the L2 term is on the point of
 the curve, as the predecessor's ``curves.l2_regularizer``; the three-regime repo's unused
@@ -39,11 +39,12 @@ from tr_jax import models, sharding
 from tr_jax.data.augment import normalize
 from tr_jax.landscape.lmc import lmc, pair_curves
 from tr_jax import members as mem
+from tr_jax.pruning import apply_masks, masked_update
 from tr_jax.training import optim
 from tr_jax.training.loop import epoch_chunks
 from tr_jax.training.steps import cross_entropy
 
-CURVE_TS = (0.0, 0.25, 0.5, 0.75, 1.0)  # evaluation points of the predecessor (SPEC §2.3)
+CURVE_TS = (0.0, 0.25, 0.5, 0.75, 1.0)  # evaluation points of the predecessor
 
 
 def bezier(t, a, mid, b):
@@ -53,7 +54,7 @@ def bezier(t, a, mid, b):
 
 
 def curve_lr_scale(epoch: int, epochs: int) -> float:
-    """Multiplier of the base lr in 0-indexed ``epoch`` of ``epochs`` (SPEC §2.3).
+    """Multiplier of the base lr in 0-indexed ``epoch`` of ``epochs`` (the predecessor's curve schedule).
 
     The predecessor's ``learning_rate_schedule`` with its 1-indexed epoch ``epoch + 1``:
     alpha = (epoch + 1) / epochs; 1 for alpha <= 0.5, ``1 - 0.99 (alpha - 0.5) / 0.4`` for
@@ -88,15 +89,14 @@ def curve_step(model: nn.Module, momentum: float, state: CurveState, a, b, mask,
     """
 
     def loss_fn(mid):
-        phi = jax.tree.map(lambda p, m: p * m, bezier(t, a, mid, b), mask)
+        phi = apply_masks(bezier(t, a, mid, b), mask)
         logits = models.apply(model, {"params": phi, "batch_stats": batch_stats}, x, mode="frozen")
         return cross_entropy(logits, y) + 0.5 * weight_decay * _sq_norm(phi)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.mid)
-    opt_state = state.opt_state._replace(
-        hyperparams={**state.opt_state.hyperparams, "learning_rate": lr})
+    opt_state = optim.with_learning_rate(state.opt_state, lr)
     updates, opt_state = optim.sgd(momentum=momentum).update(grads, opt_state, state.mid)
-    mid = jax.tree.map(lambda p, u, m: p + u * m, state.mid, updates, mask)
+    mid = masked_update(state.mid, updates, mask)
     return state._replace(mid=mid, opt_state=opt_state), loss
 
 
@@ -162,7 +162,7 @@ def _start_bends(params_a, params_b, mask, mid, momentum: float, lr):
     compiled call (op by op, every leaf shape would compile on its own)."""
     if mid is None:
         mid = jax.tree.map(lambda x, y: 0.5 * (x + y), params_a, params_b)
-    mid = jax.tree.map(lambda p, m: p * m, mid, mask)
+    mid = apply_masks(mid, mask)
     opt = optim.sgd(lr, momentum, 0.0)  # the L2 term is in the loss, on phi(t)
     return mid, jax.vmap(opt.init)(mid)
 
@@ -173,7 +173,7 @@ def train_curves(model: nn.Module, params_a, params_b, mask, batch_stats, images
                  weight_decay: float = 5e-4, momentum: float = 0.9, mid=None,
                  chunk_steps: int | None = 4, unroll: bool = True, drop_last: bool = False,
                  strategy: str = "vmap"):
-    """Train the middle bends of P Bezier curves together (SPEC §2.3).
+    """Train the middle bends of P Bezier curves together (docs/fidelity.md, Bezier curves).
 
     params_a, params_b, mask: pytrees with a leading pairs axis [P, ...] (endpoints masked; mask
     1.0 keep / 0.0 pruned, all ones where nothing is pruned). batch_stats: one member's BN

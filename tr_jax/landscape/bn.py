@@ -1,4 +1,4 @@
-"""BN recalibration and dataset-wide evaluation (SPEC §2.2 step 3-4).
+"""BN recalibration and dataset-wide evaluation (docs/fidelity.md, BN recalibration).
 
 ``recalibrate`` resets BN and recomputes every layer's running statistics on a dataset in order,
 without augmentation, as the reference does: the size-weighted average over batches of the
@@ -11,7 +11,7 @@ Any model works (``tr_jax.models.adapters``): the per-batch statistics come from
 ``models.apply(..., mode='collect')``, which for tr_jax's own BatchNorm is its ``collect`` mode and
 for ``flax.linen.BatchNorm`` / ``nnx.BatchNorm`` is each layer's input captured in train mode, its
 mean and unbiased variance computed exactly (whatever the layer's momentum). The recalibrated
-``batch_stats`` of a flax BatchNorm therefore hold SPEC §2.2's averaged *unbiased* variance (the
+``batch_stats`` of a flax BatchNorm therefore hold the averaged *unbiased* variance (the
 reference's), not the biased one that flax's own running update would accumulate. A model without
 BatchNorm recalibrates to ``{}``.
 """

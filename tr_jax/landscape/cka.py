@@ -1,4 +1,4 @@
-"""Linear CKA of network outputs (SPEC §2.4).
+"""Linear CKA of network outputs (docs/fidelity.md, CKA).
 
 Biased-HSIC linear CKA, <HKH, HLH>_F / (||HKH||_F ||HLH||_F) with K = X X^T, L = Y Y^T, computed
 in feature space (O(n d^2)): centre the columns of X [n, d] and Y [n, e], then

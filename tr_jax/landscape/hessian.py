@@ -1,4 +1,5 @@
-"""Hessian trace and top eigenvalues of the training loss (SPEC §2.5, PyHessian as the predecessor).
+"""Hessian trace and top eigenvalues of the training loss (PyHessian as the predecessor;
+docs/fidelity.md, Hessian trace).
 
 What is computed, for a scalar ``loss_fn(params)`` and the Hessian H of it w.r.t. every leaf of
 ``params`` (for the sweep: every trainable parameter, BN affine and biases included, as PyHessian's
@@ -46,7 +47,8 @@ v^T H v, probe for probe; the sweep passes the mask anyway.
 * ``"auto"`` (default): ``"while"`` when any of params / key / mask / the Partial's leaves is a
   tracer (inside jit or vmap), else ``"host"``. Why: on CPU an XLA while loop (or ``cond``) whose
   body holds the conv HVPs runs ~10x slower than the same body jitted alone (PreResNet-8, 8x8,
-  200 images, 2 cores: 20 probes 30 s in a while loop, 2.8 s as a host loop; DESIGN "rolled loops"),
+  200 images, 2 cores: 20 probes 30 s in a while loop, 2.8 s as a host loop: XLA CPU runs rolled
+  loops slowly),
   and on accelerators a host loop costs one sync per chunk.
 """
 from __future__ import annotations
@@ -337,7 +339,7 @@ def member_loss(model: nn.Module, variables: dict, mask: Any, images: jnp.ndarra
                 labels: jnp.ndarray, mean: Sequence[float], std: Sequence[float]) -> Partial:
     """The sweep's loss as a function of params: eval-mode mean CE of the masked network.
 
-    images: uint8 [B, H, W, C] raw pixels (SPEC §2.5: B = 200 training images, no augmentation);
+    images: uint8 [B, H, W, C] raw pixels (the predecessor: B = 200 training images, no augmentation);
     labels: int [B]; variables: ``{'params', 'batch_stats'}`` (running statistics are used, not
     differentiated); mask: 0/1 pytree like params (``None`` = dense). Returns a
     ``Partial`` ``loss_fn(params)`` evaluating the network at ``params * mask``; its data are pytree
@@ -352,7 +354,8 @@ def member_hessian(model: nn.Module, variables: dict, mask: Any, images: jnp.nda
                    std: Sequence[float], max_probes: int = 100, tol: float = 1e-3,
                    chunk: int = 10, max_iters: int = 100, loop: str = "auto"
                    ) -> dict[str, jnp.ndarray]:
-    """SPEC §2.5 for one member: Hutchinson trace and top eigenvalue of :func:`member_loss`.
+    """The Hessian measure of one member (docs/fidelity.md, Hessian trace): Hutchinson trace
+    and top eigenvalue of :func:`member_loss`.
 
     Probes restricted to the unpruned weights (``mask``); ``split(key)`` gives the trace and the
     power-iteration keys. Eagerly (loop 'auto' -> 'host') each member reuses the compiled steps;

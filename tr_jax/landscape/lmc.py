@@ -1,4 +1,4 @@
-"""Linear mode connectivity (SPEC §2.2), batched over t points and pairs.
+"""Linear mode connectivity (docs/fidelity.md, LMC), batched over t points and pairs.
 
 theta(t) = (1 - t) theta_a + t theta_b on *every* parameter (masked conv weights, BN affine, FC);
 at every t (endpoints included) BN is recalibrated on the full training set (no augmentation,
@@ -55,7 +55,7 @@ def evaluate_points(model: nn.Module, params: Any, batch_stats: Any, train_image
                     bn_batch_size: int = 64, test: tuple[jnp.ndarray, jnp.ndarray] | None = None,
                     eval_batch_size: int = 0,
                     points_per_call: int | None = None) -> dict[str, np.ndarray]:
-    """Errors and losses of K parameter points, BN recalibrated at each (SPEC §2.2 steps 3-4).
+    """Errors and losses of K parameter points, BN recalibrated at each (docs/fidelity.md, LMC).
 
     params: leaves [K, ...] (e.g. pairs x t flattened); batch_stats: one member's tree (structure
     only: recalibration replaces it). Images uint8 [N, H, W, C] in dataset order. Points run
@@ -145,7 +145,7 @@ LMC_TIE_TOL = 1e-7
 
 def lmc(errors, n: int | None = None) -> np.ndarray:
     """e_bar - e(t*) of error curves ``[..., T]`` whose first/last points are the endpoints
-    (SPEC §2.2 step 5), as float64 numpy.
+    (docs/fidelity.md, LMC), as float64 numpy.
 
     ``t* = argmax_t |e(t) - e_bar|``, the *first* t on ties (numpy's argmax, as the reference).
     When the interior is flat, t* is an endpoint and both endpoints deviate by exactly

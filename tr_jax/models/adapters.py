@@ -1,4 +1,4 @@
-"""Any Flax model behind one boundary: ``init`` and ``apply`` in tr_jax's four BN modes (SPEC §1.2,
+"""Any Flax model behind one boundary: ``init`` and ``apply`` in tr_jax's four BN modes (docs/fidelity.md,
 §1.4, §2.2).
 
 Every stage of tr_jax (training, SAM, pruning, LMC with BN recalibration, CKA, Bezier curves, the
@@ -27,7 +27,7 @@ Modes, for the Linen and NNX adapters:
   interceptor on ``nn.BatchNorm.__call__``; NNX: the merged copy's ``nnx.BatchNorm`` layers are
   given a recording subclass. Capturing the input (rather than back-solving the batch statistics
   from the updated running ones) is exact whatever the layer's momentum (even 1.0 or 0.0), needs no
-  reset, and gives PyTorch's unbiased variance that SPEC §2.2 averages, where flax keeps a biased
+  reset, and gives PyTorch's unbiased variance that BN recalibration averages, where flax keeps a biased
   one. ``tr_jax.landscape.recalibrate`` then forms the size-weighted average over batches.
 
 A model without BN has an empty ``batch_stats``; ``collect`` returns ``{}`` and recalibration is a
@@ -56,7 +56,8 @@ def _check_mode(mode: str) -> None:
 
 def batch_moments(x: jnp.ndarray, axis: int | tuple[int, ...] = -1) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Per-feature batch mean and *unbiased* variance of ``x`` (features on ``axis``, reduced over
-    every other axis), in float32: what one batch contributes to SPEC §2.2's recalibration."""
+    every other axis), in float32: what one batch contributes to BN recalibration
+    (docs/fidelity.md, BN recalibration)."""
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     feat = tuple(sorted(a % x.ndim for a in axes))
     red = tuple(a for a in range(x.ndim) if a not in feat)

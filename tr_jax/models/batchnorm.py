@@ -1,4 +1,5 @@
-"""BatchNorm with PyTorch semantics and the four modes tr_jax needs (SPEC §1.2, §1.4, §2.2).
+"""BatchNorm with PyTorch semantics and the four modes tr_jax needs (docs/fidelity.md,
+Architectures, SAM, BN recalibration).
 
 Flax's BatchNorm keeps a *biased* running variance and has no recalibration mode, so tr_jax uses
 its own module:
@@ -6,10 +7,11 @@ its own module:
 * ``train``   normalise with the batch statistics; update the running statistics PyTorch's way:
               ``running <- (1 - momentum) * running + momentum * batch`` with momentum 0.1 and the
               *unbiased* batch variance for ``running_var``.
-* ``frozen``  batch statistics, running statistics untouched (SAM's second pass, SPEC §1.4).
+* ``frozen``  batch statistics, running statistics untouched (SAM's second pass).
 * ``collect`` batch statistics; the batch mean and unbiased variance are written to the
               ``bn_stats`` collection (same tree layout as ``batch_stats``) so that the caller can
-              form the exact size-weighted cumulative average of SPEC §2.2 (BN recalibration).
+              form the exact size-weighted cumulative average of BN recalibration
+              (docs/fidelity.md, BN recalibration).
 * ``eval``    normalise with the running statistics.
 
 Per-channel sums are matrix-vector products (``channel_sum``) and per-channel values reach the

@@ -1,4 +1,4 @@
-"""The models' convolution, computed one of two ways (``conv_impl``; issue 18, the ``gemm`` layout).
+"""The models' convolution, computed one of two ways (``conv_impl``: ``xla`` or the ``gemm`` layout).
 
 * ``"xla"``  (default) Flax's ``nn.Conv``: one ``lax.conv_general_dilated``. Under ``jax.vmap``
   over members with per-member kernels it becomes a *grouped* convolution

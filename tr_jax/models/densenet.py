@@ -1,4 +1,5 @@
-"""CIFAR DenseNet-depth (depth = 3n + 4), structure and init of the reference (SPEC §1.2).
+"""CIFAR DenseNet-depth (depth = 3n + 4), structure and init of the reference
+(docs/fidelity.md, Architectures).
 
 The reference's ``models/cifar/densenet.py`` with its defaults (BasicBlock, growth 12,
 compression 1, dropout 0; the Bottleneck variant and dropout are never used, so tr_jax has neither):

@@ -1,4 +1,5 @@
-"""PreResNet-d and width-scaled PreResNet, structure and init of the reference (SPEC §1.2).
+"""PreResNet-d and width-scaled PreResNet, structure and init of the reference
+(docs/fidelity.md, Architectures).
 
 * stem: 3x3 conv in->16k, stride 1, pad 1, no bias, no BN/ReLU after it;
 * 3 stages of n = (d - 2) / 6 pre-activation BasicBlocks (planes 16k, 32k, 64k; stride 2 at the

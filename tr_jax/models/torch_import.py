@@ -1,4 +1,4 @@
-"""Reference (PyTorch) state_dicts <-> tr_jax variables, all architectures (SPEC §1.2, §1.5, §7).
+"""Reference (PyTorch) state_dicts <-> tr_jax variables, all architectures (docs/fidelity.md, Architectures).
 
 Keys follow the reference's ``state_dict``; a ``module.`` prefix (DataParallel) is stripped:
 
@@ -15,10 +15,10 @@ The mapping is one rule for all of them: a numeric key part joins the module nam
 batch_stats ``mean, var`` (``num_batches_tracked`` is dropped, and written as 0 by ``to_torch``);
 conv ``weight`` OIHW <-> ``kernel`` HWIO; Linear ``weight`` [out, in] <-> ``kernel`` [in, out].
 
-Pruned checkpoints (``torch.nn.utils.prune``, SPEC §1.5) store ``X.weight_orig`` and
-``X.weight_mask`` for every conv and Linear (the reference re-parametrises all of them; the Linear's
-mask is all ones): the imported weight is ``weight_orig * weight_mask`` and the mask becomes
-tr_jax's mask pytree.
+Pruned checkpoints (``torch.nn.utils.prune``, as the reference's ``prune.py`` saves them) store
+``X.weight_orig`` and ``X.weight_mask`` for every conv and Linear (the reference re-parametrises all
+of them; the Linear's mask is all ones): the imported weight is ``weight_orig * weight_mask`` and
+the mask becomes tr_jax's mask pytree.
 torch is imported only to read a ``.pth`` / ``.pth.tar`` file (``pip install tr_jax[torch]``).
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tr_jax.errors import UserError
+from tr_jax.models.registry import build
 
 _BN_FROM_TORCH = {"weight": ("params", "scale"), "bias": ("params", "bias"),
                   "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
@@ -244,8 +245,6 @@ def expected_shapes(arch: str, depth: int, num_classes: int, width: float = 1.0,
     """``{'params', 'batch_stats'}`` of a model as ``jax.ShapeDtypeStruct`` leaves (no compute)."""
     import jax
     import jax.numpy as jnp
-
-    from tr_jax.models import build
 
     model = build(arch, depth=depth, num_classes=num_classes, width=width)
     x = jax.ShapeDtypeStruct((1, 32, 32, in_channels), jnp.float32)

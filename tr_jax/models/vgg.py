@@ -1,4 +1,5 @@
-"""CIFAR VGG-11/13/16/19 with and without BN, structure and init of the reference (SPEC §1.2).
+"""CIFAR VGG-11/13/16/19 with and without BN, structure and init of the reference
+(docs/fidelity.md, Architectures).
 
 The reference's ``models/cifar/vgg.py`` (from the "rethinking network pruning" codebase):
 

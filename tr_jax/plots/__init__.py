@@ -26,38 +26,28 @@ The package's modules: :mod:`._common` (labels, colour maps, the cell grid, save
 figure2), :mod:`.regime_map` (three_regimes), :mod:`.curves` (curves_along_t) and
 :mod:`.dichotomy` (the function ``dichotomy``: the hot-minus-cold effect per density with its
 bootstrap and t intervals) and :mod:`.training` (training_curves: test error against epoch from
-``metrics.jsonl``). Every name is importable from ``tr_jax.plots`` itself.
+``metrics.jsonl``). Every public name is importable from ``tr_jax.plots`` itself.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-
-from . import _common, curves, overlays, phase, regime_map, training
-from . import dichotomy as _dichotomy_module
-# every name of the former single module, private ones included, stays importable from here
-from ._common import (_DEFAULT_CMAPS, _FORMATS, _LOG_METRICS, _NAN_COLOR, _PERCENT_METRICS,  # noqa: F401
-                      ALL_PANELS, METRIC_LABELS, PANELS, _align, _density_label, _fmt_temperature,  # noqa: F401
-                      _metric_values, _missing, _regime_grid, _single_knob, _temperature_label,  # noqa: F401
-                      metric_grid, safe_name, save_figure, umask)  # noqa: F401
-from .curves import curves_along_t  # noqa: F401
-from .dichotomy import DIRECTION_COLORS, dichotomy  # noqa: F401
-from .overlays import (_SICK_HATCH, UNCERTAIN_BELOW, _sick_handle, _temperature_y,  # noqa: F401
-                       _transition_handles, _transition_rows, _uncertain_handle,  # noqa: F401
-                       draw_regime_boundaries, draw_sick_cells, draw_transition,  # noqa: F401
-                       draw_uncertain_cells)  # noqa: F401
-from .phase import figure2, phase_diagram  # noqa: F401
-from .training import epoch_points, training_curves  # noqa: F401
-from .regime_map import (REGIME_COLORS, REGIME_DESCRIPTIONS, _arrow_span, _components,  # noqa: F401
-                         draw_three_regimes, three_regimes)  # noqa: F401
+from ._common import (PANELS, all_panels, metric_grid, metric_info, metric_label, safe_name,
+                      save_figure)
+from .curves import curves_along_t
+from .dichotomy import DIRECTION_COLORS, dichotomy
+from .overlays import (UNCERTAIN_BELOW, draw_regime_boundaries, draw_sick_cells, draw_transition,
+                       draw_uncertain_cells)
+from .phase import figure2, phase_diagram
+from .regime_map import REGIME_COLORS, REGIME_DESCRIPTIONS, draw_three_regimes, three_regimes
+from .training import epoch_points, training_curves
 
 __all__ = [
     "PANELS",
-    "ALL_PANELS",
+    "all_panels",
     "curves_along_t",
     "training_curves",
-    "METRIC_LABELS",
+    "metric_label",
+    "metric_info",
     "metric_grid",
     "phase_diagram",
     "draw_regime_boundaries",
@@ -70,27 +60,9 @@ __all__ = [
     "REGIME_COLORS",
     "save_figure",
     "safe_name",
-    "umask",
     "figure2",
     "dichotomy",
     "DIRECTION_COLORS",
+    "REGIME_DESCRIPTIONS",
+    "epoch_points",
 ]
-
-_safe_name, _umask = safe_name, umask  # the names before 0.3 (kept for callers)
-
-_SUBMODULES = (_common, overlays, phase, regime_map, curves, _dichotomy_module, training)
-
-
-class _Package(types.ModuleType):
-    """Setting a name on ``tr_jax.plots`` (``monkeypatch.setattr(plots, "draw_sick_cells", ...)``,
-    ``plots.UNCERTAIN_BELOW = 0.9``) also sets it in every submodule that defines or imports
-    it, so the functions that use it see the new value -- as when plots was one module."""
-
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        for mod in globals().get("_SUBMODULES", ()):
-            if name in vars(mod) and not isinstance(vars(mod)[name], types.ModuleType):
-                setattr(mod, name, value)
-
-
-sys.modules[__name__].__class__ = _Package

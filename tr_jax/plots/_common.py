@@ -23,45 +23,46 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..regimes import KNOB_LABELS, normalized_test_error, temperatures_hot_to_cold
+from .. import measures
+from ..regimes import KNOB_LABELS, format_density, normalized_test_error, temperatures_hot_to_cold
 
 
 PANELS: tuple[str, str, str, str] = ("test_error", "normalized_test_error", "lmc", "cka")
 
-#: metric -> (title, colorbar label)
-METRIC_LABELS: dict[str, tuple[str, str]] = {
-    "test_error": ("Test error", "test error (%)"),
-    "normalized_test_error": ("Normalized test error",
-                              "test error above column best (% points)"),
-    "lmc": ("LMC (mode connectivity)", "LMC, train-error fraction (< 0 = barrier)"),
-    "cka": ("CKA similarity", "linear CKA of softmax outputs"),
-    "cka_logits": ("CKA similarity (logits)", "linear CKA of logits"),
-    "loss_barrier": ("Loss barrier (line)", "max over t of loss above the straight line"),
-    "bezier_mc": ("Bezier mode connectivity", "mc, train-error fraction (< 0 = barrier)"),
-    "hessian_trace": ("Hessian trace", "log10 Hutchinson trace (eval mode, 200 images)"),
-    "hessian_top_eigenvalue": ("Hessian top eigenvalue", "log10 top eigenvalue"),
+#: the sweep's own metrics (not landscape measures): the test error and its normalized form
+_OWN_METRICS: dict[str, measures.Metric] = {
+    "test_error": measures.Metric("test_error", "test_error", ("Test error", "test error (%)"),
+                                  cell="always", order=0, panel=1, cmap="magma_r",
+                                  fmt="{:.1f}"),
+    "normalized_test_error": measures.Metric(
+        "normalized_test_error", "normalized_test_error",
+        ("Normalized test error", "test error above column best (% points)"), cell="always",
+        order=0, panel=2, cmap="magma_r", fmt="{:.1f}"),
 }
-
-#: every metric the sweep can measure, in the order figures are drawn
-ALL_PANELS: tuple[str, ...] = PANELS + ("bezier_mc", "loss_barrier", "cka_logits",
-                                        "hessian_trace", "hessian_top_eigenvalue")
-
-# lower error -> light; LMC: 0 light, negative (barrier) dark; CKA: high similarity light
-_DEFAULT_CMAPS = {"test_error": "magma_r", "normalized_test_error": "magma_r",
-                  "lmc": "viridis", "cka": "viridis", "bezier_mc": "viridis",
-                  "cka_logits": "viridis", "loss_barrier": "magma_r", "hessian_trace": "magma_r",
-                  "hessian_top_eigenvalue": "magma_r"}
-_LOG_METRICS = ("hessian_trace", "hessian_top_eigenvalue")
 _PERCENT_METRICS = ("test_error", "normalized_test_error")
-_FORMATS = {"test_error": "{:.1f}", "normalized_test_error": "{:.1f}", "lmc": "{:.3f}",
-            "cka": "{:.3f}", "bezier_mc": "{:.3f}", "cka_logits": "{:.3f}",
-            "loss_barrier": "{:.2f}", "hessian_trace": "{:.2f}", "hessian_top_eigenvalue": "{:.2f}"}
+
+
+def metric_info(metric: str) -> measures.Metric | None:
+    """How a metric is labelled and drawn: the sweep's own (test errors) or a registered
+    measure's (:mod:`tr_jax.measures`); None for a metric neither knows."""
+    return _OWN_METRICS.get(metric) or measures.metric(metric)
+
+
+def metric_label(metric: str) -> tuple[str, str]:
+    """(title, colour-bar label) of a metric (its name twice when unknown)."""
+    info = metric_info(metric)
+    return info.label if info is not None else (metric, metric)
+
+
+def all_panels() -> tuple[str, ...]:
+    """Every metric with a phase-diagram figure, in the order figures are drawn: the test
+    errors, then the registered measures' metrics by ``Metric.panel``."""
+    own = [m for m in _OWN_METRICS.values()]
+    reg = [x for _, x in measures.metrics() if x.panel is not None]
+    return tuple(m.name for m in sorted(own + reg, key=lambda m: m.panel))
+
+
 _NAN_COLOR = "#d9d9d9"
-
-
-def _density_label(d: float) -> str:
-    p = 100.0 * float(d)
-    return f"{p:.0f}%" if abs(p - round(p)) < 1e-6 else f"{p:.3g}%"
 
 
 def _single_knob(cells: pd.DataFrame) -> str:
@@ -159,20 +160,13 @@ def _fmt_temperature(t: float) -> str:
     return f"{t:g}"
 
 
-def umask() -> int:
-    """The process's file-creation mask (read without changing it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> pathlib.Path:
     """Save ``fig`` as PNG at ``path`` atomically, through tr_jax's one atomic writer
-    (``tr_jax.sweep.store.atomic_write_bytes``: temporary file, fsync, rename; a crash never leaves
+    (``tr_jax.files.atomic_write_bytes``: temporary file, fsync, rename; a crash never leaves
     a half-written PNG, a full disk is named)."""
     import io
 
-    from tr_jax.sweep.store import atomic_write_bytes
+    from tr_jax.files import atomic_write_bytes
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -189,7 +183,7 @@ def safe_name(s: Any) -> str:
 def label_grid_axes(ax, dens, temps, knob: str, xlabel: str) -> None:
     """Ticks and labels of a (density across, temperature down) cell grid."""
     ax.set_xticks(range(len(dens)))
-    ax.set_xticklabels([_density_label(d) for d in dens])
+    ax.set_xticklabels([format_density(d) for d in dens])
     ax.set_yticks(range(len(temps)))
     ax.set_yticklabels([_fmt_temperature(t) for t in temps])
     ax.set_xlabel(xlabel)

@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..regimes import Dichotomy
 from ._common import save_figure
 
 #: marker colour per declared direction
@@ -25,7 +26,6 @@ def dichotomy(dich, path: str | os.PathLike, *, dpi: int = 120) -> pathlib.Path:
     interval as a thick grey bar on the left and the Student-t interval of the per-seed effects
     as a thin capped line on the right, and 0 as a dashed line. The verdict (first line of
     ``dich.text()``) is the title. Returns the PNG's path (written atomically)."""
-    from tr_jax.regimes import Dichotomy
     if not isinstance(dich, Dichotomy):
         raise TypeError(f"plots.dichotomy: expected a regimes.Dichotomy, got "
                         f"{type(dich).__name__}")

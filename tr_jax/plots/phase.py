@@ -13,10 +13,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..regimes import RegimeRule, classify, normalized_test_error, temperatures_hot_to_cold
-from ._common import (METRIC_LABELS, PANELS, _DEFAULT_CMAPS, _FORMATS, _LOG_METRICS, _NAN_COLOR,
-                      _PERCENT_METRICS, _align, _metric_values, label_grid_axes,
-                      _regime_grid, _single_knob, metric_grid, safe_name, save_figure)
+from ..regimes import RegimeRule, cell_regimes, normalized_test_error, temperatures_hot_to_cold
+from ._common import (PANELS, _NAN_COLOR, _PERCENT_METRICS, _align, _metric_values, _regime_grid,
+                      _single_knob, label_grid_axes, metric_grid, metric_info, metric_label,
+                      safe_name, save_figure)
 from .overlays import (_sick_handle, _transition_handles, _uncertain_handle, draw_regime_boundaries,
                        draw_sick_cells, draw_transition, draw_uncertain_cells)
 
@@ -43,17 +43,18 @@ def phase_diagram(ax, cells_for_one_knob: pd.DataFrame, metric: str, regimes: An
     vals = _metric_values(cells, metric)
     if metric in _PERCENT_METRICS:
         vals = vals * 100.0
-    if metric in _LOG_METRICS:
+    info = metric_info(metric)
+    if info is not None and info.log:
         vals = np.log10(vals.where(vals > 0))
     temps, dens, grid = metric_grid(cells, vals, hotter_is_smaller=hotter_is_smaller)
 
-    cmap_obj = matplotlib.colormaps[cmap or _DEFAULT_CMAPS.get(metric, "viridis")] \
+    cmap_obj = matplotlib.colormaps[cmap or (info.cmap if info is not None else "viridis")] \
         if cmap is None or isinstance(cmap, str) else cmap
     cmap_obj = cmap_obj.with_extremes(bad=_NAN_COLOR)
     finite = grid[np.isfinite(grid)]
     vmin = float(finite.min()) if finite.size else 0.0
     vmax = float(finite.max()) if finite.size else 1.0
-    if metric in ("lmc", "bezier_mc"):
+    if info is not None and info.zero_is_top:
         vmax = max(vmax, 0.0)  # 0 (connected) is the light end
     if metric == "normalized_test_error":
         vmin = 0.0
@@ -64,13 +65,13 @@ def phase_diagram(ax, cells_for_one_knob: pd.DataFrame, metric: str, regimes: An
                    aspect="auto", interpolation="nearest", origin="upper")
 
     label_grid_axes(ax, dens, temps, knob, "Density (fraction of conv weights kept)")
-    name, cbar_label = METRIC_LABELS.get(metric, (metric, metric))
+    name, cbar_label = metric_label(metric)
     ax.set_title(title if title is not None else f"{name} \u2014 knob: {knob}")
 
     if annotate:
         n = max(len(temps), len(dens))
         size = 8 if n <= 6 else (7 if n <= 9 else 5.5)
-        fmt = _FORMATS.get(metric, "{:.3g}")
+        fmt = info.fmt if info is not None else "{:.3g}"
         for i in range(len(temps)):
             for j in range(len(dens)):
                 v = grid[i, j]
@@ -124,12 +125,8 @@ def figure2(cells: pd.DataFrame, out_dir: str | os.PathLike, knob: str | None = 
         reg = None
     elif regimes is not None:
         reg = cells[regimes] if isinstance(regimes, str) else _align(regimes, cells)
-    elif "regime" in cells.columns:
-        reg = cells["regime"]
-    elif "lmc" in cells.columns and "cka" in cells.columns:
-        reg = classify(cells, rule, hotter_is_smaller=hotter_is_smaller)
     else:
-        reg = None
+        reg = cell_regimes(cells, rule, hotter_is_smaller=hotter_is_smaller)
     if "normalized_test_error" not in cells.columns and "test_error" in cells.columns:
         cells["normalized_test_error"] = normalized_test_error(cells)
 

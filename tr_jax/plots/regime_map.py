@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, Patch
 
-from ..regimes import REGIMES, RegimeRule, classify, transition
+from ..regimes import REGIMES, RegimeRule, cell_regimes, transition
 from ._common import (label_grid_axes, _NAN_COLOR, _align, _single_knob, metric_grid, save_figure)
 from .overlays import (_sick_handle, _transition_handles, _uncertain_handle, draw_regime_boundaries,
                        draw_sick_cells, draw_transition, draw_uncertain_cells)
@@ -99,10 +99,7 @@ def draw_three_regimes(ax, cells: pd.DataFrame, regimes: Any = None, *,
     knob = _single_knob(cells)
     rule_obj = RegimeRule.from_dict(rule)
     if regimes is None:
-        if "regime" in cells.columns:
-            regimes = cells["regime"]
-        else:
-            regimes = classify(cells, rule_obj, hotter_is_smaller=hotter_is_smaller)
+        regimes = cell_regimes(cells, rule_obj, hotter_is_smaller=hotter_is_smaller, required=True)
     elif isinstance(regimes, str):
         regimes = cells[regimes]
     reg = _align(regimes, cells).astype(object)

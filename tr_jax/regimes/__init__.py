@@ -23,7 +23,7 @@ II-A -> II-B by *lowering* it (see :func:`advice`).
 .. important::
    The reference implementation contains **no** classification code: the regimes in the
    paper are drawn by eye on the phase diagrams. The rule implemented here is **tr_jax's
-   own** (SPEC section 3.3), documented in :class:`RegimeRule` and fully configurable.
+   own** (docs/fidelity.md, Regime rule), documented in :class:`RegimeRule` and fully configurable.
    All LMC thresholds are expressed on the **train-error fraction** (``0.05`` = 5 points of
    train error), the same scale as the ``lmc`` column.
 
@@ -48,13 +48,15 @@ Modules: :mod:`~tr_jax.regimes.rule` (the rule), :mod:`~tr_jax.regimes.aggregate
 """
 from __future__ import annotations
 
-from .aggregate import CELL_METRICS, CELL_OPTIONAL, PROVENANCE, cells_from_results, prepare_results
+from .aggregate import (PROVENANCE, cell_metrics, cells_from_results, optional_metrics,
+                        prepare_results)
 from .cells import cells_by_seed, transition_with_uncertainty
 from .dichotomy import CORRECTIONS, Dichotomy, dichotomy, holm, unit_effects
 from .fit import FIT_BOUNDS, FitResult, fit_rule
-from .rule import (CLASSIFY_COLUMNS, CODE_OF_LABEL, HOTTER_IS_SMALLER, KNOB_LABELS, LABEL_OF_CODE,
-                   REGIMES, Column, RegimeRule, advice, change_point, classify, coerce_rule,
-                   column_codes, column_hot_to_cold, density_columns, largest_drop,
+from .rule import (CLASSIFY_COLUMNS, CODE_OF_LABEL, HOTTER_IS_SMALLER, KNOB_LABELS, KNOB_TABLE,
+                   KNOBS, LABEL_OF_CODE, REGIMES, Column, RegimeRule, advice, cell_regimes, change_point,
+                   classify, coerce_rule, column_codes, column_hot_to_cold, density_columns,
+                   format_density, largest_drop,
                    normalized_test_error, require_columns, temperature_order,
                    temperatures_hot_to_cold, transition)
 from .lmc_change import lmc_change
@@ -65,11 +67,15 @@ __all__ = [
     "REGIMES",
     "HOTTER_IS_SMALLER",
     "KNOB_LABELS",
+    "KNOB_TABLE",
+    "KNOBS",
+    "format_density",
     "RegimeRule",
     "temperature_order",
     "temperatures_hot_to_cold",
     "normalized_test_error",
     "classify",
+    "cell_regimes",
     "transition",
     "advice",
     "summary_table",
@@ -90,8 +96,8 @@ __all__ = [
     "PowerAnalysis",
     "lmc_change",
     # helpers shared with casestudies / plots / report
-    "CELL_METRICS",
-    "CELL_OPTIONAL",
+    "cell_metrics",
+    "optional_metrics",
     "PROVENANCE",
     "CLASSIFY_COLUMNS",
     "CODE_OF_LABEL",

@@ -1,10 +1,13 @@
-"""cells.csv from results.csv: the one home of cell aggregation (SPEC §1.7, §2.1: every cell of
-Figure 2 is a mean over 3 dense seeds x 3 retrain seeds or pairs), with bootstrap intervals.
+"""cells.csv from results.csv: the one home of cell aggregation (Zhou et al. 2023, Figure 2:
+every cell is a mean over 3 dense seeds x 3 retrain seeds or pairs; docs/fidelity.md, Figure 2
+grid), with bootstrap intervals.
 
-:func:`cells_from_results` takes the tidy results table as ``Pipeline.tables`` builds it (one row
-per member or pair and metric, ``stage`` in dense / retrain / pair, a ``sick`` flag) and returns
-cells.csv: the point columns (means over the healthy members, sick members counted in
-``sick_members``), the regime and advice, the provenance, then the uncertainty columns.
+:func:`cells_from_results` takes the tidy results table as :func:`tr_jax.sweep.run.tables_of`
+builds it (one row per member or pair and metric, ``stage`` in dense / retrain / pair, a
+``sick`` flag) and returns cells.csv: the point columns (means over the healthy members, sick
+members counted in ``sick_members``), the regime and advice, the provenance, then the
+uncertainty columns. Which metrics are columns comes from the measure registry
+(:mod:`tr_jax.measures`: ``Metric.cell``).
 """
 from __future__ import annotations
 
@@ -14,17 +17,25 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .. import stats
+from .. import measures, stats
 from .rule import (CODE_OF_LABEL, RegimeRule, advice, classify, coerce_rule, column_codes,
                    density_columns, normalized_test_error, require_columns)
 
-__all__ = ["CELL_METRICS", "CELL_OPTIONAL", "NO_UNIT", "PROVENANCE", "prepare_results",
+__all__ = ["cell_metrics", "optional_metrics", "NO_UNIT", "PROVENANCE", "prepare_results",
            "cells_from_results"]
 
-#: the metrics of every cell, in cells.csv order (``dense_test_error`` follows them)
-CELL_METRICS = ("test_error", "lmc", "cka", "cka_logits", "loss_barrier")
-#: metrics written only when measured (Bezier, Hessian)
-CELL_OPTIONAL = ("bezier_mc", "hessian_trace", "hessian_top_eigenvalue")
+
+def cell_metrics() -> tuple[str, ...]:
+    """The metrics of every cell, in cells.csv order (``dense_test_error`` follows them): the
+    test error and every registered metric aggregated always (:mod:`tr_jax.measures`)."""
+    return ("test_error",) + measures.cell_metrics("always")
+
+
+def optional_metrics() -> tuple[str, ...]:
+    """The metrics written only when measured (Bezier, Hessian, measures registered later)."""
+    return measures.cell_metrics("measured")
+
+
 #: provenance columns copied from results.csv (constant within a run)
 PROVENANCE = ("config_hash", "tr_jax_version", "jax_version", "device_kind", "members_strategy")
 _REQUIRED = ("knob", "stage", "temperature", "density", "dense_seed", "metric", "value")
@@ -164,6 +175,7 @@ def cells_from_results(results: pd.DataFrame, rule: RegimeRule | Mapping[str, An
     dense = res[(res["stage"] == "dense") & ~res["sick"] & (res["metric"] == "test_error")]
     dense_err = dense.groupby(["knob", "temperature"])["value"].mean()
     cells = wide[_KEYS].copy()
+    CELL_METRICS, CELL_OPTIONAL = cell_metrics(), optional_metrics()
     for m in CELL_METRICS:
         cells[m] = wide[m] if m in wide.columns else np.nan
     cells["dense_test_error"] = dense_err.reindex(

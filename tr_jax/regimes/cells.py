@@ -1,4 +1,4 @@
-"""Cells from ``results.csv`` (SPEC §1.7, §2: each cell a mean over its runs) and the LMC
+"""Cells from ``results.csv`` (docs/fidelity.md, Figure 2 grid: each cell a mean over its runs) and the LMC
 transition with its seed-to-seed uncertainty."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from .aggregate import CELL_METRICS, CELL_OPTIONAL, prepare_results
+from .aggregate import cell_metrics, optional_metrics, prepare_results
 from .rule import column_hot_to_cold, largest_drop, require_columns
 
 # ---------------------------------------------------------------------------------------------
@@ -38,11 +38,12 @@ def _wide_from_results(results: pd.DataFrame, keys: list[str], what: str) -> pd.
     dense_err = dense.groupby(dense_keys, sort=True, dropna=False)["value"].mean()
     dense_err = dense_err.rename("dense_test_error").reset_index()
     wide = wide.merge(dense_err, on=dense_keys, how="left") if len(wide) else wide
-    for m in CELL_METRICS + ("dense_test_error",):
+    for m in cell_metrics() + ("dense_test_error",):
         if m not in wide.columns:
             wide[m] = np.nan
     metrics = [m for m in wide.columns if m not in keys]
-    first = list(CELL_METRICS) + ["dense_test_error"] + [m for m in CELL_OPTIONAL if m in metrics]
+    first = (list(cell_metrics()) + ["dense_test_error"]
+             + [m for m in optional_metrics() if m in metrics])
     rest = sorted(m for m in metrics if m not in first)
     wide = wide[keys + first + rest]
     return wide.sort_values(keys, kind="mergesort").reset_index(drop=True)

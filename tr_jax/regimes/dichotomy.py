@@ -1,5 +1,5 @@
-"""The paper's dichotomy as a test (SPEC §3.1, §4): raising the temperature of the dense model
-helps the pruned model at low density and hurts it at high density.
+"""The paper's dichotomy as a test (Zhou et al. 2023, abstract and Figure 2): raising the temperature of the
+dense model helps the pruned model at low density and hurts it at high density.
 
 Per ``(knob, density)`` column the *temperature effect* is
 
@@ -7,7 +7,7 @@ Per ``(knob, density)`` column the *temperature effect* is
              - mean(test error over the cold half)
 
 (a fraction; with an odd number of temperatures the middle one is left out; ``hot``/``cold``
-choose the sets explicitly). Negative = hotter is better. On Figure 2 (SPEC §4) it is about
+choose the sets explicitly). Negative = hotter is better. On Figure 2 it is about
 -2 points at 5-8 % density (best at 60-80 epochs vs 14-17 % error after 160) and positive at
 40-80 % (more training helps). A mean over halves, unlike the minimum over temperatures, is not
 biased towards "some temperature beats the coldest" by noise alone.

@@ -1,4 +1,4 @@
-"""Fitting the rule's thresholds to given labels (SPEC §3.3: 1-D bounded search)."""
+"""Fitting the rule's thresholds to given labels (1-D bounded search; docs/fidelity.md, Regime rule)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from .rule import (CLASSIFY_COLUMNS, CODE_OF_LABEL, REGIMES, Column, RegimeRule,
 _MERGE = 1e-9  # breakpoints closer than this are one breakpoint
 
 # ---------------------------------------------------------------------------------------------
-# Threshold fitting (SPEC 3.3: "threshold fitting by 1-D bounded search that maximises agreement
-# with labels", as in the same group's later MD-tree diagnosis work)
+# Threshold fitting by 1-D bounded search that maximises agreement with labels, as in the same
+# group's later MD-tree diagnosis work (docs/fidelity.md, Regime rule)
 # ---------------------------------------------------------------------------------------------
 
 #: rule fields :func:`fit_rule` can fit, with their default search bounds.

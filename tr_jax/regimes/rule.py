@@ -1,4 +1,5 @@
-"""The regime rule (SPEC §3.1, §3.3): temperature order, :class:`RegimeRule`, :func:`classify`,
+"""The regime rule (docs/fidelity.md, Regimes and Regime rule): temperature order,
+:class:`RegimeRule`, :func:`classify`,
 :func:`transition` and :func:`advice`. The rule is tr_jax's own (the reference has none)."""
 
 from __future__ import annotations
@@ -13,23 +14,28 @@ import pandas as pd
 
 REGIMES: tuple[str, str, str] = ("I", "II-A", "II-B")
 
+#: The temperature-like knobs, the one list of them: knob -> (human-readable name for axis labels
+#: and tables, whether a *smaller* knob value means a *hotter* temperature). ``KNOBS`` (what a
+#: config's ``knob`` may be), ``HOTTER_IS_SMALLER`` and ``KNOB_LABELS`` are read from it.
+KNOB_TABLE: dict[str, tuple[str, bool]] = {
+    "epochs": ("training epochs", True),  # fewer dense training epochs = less converged = hotter
+    "batch_size": ("batch size", True),  # smaller batch = more SGD noise = hotter
+    "sam_rho": ("SAM \u03c1", False),  # larger SAM radius = hotter
+    "lr": ("learning rate", False),  # larger learning rate = hotter
+    "weight_decay": ("weight decay", False),  # larger weight decay = hotter
+}
+KNOBS: tuple[str, ...] = tuple(KNOB_TABLE)
 #: knob -> whether a *smaller* knob value means a *hotter* temperature.
-HOTTER_IS_SMALLER: dict[str, bool] = {
-    "epochs": True,  # fewer dense training epochs = less converged = hotter
-    "batch_size": True,  # smaller batch = more SGD noise = hotter
-    "sam_rho": False,  # larger SAM radius = hotter
-    "lr": False,  # larger learning rate = hotter
-    "weight_decay": False,  # larger weight decay = hotter
-}
-
+HOTTER_IS_SMALLER: dict[str, bool] = {k: hot for k, (_, hot) in KNOB_TABLE.items()}
 #: human-readable knob names (used in axis labels / tables).
-KNOB_LABELS: dict[str, str] = {
-    "epochs": "training epochs",
-    "batch_size": "batch size",
-    "sam_rho": "SAM \u03c1",
-    "lr": "learning rate",
-    "weight_decay": "weight decay",
-}
+KNOB_LABELS: dict[str, str] = {k: label for k, (label, _) in KNOB_TABLE.items()}
+
+
+def format_density(d: float) -> str:
+    """A density as a percent for tables, axis ticks and headings: ``0.05`` -> ``"5%"``, whole
+    percents without decimals, others with three significant digits (``0.125`` -> ``"12.5%"``)."""
+    p = 100.0 * float(d)
+    return f"{p:.0f}%" if abs(p - round(p)) < 1e-6 else f"{p:.3g}%"
 
 _CKA_MODES = ("relative", "absolute")
 #: columns :func:`classify` needs
@@ -39,7 +45,7 @@ _TOL = 1e-12
 
 @dataclasses.dataclass(frozen=True)
 class RegimeRule:
-    """tr_jax's own regime rule (the reference code has none; SPEC section 3.3).
+    """tr_jax's own regime rule (the reference code has none; docs/fidelity.md, Regime rule).
 
     Cells are grouped into *density columns* ``(knob, density)`` and each column is sorted
     from hot to cold. LMC thresholds are on the train-error fraction.
@@ -50,7 +56,7 @@ class RegimeRule:
        the shift ``mean(lmc hot side) - mean(lmc cold side)`` exceeds ``jump_threshold``, and
        the cell's own ``lmc < jump_lmc_ceiling``.
 
-       Calibration of the defaults on Figure 2 (SPEC §3.2-3.3, §4): the hot 5-8 % cells
+       Calibration of the defaults on Figure 2 (Zhou et al. 2023): the hot 5-8 % cells
        (epochs <= 80) have LMC -0.08 ... -0.25 and are drawn II-A, the Regime-I cells beyond
        the first LR drop -0.35 ... -0.68, and the 10 % cells beyond 120 epochs -0.1 ... -0.23
        after ~0 (drawn Regime I); at >= 14 % |LMC| <~ 0.03 everywhere. So the *level*
@@ -174,7 +180,7 @@ def _column_keys(cells: pd.DataFrame) -> list[str]:
 
 def normalized_test_error(cells: pd.DataFrame) -> pd.Series:
     """``test_error`` minus the minimum ``test_error`` over temperatures of the same
-    ``(knob, density)`` column (SPEC: every column has a zero; NaN stays NaN).
+    ``(knob, density)`` column (every column has a zero; NaN stays NaN).
 
     Index-aligned with ``cells``; same units as ``test_error`` (a fraction).
     """
@@ -213,8 +219,8 @@ CODE_OF_LABEL: dict[str, int] = {"I": 1, "II-A": 2, "II-B": 3}
 
 
 def change_point(lmc: np.ndarray) -> tuple[int, float] | None:
-    """The LMC change point of one column ordered hot -> cold (SPEC §3.3: "the per-column
-    change-point of LMC").
+    """The LMC change point of one column ordered hot -> cold (docs/fidelity.md,
+    Regime rule).
 
     Among the finite entries, the split into a hot segment and a cold segment (each non-empty)
     that maximises ``(mean(hot) - mean(cold)) * sqrt(n_hot * n_cold / n)`` (the standardised
@@ -223,7 +229,7 @@ def change_point(lmc: np.ndarray) -> tuple[int, float] | None:
     when connectivity is lost going colder), or None with fewer than 2 finite values.
 
     Unlike the largest *adjacent* drop, a mean shift is not fooled by one noisy step among the
-    hot cells (Figure 2's hot 5-8 % cells scatter between LMC -0.08 and -0.25, SPEC §3.3).
+    hot cells (Figure 2's hot 5-8 % cells scatter between LMC -0.08 and -0.25).
     """
     lmc = np.asarray(lmc, dtype=float)
     pos = np.flatnonzero(np.isfinite(lmc))
@@ -325,8 +331,8 @@ def classify(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | None = 
              hotter_is_smaller: bool | Mapping[str, bool] | None = None) -> pd.Series:
     """Label each cell ``"I"``, ``"II-A"``, ``"II-B"`` or ``None`` (missing metrics).
 
-    Implements :class:`RegimeRule` (tr_jax's own rule; the reference has none, SPEC
-    section 3.3; LMC thresholds on the train-error fraction). Columns are grouped by
+    Implements :class:`RegimeRule` (tr_jax's own rule; the reference has none;
+    LMC thresholds on the train-error fraction). Columns are grouped by
     ``(knob, density)`` and ordered hot -> cold with :func:`temperature_order`.
     Returns an object-dtype Series named ``"regime"``, index-aligned with ``cells``.
     """
@@ -339,6 +345,19 @@ def classify(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | None = 
         for p, c in zip(col.pos, codes):
             labels[p] = LABEL_OF_CODE[c]
     return pd.Series(labels, index=cells.index, dtype=object, name="regime")
+
+
+def cell_regimes(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | None = None, *,
+                 hotter_is_smaller: bool | Mapping[str, bool] | None = None,
+                 required: bool = False) -> pd.Series | None:
+    """Each cell's regime: its ``regime`` column when it has one (a sweep's cells.csv), else
+    :func:`classify` of its ``lmc`` and ``cka`` with ``rule``; None when it has neither, or with
+    ``required`` the error of :func:`classify` naming the missing columns."""
+    if "regime" in cells.columns:
+        return cells["regime"]
+    if required or {"lmc", "cka"} <= set(cells.columns):
+        return classify(cells, rule, hotter_is_smaller=hotter_is_smaller)
+    return None
 
 
 def transition(cells: pd.DataFrame, knob: str | None = None, *,

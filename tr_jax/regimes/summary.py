@@ -9,15 +9,12 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .rule import KNOB_LABELS, RegimeRule, classify, require_columns, temperatures_hot_to_cold
+from .rule import (KNOB_LABELS, RegimeRule, cell_regimes, format_density, require_columns,
+                   temperatures_hot_to_cold)
+
 
 def _fmt_num(x: float) -> str:
     return f"{x:g}"
-
-
-def _fmt_density(d: float) -> str:
-    p = 100.0 * float(d)
-    return f"{p:.0f}%" if abs(p - round(p)) < 1e-6 else f"{p:.3g}%"
 
 
 def summary_table(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | None = None, *,
@@ -34,11 +31,8 @@ def summary_table(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | No
         cells = cells[cells["knob"] == knob]
         if len(cells) == 0:
             raise ValueError(f"summary_table: no cells for knob {knob!r}")
-    if "regime" in cells.columns:
-        regimes = cells["regime"]
-    elif "lmc" in cells.columns and "cka" in cells.columns:
-        regimes = classify(cells, rule, hotter_is_smaller=hotter_is_smaller)
-    else:
+    regimes = cell_regimes(cells, rule, hotter_is_smaller=hotter_is_smaller)
+    if regimes is None:
         regimes = pd.Series([None] * len(cells), index=cells.index, dtype=object)
     with_ci = {"test_error_lo", "test_error_hi", "regime_confidence"} <= set(cells.columns)
     err = cells["test_error"] if "test_error" in cells.columns else pd.Series(
@@ -64,7 +58,7 @@ def summary_table(cells: pd.DataFrame, rule: RegimeRule | Mapping[str, Any] | No
             entry[(float(t), float(d))] = f"{r} {e}"
         label = KNOB_LABELS.get(str(kn), str(kn))
         corner = f"T ({label})"
-        header = [corner] + [_fmt_density(d) for d in dens]
+        header = [corner] + [format_density(d) for d in dens]
         body = [[_fmt_num(t)] + [entry.get((t, d), "") for d in dens] for t in temps]
         widths = [max(len(r[j]) for r in [header] + body) for j in range(len(header))]
 
@@ -149,7 +143,7 @@ def _lmc_block(cells: pd.DataFrame, kn: Any, temps: list[float], dens: list[floa
                                cells["lmc_lo"], cells["lmc_hi"]):
         entry[(float(t), float(d))] = ("n/a" if pd.isna(v) else
                                        f"{float(v):+.3f} {_interval(lo, hi, '{:+.3f}')}")
-    header = [f"LMC, T ({KNOB_LABELS.get(str(kn), str(kn))})"] + [_fmt_density(d) for d in dens]
+    header = [f"LMC, T ({KNOB_LABELS.get(str(kn), str(kn))})"] + [format_density(d) for d in dens]
     body = [[_fmt_num(t)] + [entry.get((t, d), "") for d in dens] for t in temps]
     widths = [max(len(r[j]) for r in [header] + body) for j in range(len(header))]
     lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths)))

@@ -22,7 +22,7 @@ selectors' regret, intervals over dense seeds when results.csv has >= 2); case s
 rho tuning, when the sweep's knob is ``sam_rho``); and,
 when regime labels are supplied, thresholds fitted to them.
 
-The regime rule is tr_jax's own (the reference has none, SPEC section 3.3): the one in the
+The regime rule is tr_jax's own (the reference has none; docs/fidelity.md, Regime rule): the one in the
 workdir's ``config.json`` unless ``rule`` is given.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from .. import plots
 from ..regimes import RegimeRule
-from ..sweep.store import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 from ._cases import (_case1, _case2, _case3, _dichotomy_section, _fit_section, _panels,
                      accuracy_sentence)
 from ._load import (FIGURES_DIR, Sweep, coldest_temperature, load_labels, load_workdir,
@@ -119,7 +119,7 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
     blocks.append(_Block("h2", "Phase diagrams"))
     panels = _panels(sw.cells)
-    skipped = [m for m in plots.ALL_PANELS if m not in panels]
+    skipped = [m for m in plots.all_panels() if m not in panels]
     blocks.append(_Block("p", "Figure 2 of the paper for this sweep: density across, temperature "
                          "down (hottest on top). Solid line: Regime I | II; dashed: II-A | II-B; "
                          "grey: missing (NaN) cells; hatched: cells with sick members; diamonds: "
@@ -129,7 +129,7 @@ def write_report(workdir: str | os.PathLike, out_dir: str | os.PathLike | None =
     for p in diagrams:
         figures.append(p)
         metric = max((m for m in panels if p.stem.endswith("_" + m)), key=len, default=p.stem)
-        blocks.append(_Block("img", text=plots.METRIC_LABELS.get(metric, (metric,))[0], path=p))
+        blocks.append(_Block("img", text=plots.metric_label(metric)[0], path=p))
     if skipped:
         blocks.append(_Block("note", "Not measured in this sweep (no panel): "
                              + ", ".join(skipped) + "."))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import casestudies, plots, regimes
-from ._load import (Sweep, _close, _fmt_density, coldest_temperature, load_labels)
+from ._load import (Sweep, _close, coldest_temperature, load_labels)
 from ._render import (_Block, _pct, _table)
 
 def _asdict(obj: Any) -> dict:
@@ -76,7 +76,7 @@ def _case1(sw: Sweep, focus: float | None) -> list[_Block]:
     if focus is not None:
         for (knob, d), text in texts.items():
             if _close(d, focus):
-                blocks.append(_Block("h3", f"Density {_fmt_density(d)} ({knob})"))
+                blocks.append(_Block("h3", f"Density {regimes.format_density(d)} ({knob})"))
                 blocks.append(_Block("pre", text))
     blocks.append(_Block("table", table=_table(table, {
         "error_now": _pct, "error_after": _pct, "lmc": "{:.4f}", "cka": "{:.4f}"})))
@@ -109,7 +109,7 @@ def _case2(sw: Sweep) -> list[_Block]:
         wide = wide[[s for s in order if s in wide.columns]]
         mean = wide.mean(axis=0, skipna=True)
         wide = wide.reset_index()
-        wide["density"] = [_fmt_density(d) for d in wide["density"]]
+        wide["density"] = [regimes.format_density(d) for d in wide["density"]]
         wide.loc[len(wide)] = ["mean"] + list(mean.to_numpy())
         pp = {c: (lambda v: "n/a" if pd.isna(v) else f"{100 * float(v):.2f}")
               for c in wide.columns if c != "density"}
@@ -253,7 +253,7 @@ def _fit_section(sw: Sweep, labels: Any) -> list[_Block]:
 
 def _panels(cells: pd.DataFrame) -> list[str]:
     out = []
-    for m in plots.ALL_PANELS:
+    for m in plots.all_panels():
         if m == "normalized_test_error" and "test_error" in cells.columns:
             out.append(m)
         elif m in cells.columns and pd.to_numeric(cells[m], errors="coerce").notna().any():

@@ -152,11 +152,6 @@ def load_workdir(workdir: str | os.PathLike, *,
                  rule_source=source, partial=partial)
 
 
-def _fmt_density(d: float) -> str:
-    p = 100.0 * float(d)
-    return f"{p:.0f}%" if abs(p - round(p)) < 1e-6 else f"{p:.3g}%"
-
-
 def _close(a: float, b: float) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
 
@@ -186,7 +181,7 @@ def match_density(cells: pd.DataFrame, density: Any) -> float:
     for d in available:
         if _close(d, x):
             return d
-    listing = ", ".join(f"{d:g} ({_fmt_density(d)})" for d in available)
+    listing = ", ".join(f"{d:g} ({regimes.format_density(d)})" for d in available)
     raise ValueError(f"density {density} is not in this sweep; available densities: {listing}")
 
 

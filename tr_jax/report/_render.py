@@ -12,8 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import plots
-from ._load import (_fmt_density)
+from .. import plots, regimes
 
 # ---------------------------------------------------------------------------------------------
 # A tiny document model rendered to HTML and Markdown
@@ -58,7 +57,7 @@ def _table(df: pd.DataFrame, formats: Mapping[str, Any] | None = None) -> pd.Dat
     for col in df.columns:
         f = formats.get(col)
         if f is None and col == "density":
-            f = _fmt_density
+            f = regimes.format_density
         vals = []
         for v in df[col].tolist():
             missing = v is None or (isinstance(v, float) and math.isnan(v))

@@ -8,9 +8,9 @@ from typing import Mapping
 
 import pandas as pd
 
-from .. import regimes
+from .. import __version__, regimes
 from ..regimes import REGIMES
-from ._load import (Sweep, _fmt_density)
+from ._load import Sweep
 from ._render import (_Block, _pct, _table)
 
 # ---------------------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def _provenance(sw: Sweep) -> list[_Block]:
         rows.append(("dataset", str(cfg["dataset"])))
     temps = sorted({float(t) for t in sw.cells["temperature"]})
     rows.append(("temperatures", ", ".join(f"{t:g}" for t in temps)))
-    rows.append(("densities", ", ".join(_fmt_density(d) for d in sw.densities)))
+    rows.append(("densities", ", ".join(regimes.format_density(d) for d in sw.densities)))
     for section, key in (("dense", "seeds"), ("retrain", "seeds")):
         sec = cfg.get(section)
         if isinstance(sec, Mapping) and key in sec:
@@ -65,7 +65,6 @@ def _provenance(sw: Sweep) -> list[_Block]:
         mtime = _dt.datetime.fromtimestamp((sw.workdir / "cells.csv").stat().st_mtime)
         rows.append(("sweep finished (cells.csv written)",
                      mtime.isoformat(sep=" ", timespec="seconds")))
-    from .. import __version__
     try:
         import jax
         jax_v = jax.__version__
@@ -74,7 +73,7 @@ def _provenance(sw: Sweep) -> list[_Block]:
     rows.append(("report written", _dt.datetime.now().isoformat(sep=" ", timespec="seconds")
                  + f" by tr_jax {__version__} (jax {jax_v}, python {platform.python_version()})"))
     rule = ", ".join(f"{k}={v}" for k, v in sw.rule.to_dict().items())
-    rows.append(("regime rule", f"{rule} (from {sw.rule_source}; tr_jax's own rule, SPEC 3.3)"))
+    rows.append(("regime rule", f"{rule} (from {sw.rule_source}; tr_jax's own rule, docs/fidelity.md)"))
     return [_Block("h2", "Provenance"),
             _Block("table", table=pd.DataFrame(rows, columns=["", "value"]))]
 
@@ -93,7 +92,7 @@ def _regime_grid(cells: pd.DataFrame, knob: str) -> tuple[list[str], list]:
             text += f" (sick: {int(sick.loc[idx])})"
         entry[(float(row["temperature"]), float(row["density"]))] = (text, r)
     label = regimes.KNOB_LABELS.get(knob, knob)
-    header = [f"T ({label}), hot at top"] + [_fmt_density(d) for d in dens]
+    header = [f"T ({label}), hot at top"] + [regimes.format_density(d) for d in dens]
     body = [(f"{t:g}", [entry.get((t, d), ("", None)) for d in dens]) for t in temps]
     return header, body
 

@@ -6,18 +6,17 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from tr_jax import models
+from tr_jax import autotune, models, sharding
 from tr_jax.config import config_hash
-from tr_jax.sweep.plan import make_plan
+from tr_jax.data.datasets import DATASET_SHAPES, load_dataset
 from tr_jax.members import resolve as mem_strategy
+from tr_jax.sweep.plan import make_plan, members_for_budget, section_step
 
 
 def _step_estimate(model, section, cfg, image_shape, sam: bool, repeats: int = 3) -> dict:
     """FLOPs, memory and measured seconds of one member's train step of ``section`` (the run's
     step settings, synthetic data, this machine), from the compiled program's cost and memory
     analyses (``autotune.one_member_step``: compiled once per process per shape)."""
-    from tr_jax import autotune
-    from tr_jax.sweep.train import section_step
     bs = int(section.batch_size if cfg.knob != "batch_size" or section is cfg.retrain
              else max(cfg.temperatures))
     # one step per call: the epoch length (num_train) only sets the chunk, not this program
@@ -26,19 +25,12 @@ def _step_estimate(model, section, cfg, image_shape, sam: bool, repeats: int = 3
     return autotune.one_member_step(model, step, image_shape, repeats)
 
 
-def device_memory_bytes() -> int | None:
-    """The accelerator's memory limit (None on CPU or when the backend does not say)."""
-    from tr_jax import autotune
-    return autotune.device_memory_bytes()
-
-
 def members_cap(cfg: ml_collections.ConfigDict, model, image_shape) -> tuple[int, str]:
     """Members per program: ``run.max_members`` (0 = no cap), lowered to what the memory budget
     holds — ``run.memory_budget_gb``, or 80 % of the accelerator's memory when it is 0 — at the
     measured footprint of one member's train step. Returns (cap, explanation)."""
-    from tr_jax.sweep.plan import members_for_budget
     cap = int(cfg.run.max_members)
-    budget = cfg.run.memory_budget_gb * 2**30 or 0.8 * (device_memory_bytes() or 0)
+    budget = cfg.run.memory_budget_gb * 2**30 or 0.8 * (autotune.device_memory_bytes() or 0)
     if not budget:
         return cap, ""
     per = max(_step_estimate(model, sec, cfg, image_shape, False, repeats=0)["bytes_per_member"]
@@ -58,7 +50,6 @@ def dry_run(cfg: ml_collections.ConfigDict, measure: bool = True, *, model=None,
     times no strategy. Writes nothing, and reads no dataset of the built-in ones (their shapes
     are known); ``npz:`` / ``tfds:`` data is read for its shapes. ``model`` / ``dataset``: a
     config file's ``get_model()`` / ``get_dataset()``."""
-    from tr_jax.data.datasets import DATASET_SHAPES, load_dataset
     if dataset is None and cfg.dataset in DATASET_SHAPES:
         num_train, shape, classes = DATASET_SHAPES[cfg.dataset]
     else:
@@ -87,28 +78,25 @@ def _strategy_line(cfg: ml_collections.ConfigDict, model, shape, num_train: int,
                    measure: bool) -> str:
     """The members strategy a run of ``cfg`` would use under ``auto``, timing nothing: the
     autotuner's cached choice for the retraining's program shape, else when and for about how
-    long it will be measured (``autotune.planned``); the backend default when autotuning is off."""
-    import os
-
-    from tr_jax import autotune, sharding
-    from tr_jax.sweep.train import section_step
+    long it will be measured (``autotune.planned``, for ``run.autotune_budget_s``); the backend
+    default when ``run.autotune`` is off."""
     m = len(plan.stage_programs("retrain")[0].members)
     default = mem_strategy("auto")
     if sharding.multi_process():
         return f"members strategy M={m}: vmap (a multi-process run is not autotuned)"
-    if os.environ.get(autotune.OFF_ENV, "") == "1":
+    if not cfg.run.autotune:
         return (f"members strategy M={m}: {default} (the backend default; autotuning off by "
-                f"{autotune.OFF_ENV}=1)")
-    # the run's own step settings (Pipeline._choose_strategy); the normalisation constants are
-    # not part of the autotune cache key, so the data need not be read for them
+                f"run.autotune=False)")
+    # the run's own step settings (as tr_jax.sweep.context picks the strategy); the
+    # normalisation constants are not part of the autotune cache key, so the data need not be
+    # read for them
     step, chunk = section_step(cfg, cfg.retrain, num_train, (0.5,) * shape[2],
                                (0.25,) * shape[2])
     cands = autotune.model_candidates(model, m)
     budget = cfg.run.memory_budget_gb * 2**30 or None
     if not measure:
-        cpu = jax.default_backend() == "cpu"
         return (f"members strategy M={m}: auto, measured at the start of the run, "
-                f"~{autotune.CPU_BUDGET_S if cpu else autotune.ACCELERATOR_BUDGET_S:.0f} s "
-                f"(candidates {', '.join(cands)}); the backend default is {default!r}")
+                f"~{cfg.run.autotune_budget_s:.0f} s (run.autotune_budget_s; candidates "
+                f"{', '.join(cands)}); the backend default is {default!r}")
     return autotune.planned(model, step, shape, m, cands, chunk_steps=min(chunk, 8),
-                            memory_budget_bytes=budget)
+                            budget_s=cfg.run.autotune_budget_s, memory_budget_bytes=budget)

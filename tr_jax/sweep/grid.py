@@ -136,11 +136,6 @@ class Grid:
         import ml_collections
         return cls.from_config(ml_collections.ConfigDict(cfg))
 
-    def contains(self, other: "Grid") -> bool:
-        return (self.knob == other.knob
-                and all(set(getattr(other, k)) <= set(getattr(self, k))
-                        for k in ("temperatures", "densities", "dense_seeds", "retrain_seeds")))
-
     def member_map(self, old: "Grid") -> np.ndarray:
         """For each retrain member of this grid, its index among ``old`` 's members (-1: new)."""
         return _positions(self.members(), old.members())

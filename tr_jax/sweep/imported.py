@@ -1,9 +1,11 @@
 """Checkpoints brought from outside (the authors' PyTorch files) and the measures of a pair of them.
 
-``import_torch`` converts a reference checkpoint (state_dict, ``.pth.tar``, pruned or not; SPEC
-§1.2, §1.5) into a tr_jax checkpoint directory: an orbax checkpoint of ``{'variables', 'mask'}``
+``import_torch`` converts a reference checkpoint (state_dict, ``.pth.tar``, pruned or not;
+docs/fidelity.md, Architectures) into a tr_jax checkpoint directory: an orbax checkpoint of
+``{'variables', 'mask'}``
 plus ``meta.json`` (arch, depth, num_classes, width, density, source). ``measure_pair`` runs the
-measure stages of SPEC §2 on two such checkpoints (two retrained copies of one pruned network):
+measure stages (docs/fidelity.md, LMC, CKA, Hessian trace) on two such checkpoints (two
+retrained copies of one pruned network):
 LMC with the loss barrier, CKA of softmax outputs and logits, test errors, the Hessian trace and
 top eigenvalue, and optionally a trained Bezier curve.
 """
@@ -19,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tr_jax import __version__, landscape, models, pruning
+from tr_jax import __version__, landscape, measures, models, pruning
+from tr_jax import members as mem
 from tr_jax.errors import UserError
-from tr_jax.sweep import stages
-from tr_jax.sweep.store import atomic_write_text
+from tr_jax.files import atomic_write_text
 
 
 def import_torch(source: str | os.PathLike, out_dir: str | os.PathLike, *, arch: str, depth: int,
@@ -85,57 +87,76 @@ def _check_compatible(meta_a: dict, meta_b: dict, mask_a: dict, mask_b: dict, ds
                                                             jax.tree.leaves(mask_b)))
     if not same:
         raise ValueError("the two checkpoints do not share a mask: LMC between retrained copies "
-                         "of one pruned network needs the same mask (SPEC §1.6)")
+                         "of one pruned network needs the same mask")
+
+
+class _PairGrid:
+    """The grid of one pair of imported members (0 and 1): what a measure reads of a sweep's
+    grid. Both members share one PRNG key per measure (a pair with itself measures alike)."""
+    retrain_seeds = (0, 1)
+    num_members, num_cells, pairs_per_cell = 2, 1, 1
+
+    def __init__(self, seed: int):
+        self._key = np.asarray(jax.random.key_data(jax.random.key(seed)), np.uint32)
+
+    def pairs(self):
+        return [(0, 1)]
+
+    def pairs_array(self):
+        return np.array([[0, 1]])
+
+    def bezier_keys(self, root):
+        return self._key[None]
+
+    def hessian_keys(self, root):
+        return np.stack([self._key, self._key])
 
 
 def measure_pair(path_a: str | os.PathLike, path_b: str | os.PathLike, ds, *, lmc_points: int = 11,
                  bn_batch_size: int = 64, cka_images: int = 6464, hessian: bool = True,
                  hessian_images: int = 200, hessian_probes: int = 100, bezier_epochs: int = 0,
-                 seed: int = 0,
-                 eval_batch_size: int = 0) -> dict[str, Any]:
-    """Every measure of SPEC §2 for two imported checkpoints on dataset ``ds`` (a
-    ``tr_jax.data.Dataset``). Returns a dict of floats and curves (lists)."""
+                 seed: int = 0, eval_batch_size: int = 0) -> dict[str, Any]:
+    """Every registered landscape measure (:mod:`tr_jax.measures`) for two imported checkpoints
+    on dataset ``ds`` (a ``tr_jax.data.Dataset``), with the settings of a sweep's config except
+    those given here. Returns a dict of floats and curves (lists): a pair metric under its name,
+    a member metric as ``{name}_a`` / ``{name}_b``, a measure's curve as ``{measure}_t``,
+    ``{measure}_train_error`` and ``{measure}_test_error``."""
+    from tr_jax.config import default_config
     model, va, ma, meta_a = load_imported(path_a)
     _, vb, mb, meta_b = load_imported(path_b)
     _check_compatible(meta_a, meta_b, ma, mb, ds)
     X, Y = jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels)
     Xt, Yt = jnp.asarray(ds.test_images), jnp.asarray(ds.test_labels)
-    add = lambda t: jax.tree.map(lambda x: x[None], t)  # noqa: E731
-    ts = np.linspace(0.0, 1.0, lmc_points)
-    cur = landscape.pair_curves(model, add(va["params"]), add(vb["params"]), va["batch_stats"], X, Y,
-                                mean=ds.mean, std=ds.std, ts=ts, bn_batch_size=bn_batch_size,
-                                test=(Xt, Yt), eval_batch_size=eval_batch_size)
-    n = min(cka_images, ds.num_train)
-    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), va, vb)  # the pair as two members
-    cka = stages.pair_cka(stages.member_logits(model, both, X[:n], ds.mean, ds.std,
-                                               eval_batch_size), np.array([0]), np.array([1]))
+    cfg = default_config()
+    m = cfg.measure
+    m.lmc_points, m.bn_batch_size, m.cka_images = lmc_points, bn_batch_size, cka_images
+    m.hessian.update(enabled=hessian, images=hessian_images, max_probes=hessian_probes,
+                     chunk=min(10, hessian_probes), eig_iters=hessian_probes)
+    m.bezier.update(enabled=bezier_epochs > 0, epochs=max(1, bezier_epochs))
+    cfg.run.eval_batch_size = eval_batch_size
+    stack = lambda a, b: jax.tree.map(lambda x, y: jnp.stack([x, y]), a, b)  # noqa: E731
+    retrained = {"variables": stack(va, vb), "mask": stack(ma, mb)}
+    inputs = measures.Inputs(cfg=cfg, grid=_PairGrid(seed), ds=ds, model=model, X=X, Y=Y, Xt=Xt,
+                             Yt=Yt, root=None, stacked=False, strategy="loop", take=mem.take,
+                             pad=np.asarray)
     out: dict[str, Any] = {
         "meta": meta_a, "dataset": ds.name,
         "test_error_a": float(landscape.evaluate(model, va, Xt, Yt, ds.mean, ds.std)["error"]),
         "test_error_b": float(landscape.evaluate(model, vb, Xt, Yt, ds.mean, ds.std)["error"]),
-        "lmc": float(landscape.lmc(cur["train_error"][0])),
-        "loss_barrier": float(landscape.loss_barrier(cur["train_loss"][0])),
-        "cka": float(cka["cka_softmax"][0]),
-        "cka_logits": float(cka["cka_logits"][0]),
-        "lmc_t": ts.tolist(), "lmc_train_error": cur["train_error"][0].tolist(),
-        "lmc_test_error": cur["test_error"][0].tolist(),
     }
-    key = jax.random.key(seed)
-    if hessian:
-        m = min(hessian_images, ds.num_train)
-        for name, v, mask in (("a", va, ma), ("b", vb, mb)):
-            r = landscape.member_hessian(model, v, mask, X[:m], Y[:m], key,
-                                         mean=tuple(ds.mean), std=tuple(ds.std),
-                                         max_probes=hessian_probes, chunk=min(10, hessian_probes),
-                                         max_iters=hessian_probes)
-            out[f"hessian_trace_{name}"] = float(r["trace"])
-            out[f"hessian_top_eigenvalue_{name}"] = float(r["top_eigenvalue"])
-    if bezier_epochs:
-        mid, _ = landscape.train_curves(model, add(va["params"]), add(vb["params"]), add(ma),
-                                        va["batch_stats"], X, Y, key=key, mean=ds.mean, std=ds.std,
-                                        epochs=bezier_epochs, strategy="auto")
-        bc = landscape.curve_errors(model, add(va["params"]), mid, add(vb["params"]), X, Y,
-                                    mean=ds.mean, std=ds.std, bn_batch_size=bn_batch_size)
-        out["bezier_mc"] = float(landscape.mode_connectivity(bc["train_error"][0]))
-        out["bezier_train_error"] = bc["train_error"][0].tolist()
+    for measure in measures.enabled(cfg):
+        items = np.arange(1 if measure.unit == "pair" else 2)
+        res = dict(measure.compute(inputs, retrained, items))
+        if measure.finish is not None:
+            res.update(measure.finish(inputs, res))
+        for metric in measure.metrics:
+            v = np.asarray(res[metric.key], np.float64)
+            if measure.unit == "pair":
+                out[metric.name] = float(v[0])
+            else:
+                out[f"{metric.name}_a"], out[f"{metric.name}_b"] = float(v[0]), float(v[1])
+        if measure.curve:
+            out[f"{measure.name}_t"] = np.asarray(res["ts"]).tolist()
+            for k in ("train_error", "test_error"):
+                out[f"{measure.name}_{k}"] = np.asarray(res[f"curve_{k}"][0]).tolist()
     return out

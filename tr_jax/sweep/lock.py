@@ -75,11 +75,14 @@ def shared_run_id() -> str:
     return distributed.broadcast_str(make_run_id())
 
 
-def _stale_after_default() -> float:
+def stale_after_default() -> float:
+    """Seconds after which another host's silent lock is stale (``TR_JAX_LOCK_STALE_AFTER``,
+    else ``STALE_AFTER_S``)."""
     return float(os.environ.get("TR_JAX_LOCK_STALE_AFTER", STALE_AFTER_S))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (also when another user owns it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -145,7 +148,7 @@ class _Holder:
         self.flocked = _try_flock(self.fd)
         if self.host == socket.gethostname():
             pid = self.record.get("pid")
-            alive = isinstance(pid, int) and _pid_alive(pid)
+            alive = isinstance(pid, int) and pid_alive(pid)
             if self.flocked:
                 return "stale"  # dead, or pid reused: the holder's flock died with it
             return "live" if alive else "busy"
@@ -183,7 +186,7 @@ class WorkdirLock:
         self._run_id_given = bool(run_id)  # without one, nest in this process's lock if any
         self.run_id = run_id or make_run_id()
         self.primary = primary
-        self.stale_after_s = _stale_after_default() if stale_after_s is None else float(stale_after_s)
+        self.stale_after_s = stale_after_default() if stale_after_s is None else float(stale_after_s)
         self.heartbeat_s = self.stale_after_s / 10 if heartbeat_s is None else float(heartbeat_s)
         self.join_timeout_s = join_timeout_s
         self.echo = echo or log.warning

@@ -35,7 +35,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from tr_jax import sharding
-from tr_jax.sweep.store import atomic_write_text
+from tr_jax.files import atomic_write_text
 
 FILE = "metrics.jsonl"
 MEMBER_COLUMNS = ("member", "dense_seed", "temperature", "density", "retrain_seed",

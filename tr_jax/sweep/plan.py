@@ -1,11 +1,12 @@
-"""The planner (DESIGN: a sweep is a stack of members): config -> members -> shape groups -> programs.
+"""The planner (a sweep is a stack of members, see docs/design.md): config -> members ->
+shape groups -> programs.
 
-Dense members are (dense seed, temperature) — except for the ``epochs`` knob, whose temperatures
-are checkpoints of one full-schedule run per seed (SPEC §1.4 item 1). Members that share shapes
-(the batch size, for the ``batch_size`` knob) form a group; a group is cut into *programs* of at
-most ``max_members`` members (``run.max_members``, or what ``run.memory_budget_gb`` allows given a
-measured per-member footprint). Per-member hyperparameters (lr, SAM rho, weight decay) are arrays
-inside one program, so a temperature sweep of those knobs is one compiled program.
+Dense members are (dense seed, temperature) — except for the ``epochs`` knob, whose temperatures are
+checkpoints of one full-schedule run per seed (docs/fidelity.md, Temperature knobs). Members that
+share shapes (the batch size, for the ``batch_size`` knob) form a group; a group is cut into
+*programs* of at most ``max_members`` members (``run.max_members``, or what ``run.memory_budget_gb``
+allows given a measured per-member footprint). Per-member hyperparameters (lr, SAM rho, weight
+decay) are arrays inside one program, so a temperature sweep of those knobs is one compiled program.
 
 ``describe`` prints the plan for ``tr-jax run CONFIG --dry-run``.
 """
@@ -15,11 +16,10 @@ import dataclasses
 import math
 from typing import Any
 
-from tr_jax.config import KNOBS  # noqa: F401  (re-exported)
+import ml_collections
 
-#: the member hyperparameter each knob sets (None: the knob changes the run itself)
-KNOB_HYPER = {"epochs": None, "batch_size": "batch_size", "sam_rho": "rho", "lr": "lr",
-              "weight_decay": "weight_decay"}
+from tr_jax.training import StepConfig
+from tr_jax.training.steps import auto_chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +94,7 @@ def section_length(section: Any, num_train: int, batch_size: int,
                    epochs: int | None = None) -> tuple[int, int]:
     """(epochs, optimiser steps per member) of a training section (dense or retrain): an epoch
     schedule runs ``epochs``; an iteration schedule runs exactly ``section.iterations`` steps
-    over ``ceil(iterations / steps_per_epoch)`` epochs (SPEC §1.4 item 2)."""
+    over ``ceil(iterations / steps_per_epoch)`` epochs (docs/fidelity.md, Temperature knobs)."""
     spe = steps_per_epoch(num_train, batch_size, bool(section.drop_last))
     if section.schedule == "iteration":
         return -(-int(section.iterations) // spe), int(section.iterations)
@@ -139,3 +139,21 @@ def make_plan(cfg: Any, num_train: int, max_members: int | None = None) -> Plan:
 def members_for_budget(bytes_per_member: float, budget_bytes: float) -> int:
     """How many members fit a memory budget (at least 1)."""
     return max(1, math.floor(budget_bytes / max(bytes_per_member, 1.0)))
+
+
+def section_step(cfg: ml_collections.ConfigDict, section: ml_collections.ConfigDict,
+                 num_train: int, mean, std, batch_size: int | None = None,
+                 sam: bool = False) -> tuple[StepConfig, int]:
+    """(``StepConfig``, steps per call) of a training section (dense or retrain) of ``cfg`` on a
+    training set of ``num_train`` images normalised by ``mean``/``std``: what a run compiles, and
+    what ``--dry-run`` looks up in the autotune cache without the data."""
+    bs = int(batch_size or section.batch_size)
+    chunk, unroll = cfg.run.chunk_steps, True
+    if chunk == 0:
+        chunk, unroll = auto_chunk(num_train, bs)
+    step = StepConfig(mean=tuple(mean), std=tuple(std), batch_size=bs,
+                      pad=cfg.augment.pad, flip=cfg.augment.flip, momentum=section.momentum,
+                      unroll=unroll, optimizer=section.get("optimizer", "sgd"),
+                      sam=sam or section.get("sam_rho", 0.0) > 0,
+                      precision=cfg.run.get("precision", "float32"))
+    return step, chunk

@@ -1,4 +1,4 @@
-"""Stage bodies as functions of global arrays (DESIGN.md, Scale-out).
+"""The training stages' bodies as functions of global arrays (docs/design.md, docs/scale-out.md).
 
 Every function here takes and returns pytrees whose leading axis is members (or pairs), as global
 ``jax.Array`` s sharded over the members mesh (``tr_jax.sharding``); inputs every member needs
@@ -6,15 +6,14 @@ Every function here takes and returns pytrees whose leading axis is members (or 
 the small per-member metrics come back (``sharding.to_host``). The driver
 (``tr_jax.sweep.run``) resumes, commits and writes the tables.
 
-* :func:`build_members`  prune (vmapped magnitude pruning, SPEC §1.5) and start every retrain
-  member's state on device: each device builds only its own members from the replicated dense
-  checkpoints (never M host copies);
+* :func:`build_members`  prune (vmapped magnitude pruning, docs/fidelity.md, Magnitude
+  pruning) and start every retrain member's state on device: each device builds only its own
+  members from the replicated dense checkpoints (never M host copies);
 * :func:`take_members` / :func:`concat_members`  gather members / join programs, sharded;
 * :func:`finite` / :func:`pruned_stay_zero`  per-member health checks, on device;
-* :func:`member_logits` / :func:`pair_cka`  the outputs of a chunk of members and the CKA of
-  their pairs (SPEC §2.4), vmapped over members;
-* :func:`hessian_members`  Hutchinson trace and top eigenvalue of a chunk of members in one
-  program (``lax.while_loop`` inside, no host sync per iteration: accelerators).
+
+The measure stages' bodies are the compute functions of the measure registry
+(:mod:`tr_jax.measures`).
 """
 from __future__ import annotations
 
@@ -25,11 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tr_jax import landscape, models, pruning, sharding
-from tr_jax.data.augment import normalize
+from tr_jax import pruning, sharding
 from tr_jax.training import init_state
 from tr_jax import members as mem
-from tr_jax.training.steps import padded_batches
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,7 +76,7 @@ def concat_members(parts: list[Any], counts: list[int], m_pad: int) -> Any:
     @functools.partial(jax.jit, out_shardings=sharding.members_sharding())
     def join(ps):
         cat = jax.tree.map(lambda *xs: jnp.concatenate([x[:n] for x, n in zip(xs, counts)]), *ps)
-        return jax.tree.map(lambda x: sharding._pad_leaf(x, m_pad), cat)
+        return sharding.pad_members(cat, m_pad)
     return join(parts)
 
 
@@ -104,54 +101,3 @@ def _zero(params, mask):
 def pruned_stay_zero(params: Any, mask: Any) -> np.ndarray:
     """Host bool [m]: every pruned weight of a member is exactly 0."""
     return sharding.to_host(_zero(params, mask))
-
-
-@functools.lru_cache(maxsize=None)
-def _logits_fn(model, mean: tuple, std: tuple):
-    def fn(variables, x):
-        return jax.vmap(lambda v: models.apply(model, v, normalize(x, mean, std)))(variables)
-    return mem.jit(fn)
-
-
-def member_logits(model, variables: Any, images: jnp.ndarray, mean, std,
-                  batch_size: int = 0) -> jnp.ndarray:
-    """Eval-mode logits [m, n, K] of m stacked members (sharded) on images [n, ...] in order."""
-    fn = _logits_fn(model, tuple(map(float, mean)), tuple(map(float, std)))
-    labels = jnp.zeros((images.shape[0],), jnp.int32)
-    out = [fn(variables, x)
-           for x, _, _ in padded_batches(images, labels, mem.eval_batch_size(batch_size))]
-    return jnp.concatenate(out, axis=1)[:, :images.shape[0]]
-
-
-@jax.jit
-def _pair_cka(logits, a, b):
-    probs = jax.nn.softmax(logits, axis=-1)
-    return (landscape.cka(probs[a], probs[b]), landscape.cka(logits[a], logits[b]))
-
-
-def pair_cka(logits: jnp.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """CKA of softmax outputs and of logits of pairs (rows a, b of ``logits`` [m, n, K])."""
-    soft, lg = _pair_cka(logits, jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32))
-    return {"cka_softmax": sharding.to_host(soft), "cka_logits": sharding.to_host(lg)}
-
-
-@functools.lru_cache(maxsize=None)
-def _hessian_fn(model, mean: tuple, std: tuple, max_probes: int, chunk: int, max_iters: int,
-                tol: float, restrict: bool):
-    def one(v, m, x, y, k):
-        r = landscape.member_hessian(model, v, m if restrict else None, x, y,
-                                     jax.random.wrap_key_data(k), mean=mean, std=std,
-                                     max_probes=max_probes, chunk=chunk, max_iters=max_iters,
-                                     tol=tol, loop="while")
-        return jnp.stack([r["trace"], r["trace_stderr"], jnp.asarray(r["trace_probes"], r["trace"].dtype),
-                          r["top_eigenvalue"]])
-    return mem.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0)))
-
-
-def hessian_members(model, variables: Any, masks: Any, images, labels, keys: np.ndarray, *,
-                    mean, std, max_probes: int, chunk: int, max_iters: int, tol: float,
-                    restrict_to_mask: bool) -> np.ndarray:
-    """[m, 4] (trace, stderr, probes, top eigenvalue) of m stacked members in one program."""
-    fn = _hessian_fn(model, tuple(map(float, mean)), tuple(map(float, std)), int(max_probes),
-                     int(chunk), int(max_iters), float(tol), bool(restrict_to_mask))
-    return sharding.to_host(fn(variables, masks, images, labels, jnp.asarray(keys, jnp.uint32)))

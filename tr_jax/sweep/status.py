@@ -30,14 +30,25 @@ import sys
 import time
 from typing import Any, Callable
 
+from tr_jax import measures
 from tr_jax.errors import UserError
+from tr_jax.sweep.checkpoints import committed as _committed
 
 __all__ = ["status", "format_status", "watch"]
 
-#: the stages of a run, in order (``tables``: results.csv, cells.csv, figures)
-STAGES = ("dense", "retrain", "measure", "bezier", "hessian", "tables")
-#: chunk-record folders (``stages/{name}.chunks``) and the stage they belong to
-CHUNK_STAGES = {"outputs": "measure", "lmc": "measure", "bezier": "bezier", "hessian": "hessian"}
+
+
+def _stages() -> tuple[str, ...]:
+    """The stages of a run, in order: training, each measure group of the registry
+    (:mod:`tr_jax.measures`), then ``tables`` (results.csv, cells.csv, figures)."""
+    return ("dense", "retrain", *measures.groups(), "tables")
+
+
+def _chunk_stages() -> dict[str, str]:
+    """Chunk-record folders (``stages/{name}.chunks``: one per measure) and their stage."""
+    return {m.name: m.group for m in measures.registered()}
+
+
 _RECENT = 5  # epoch (or chunk) lines averaged for an ETA
 _TAIL_BYTES = 1 << 20  # metrics.jsonl: only its last MiB is read
 
@@ -55,7 +66,7 @@ _RESUMING_ITEMS = re.compile(r"\] (\w+): resuming after (\d+)/(\d+) items")
 # -- reading ------------------------------------------------------------------------------------
 def _read_lock(wd: pathlib.Path) -> dict:
     """The holder of ``wd/run.lock`` and its state, judged without taking any lock."""
-    from tr_jax.sweep.lock import LOCK_NAME, _pid_alive, _stale_after_default
+    from tr_jax.sweep.lock import LOCK_NAME, pid_alive, stale_after_default
     path = wd / LOCK_NAME
     try:
         st = path.stat()
@@ -72,12 +83,12 @@ def _read_lock(wd: pathlib.Path) -> dict:
     age = max(0.0, time.time() - st.st_mtime)
     out = {k: rec.get(k) for k in ("host", "pid", "start", "start_unix", "run_id", "argv")}
     out["heartbeat_age_s"] = round(age, 1)
-    stale_after = _stale_after_default()
+    stale_after = stale_after_default()
     pid, host = rec.get("pid"), rec.get("host")
     if not rec:
         out.update(state="unknown", why="run.lock holds no readable record")
     elif host == socket.gethostname():
-        if not (isinstance(pid, int) and _pid_alive(pid)):
+        if not (isinstance(pid, int) and pid_alive(pid)):
             out.update(state="stale", why=f"pid {pid} is gone on this host")
         elif _started_after(pid, rec.get("start_unix")):
             out.update(state="stale", why=f"pid {pid} is now another process (started after "
@@ -142,10 +153,6 @@ def _log_lines(wd: pathlib.Path) -> list[str]:
         return []
 
 
-def _committed(d: pathlib.Path) -> bool:
-    return d.is_dir() and (d / "_CHECKPOINT_METADATA").exists()
-
-
 def _checkpoints(wd: pathlib.Path) -> list[str]:
     """The committed checkpoints of ``wd/stages`` as the next access sees them: a half-done swap
     counts as the store repairs it (a committed ``.{name}.new`` is the newest state, else a
@@ -164,8 +171,9 @@ def _checkpoints(wd: pathlib.Path) -> list[str]:
         elif not p.name.startswith(".") and not p.name.endswith((".chunks", ".corrupt")) \
                 and _committed(p):
             names.add(p.name)
-    return sorted(names, key=lambda n: (STAGES.index(_stage_of(n)) if _stage_of(n) else
-                                        len(STAGES), n))
+    stages_ = _stages()
+    return sorted(names, key=lambda n: (stages_.index(_stage_of(n)) if _stage_of(n) else
+                                        len(stages_), n))
 
 
 def _chunk_items(wd: pathlib.Path) -> dict[str, int]:
@@ -223,12 +231,10 @@ def _plan(cfg) -> tuple[Any, str]:
 
 # -- judging ------------------------------------------------------------------------------------
 def _stage_of(name: str) -> str | None:
-    for s in STAGES:
+    for s in _stages():
         if name == s or name.startswith(s + "_") or name.startswith(s + " "):
             return s
-    if name in CHUNK_STAGES:
-        return CHUNK_STAGES[name]
-    return None
+    return _chunk_stages().get(name)
 
 
 def _log_position(lines: list[str], enabled: list[str]) -> dict:
@@ -249,7 +255,8 @@ def _log_position(lines: list[str], enabled: list[str]) -> dict:
         if stage is None:
             continue
         if m and name == stage and not prog:  # a stage committed: the next one is under way
-            nxt = [s for s in enabled if STAGES.index(s) > STAGES.index(stage)]
+            order = _stages()
+            nxt = [s for s in enabled if order.index(s) > order.index(stage)]
             pos = {"stage": nxt[0] if nxt else stage, "program": None}
             continue
         if pos.get("stage") != stage:
@@ -363,8 +370,10 @@ def status(workdir: str | os.PathLike) -> dict:
     epoch_recs = [r for r in recs if r["kind"] == "epoch"]
     cfg = _config(wd)
     plan, plan_note = _plan(cfg)
-    enabled = [s for s in STAGES if s not in ("bezier", "hessian") or cfg is None
-               or bool(cfg.measure[s].enabled)]
+    running = None if cfg is None else measures.groups(cfg)
+    stages_ = _stages()
+    enabled = [s for s in stages_ if running is None or s in running
+               or s in ("dense", "retrain", "tables")]
 
     out: dict[str, Any] = {"workdir": str(wd), "time": now, "state": state, "holder": holder,
                            "config": None if cfg is None else cfg.get("name")}
@@ -376,8 +385,8 @@ def status(workdir: str | os.PathLike) -> dict:
     pos["source"] = "log.txt" if logpos.get("stage") else None
     # metrics.jsonl is flushed at progress checkpoints, the log's progress lines at once: the
     # log's position wins when it is ahead (a later stage or program, or more epochs done)
-    use_metrics = last is not None and last.get("stage") in STAGES and (
-        pos["stage"] is None or STAGES.index(last["stage"]) > STAGES.index(pos["stage"])
+    use_metrics = last is not None and last.get("stage") in stages_ and (
+        pos["stage"] is None or stages_.index(last["stage"]) > stages_.index(pos["stage"])
         or (last["stage"] == pos["stage"] and (
             pos.get("program") in (None, last.get("program"))
             and (pos.get("done") or 0) <= (last.get("epoch", last.get("chunk")) or 0))))
@@ -428,7 +437,7 @@ def status(workdir: str | os.PathLike) -> dict:
         elif stage == "tables":
             stage_s = 0.0
         eta["stage_s"] = stage_s
-        later = [s for s in enabled if STAGES.index(s) > STAGES.index(stage)
+        later = [s for s in enabled if stages_.index(s) > stages_.index(stage)
                  and s not in committed]
         train_left = 0.0 if stage_s is None else stage_s
         unknown = []
@@ -468,9 +477,10 @@ def status(workdir: str | os.PathLike) -> dict:
 def _rerun(wd: pathlib.Path, lines: list[str], committed: list[str], enabled: list[str],
            plan) -> dict:
     """What ``tr-jax run`` does when rerun on a killed workdir."""
-    done = [s for s in STAGES if s in committed]
+    stages_ = _stages()
+    done = [s for s in stages_ if s in committed]
     # a stage whose successors are committed is still loaded (its results feed the tables)
-    load = done + [c for c in committed if c not in STAGES and not c.endswith("_progress")
+    load = done + [c for c in committed if c not in stages_ and not c.endswith("_progress")
                    and "_snap" not in c and _stage_of(c) not in done]
     resumes = []
     epochs_at = {}
@@ -490,7 +500,7 @@ def _rerun(wd: pathlib.Path, lines: list[str], committed: list[str], enabled: li
             resumes.append({"program": prog, "after_epoch": epoch, "epochs": total})
     chunks = []
     for name, n in sorted(_chunk_items(wd).items()):
-        stage = CHUNK_STAGES.get(name)
+        stage = _chunk_stages().get(name)
         if n and stage and stage not in done:
             chunks.append({"stage": stage, "records": name, "items_done": n})
     remaining = [s for s in enabled if s not in done]

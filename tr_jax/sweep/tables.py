@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from tr_jax import __version__, regimes
+from tr_jax import __version__, measures, regimes
 from tr_jax.sweep.grid import Grid
 from tr_jax.members import resolve as mem_strategy
 
@@ -44,10 +44,19 @@ def sick_members(grid: Grid, dense: dict, retrained: dict) -> tuple[np.ndarray, 
     return dense_sick, sick, sick[pairs[:, 0]] | sick[pairs[:, 1]]
 
 
-def results_table(grid: Grid, base: dict[str, Any], dense: dict, retrained: dict, measured: dict,
-                  bezier: dict | None, hessian: dict | None) -> pd.DataFrame:
+def _measured_metrics(measured: dict[str, dict], unit: str) -> list[tuple[str, np.ndarray]]:
+    """(metric name, values [items]) of every registered metric of ``unit`` whose measure's group
+    is in ``measured`` (group -> arrays), in the registry's metric order."""
+    return [(x.name, np.asarray(measured[m.group][x.key])) for m, x in measures.metrics(unit)
+            if m.group in measured and x.key in measured[m.group]]
+
+
+def results_table(grid: Grid, base: dict[str, Any], dense: dict, retrained: dict,
+                  measured: dict[str, dict]) -> pd.DataFrame:
     """results.csv: one row per dense checkpoint, retrained member and pair, per metric, with every
-    coordinate a column, a ``sick`` flag and ``base`` (config hash, provenance, knob)."""
+    coordinate a column, a ``sick`` flag and ``base`` (config hash, provenance, knob).
+    ``measured``: the arrays of each measure group that ran (``{group: {key: array}}``); the
+    rows of each registered metric follow the registry (:mod:`tr_jax.measures`)."""
     dense_sick, sick, pair_sick = sick_members(grid, dense, retrained)
     rows = []
     for si, s in enumerate(grid.dense_seeds):
@@ -57,6 +66,7 @@ def results_table(grid: Grid, base: dict[str, Any], dense: dict, retrained: dict
                          "metric": "test_error", "value": float(dense["test_error"][si, ti]),
                          "sick": bool(dense_sick[si, ti])})
     mem = grid.members()
+    per_member = _measured_metrics(measured, "member")
     for i, (s, t, d, r) in enumerate(mem):
         coords = {**base, "stage": "retrain", "temperature": t, "dense_seed": s, "density": d,
                   "retrain_seed": r, "pair": "", "sick": bool(sick[i])}
@@ -64,21 +74,14 @@ def results_table(grid: Grid, base: dict[str, Any], dense: dict, retrained: dict
                      "value": float(np.mean(retrained["test_error"][i]))})
         rows.append({**coords, "metric": "measured_density",
                      "value": float(retrained["density"][i])})
-        if hessian is not None:
-            for metric in ("trace", "trace_stderr", "trace_probes", "top_eigenvalue"):
-                rows.append({**coords, "metric": f"hessian_{metric}",
-                             "value": float(hessian[metric][i])})
+        rows += [{**coords, "metric": name, "value": float(v[i])} for name, v in per_member]
+    per_pair = _measured_metrics(measured, "pair")
     for p, (a, b) in enumerate(grid.pairs()):
         s, t, d, ra = mem[a]
         rb = mem[b][3]
         coords = {**base, "stage": "pair", "temperature": t, "dense_seed": s, "density": d,
                   "retrain_seed": np.nan, "pair": f"{ra}-{rb}", "sick": bool(pair_sick[p])}
-        for metric, key in (("lmc", "lmc"), ("cka", "cka_softmax"), ("cka_logits", "cka_logits")):
-            rows.append({**coords, "metric": metric, "value": float(measured[key][p])})
-        rows.append({**coords, "metric": "loss_barrier",
-                     "value": float(measured["loss_barrier"][p])})
-        if bezier is not None:
-            rows.append({**coords, "metric": "bezier_mc", "value": float(bezier["mc"][p])})
+        rows += [{**coords, "metric": name, "value": float(v[p])} for name, v in per_pair]
     return pd.DataFrame(rows)
 
 

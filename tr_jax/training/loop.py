@@ -1,5 +1,5 @@
-"""Training and evaluating a group of members, epoch by epoch (DESIGN: a sweep is a stack of members;
-SPEC §1.3, §1.4, §1.6).
+"""Training and evaluating a group of members, epoch by epoch (a sweep is a stack of members, see
+docs/design.md; docs/fidelity.md, Dense training, Temperature knobs, Retraining).
 
 ``Trainer`` compiles, once per (strategy, chunk shape), the per-member ``train_steps`` lifted to a
 group of members, and runs an epoch as a few jitted chunks of unrolled steps (plus one call for the
@@ -12,10 +12,10 @@ Learning-rate schedules are traced ``[n_steps]`` multipliers of each member's ba
 the host per chunk, so no schedule ever recompiles:
 
 * ``schedule="epoch"``: MultiStepLR over 0-indexed epochs (decay at the start of each milestone
-  epoch; the epoch experiments, dense training and retraining, SPEC §1.3, §1.6);
+  epoch; the epoch experiments, dense training and retraining, docs/fidelity.md, Dense training);
 * ``schedule="iteration"``: MultiStepLR stepped per optimiser step, milestones in global steps
   (the batch-size experiments: ``optim.iteration_milestones(62400) == (31200, 46800)`` with
-  ``drop_last=True``, SPEC §1.4 item 2);
+  ``drop_last=True``, docs/fidelity.md, Temperature knobs);
 * a constant lr (fine-tuning) is either schedule with ``milestones=()``.
 
 ``max_steps`` caps the total number of optimiser steps: the epoch that reaches it is cut short
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tr_jax import _checks as ck
+from tr_jax._jax_compat import compiled_count
 from tr_jax import sharding
 from tr_jax import members as mem
 from tr_jax.training.optim import multistep
@@ -109,7 +110,7 @@ def _run(work: Callable, groups: list, strategy: str, fns: list[Callable]) -> li
     never called is first called from this thread alone (the first group), so that concurrent
     first calls do not compile it twice."""
     if groups and mem.num_threads(strategy) > 1 and any(
-            getattr(f, "_cache_size", lambda: 1)() == 0 for f in fns):
+            compiled_count(f) == 0 for f in fns):
         return [work(groups[0])] + mem.run_groups(work, groups[1:], strategy)
     return mem.run_groups(work, groups, strategy)
 
@@ -160,7 +161,12 @@ class Trainer:
         single-member program (bit-identical results, one compile)."""
         return "loop" if mem.per_member(self.strategy) else self.strategy
 
-    def _train_fn(self, n_steps: int, batch_size: int) -> Callable:
+    def train_fn(self, n_steps: int, batch_size: int) -> Callable:
+        """The jitted program of one call of ``n_steps`` steps at ``batch_size`` for a group of
+        members: ``fn(group, images, labels, step0, epoch, lr_scales [n_steps])`` returns the new
+        group and its per-step (losses, misclassified counts); the group is donated. Compiled
+        once per process per (model, step settings, strategy, chunk shape); what the autotuner
+        and the dry run time and cost one member's step with."""
         return _compiled_train(self.model, self.cfg, self._program, n_steps, batch_size)
 
     def _eval_fn(self) -> Callable:
@@ -174,7 +180,7 @@ class Trainer:
 
     def epochs_needed(self, num_train: int) -> int | None:
         """Epochs that ``max_steps`` spans, ``ceil(max_steps / steps_per_epoch)`` (None: no cap);
-        the batch-size experiments' epoch count (SPEC §1.4 item 2: B=16 -> 20, ..., 512 -> 644)."""
+        the batch-size experiments' epoch count (B=16 -> 20, ..., 512 -> 644)."""
         if self.max_steps is None:
             return None
         return -(-self.max_steps // self.steps_per_epoch(num_train))
@@ -204,7 +210,7 @@ class Trainer:
         if not plan:
             raise ValueError(f"epoch {epoch} lies beyond max_steps={self.max_steps}")
         ep = jnp.asarray(epoch, jnp.int32)
-        calls = [(self._train_fn(n, bs), jnp.asarray(step0, jnp.int32), jnp.asarray(scales))
+        calls = [(self.train_fn(n, bs), jnp.asarray(step0, jnp.int32), jnp.asarray(scales))
                  for (step0, n, bs), scales in zip(plan, self.lr_plan(images.shape[0], epoch))]
         n_steps = sum(n for _, n, _ in plan)
         n_images = sum(n * bs for _, n, bs in plan)

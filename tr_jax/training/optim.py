@@ -1,5 +1,5 @@
 """Optimisers, SAM and learning-rate schedules with the reference's PyTorch semantics
-(SPEC §1.3, §1.4, §1.6, §7).
+(see docs/fidelity.md, Dense training, SAM, Retraining, PyTorch semantics checklist).
 
 SGD (``torch.optim.SGD``): coupled L2 (``g + wd * p``, on every parameter: BN and biases
 included), then the momentum trace ``buf = momentum * buf + g`` (the first step's buffer is the
@@ -15,7 +15,8 @@ For both, the learning rate and weight decay are injected hyperparameters
 members with different values (the learning-rate temperature knob); ``with_learning_rate`` sets
 the scheduled lr of a step.
 
-SAM (SPEC §1.4, "SAM step as implemented"): ``sam_perturbation`` is the non-adaptive ascent step
+SAM (the reference's ``utils/sam.py``; docs/fidelity.md, SAM): ``sam_perturbation`` is the
+non-adaptive ascent step
 ``e = rho * g / (||g||_2 + 1e-12)`` with the *global* L2 norm over all parameters; the two-pass
 step itself (BN frozen in the second pass, weight decay only in the base step) is
 ``tr_jax.training.steps.train_step`` with ``StepConfig(sam=True)``.
@@ -133,26 +134,17 @@ def sam_perturbation(grads: Any, rho: jnp.ndarray) -> Any:
 
 def multistep(t, milestones: Sequence[int], gamma: float = 0.1) -> np.ndarray:
     """MultiStepLR multiplier of the base lr at 0-indexed ``t`` (an epoch or an optimiser step,
-    scalar or array): ``gamma ** #{m in milestones: t >= m}``, float32, computed on the host."""
+    scalar or array): ``gamma ** #{m in milestones: t >= m}``, float32, computed on the host.
+
+    The reference's schedule (160 epochs, milestones 80 and 120) decays at the *start* of epochs
+    80 and 120 (0-indexed), i.e. epochs 1-80 at lr, 81-120 at lr/10, 121-160 at lr/100."""
     t = np.asarray(t)
     k = np.sum(t[..., None] >= np.asarray(tuple(milestones), np.int64).reshape(-1), axis=-1)
     return (float(gamma) ** k.astype(np.float64)).astype(np.float32)
 
 
 def iteration_milestones(total_steps: int, fractions: Sequence[float] = (0.5, 0.75)) -> tuple:
-    """The batch-size experiments' MultiStepLR milestones ``int(f * total)`` (SPEC §1.4 item 2):
+    """The batch-size experiments' MultiStepLR milestones ``int(f * total)``
+    (docs/fidelity.md, Temperature knobs):
     ``iteration_milestones(62400) == (31200, 46800)``."""
     return tuple(int(f * total_steps) for f in fractions)
-
-
-def step_decay(epoch, milestones: Sequence[int], gamma: float = 0.1):
-    """Multiplier of the base lr at 0-indexed ``epoch``: ``gamma ** #{m in milestones: epoch >= m}``.
-
-    The reference's schedule (160 epochs, milestones 80 and 120) decays at the *start* of epochs
-    80 and 120 (0-indexed), i.e. epochs 1-80 at lr, 81-120 at lr/10, 121-160 at lr/100.
-    (Traceable jnp version of ``multistep`` for a scalar epoch.)
-    """
-    if not milestones:
-        return jnp.ones((), jnp.float32)
-    ms = jnp.asarray(tuple(milestones), jnp.int32)
-    return jnp.asarray(gamma, jnp.float32) ** jnp.sum(jnp.asarray(epoch) >= ms).astype(jnp.float32)

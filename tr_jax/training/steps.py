@@ -1,4 +1,5 @@
-"""One member's train and eval steps as pure functions of pytrees (SPEC §1.3, §1.4, §1.6, §7).
+"""One member's train and eval steps as pure functions of pytrees (see docs/fidelity.md,
+Dense training, SAM, PyTorch semantics checklist).
 
 A member's state is a ``TrainState`` (no members axis here; ``tr_jax.members`` lifts these
 functions to groups). Masked training multiplies the weights by the mask in the forward pass and
@@ -17,7 +18,8 @@ Evaluation always runs in float32.
 The optimiser (SGD or Adam, ``tr_jax.training.optim``) and whether a step is a SAM step are static
 ``StepConfig`` fields; the learning rate (per step: the schedule is a traced ``[n_steps]`` array of
 multipliers), weight decay and SAM's rho are traced per-member values, so one compiled program
-serves every epoch, every schedule and a whole temperature sweep (lr or rho knob). SAM (SPEC §1.4):
+serves every epoch, every schedule and a whole temperature sweep (lr or rho knob). SAM
+(docs/fidelity.md, SAM):
 the first pass runs in train mode (running BN statistics updated), the second at ``w + e`` in
 ``frozen`` mode (batch statistics, running statistics untouched); with masks the gradient of the
 effective weights ``params * mask`` is zero at pruned entries, so the perturbation and the update
@@ -37,6 +39,7 @@ from jax import lax
 from tr_jax import _checks as ck
 from tr_jax import models
 from tr_jax.data.augment import augment, normalize
+from tr_jax.pruning import apply_masks, masked_update
 from tr_jax.training import optim
 
 
@@ -80,6 +83,19 @@ class StepConfig:
                       optimizer=(self.optimizer, ck.Range("str", choices=optim.OPTIMIZERS)))
 
 
+CPU_CHUNK_STEPS = 4  # steps per call of the automatic chunk on CPU
+
+
+def auto_chunk(num_train: int, batch_size: int, backend: str | None = None) -> tuple[int, bool]:
+    """(steps per jitted call, whether to unroll them) when ``run.chunk_steps`` is 0 (auto): on
+    CPU ``CPU_CHUNK_STEPS`` unrolled steps (XLA CPU runs a rolled loop of conv steps slowly), on
+    accelerators a whole epoch of ``ceil(num_train / batch_size)`` steps as one rolled
+    ``lax.scan``. ``backend``: ``jax.default_backend()`` when None."""
+    if (backend or jax.default_backend()) == "cpu":
+        return CPU_CHUNK_STEPS, True
+    return -(-int(num_train) // int(batch_size)), False
+
+
 def compute_model(model: nn.Module, precision: str) -> nn.Module:
     """``model`` computing its convolutions and classifier in ``precision`` (parameters stay
     float32): the model itself for 'float32', a clone with ``dtype=bfloat16`` for 'bfloat16'."""
@@ -104,17 +120,12 @@ def init_state(variables: dict, mask: Any, key: jax.Array, lr: float, weight_dec
     ck.check_args("tr_jax.training.init_state", lr=(lr, ck.LR),
                   weight_decay=(weight_decay, ck.WEIGHT_DECAY), momentum=(momentum, ck.MOMENTUM),
                   rho=(rho, ck.SAM_RHO))
-    params = masked(variables["params"], mask)
+    params = apply_masks(variables["params"], mask)
     opt = optim.make(optimizer, lr, weight_decay, momentum)
     key_data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     return TrainState(params, variables["batch_stats"], opt.init(params), mask,
                       jnp.asarray(key_data, jnp.uint32), jnp.asarray(lr, jnp.float32),
                       jnp.asarray(rho, jnp.float32))
-
-
-def masked(params: Any, mask: Any) -> Any:
-    """The effective weights ``params * mask`` (leafwise)."""
-    return jax.tree.map(lambda p, m: p * m, params, mask)
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
@@ -140,13 +151,13 @@ def train_step(model: nn.Module, cfg: StepConfig, state: TrainState, x: jnp.ndar
     model = compute_model(model, cfg.precision)
 
     def train_loss(params):
-        variables = {"params": masked(params, state.mask), "batch_stats": state.batch_stats}
+        variables = {"params": apply_masks(params, state.mask), "batch_stats": state.batch_stats}
         logits, new = models.apply(model, variables, x, train=True)
         wrong = jnp.sum(jnp.argmax(logits, -1) != y).astype(jnp.int32)
         return cross_entropy(logits, y), (new["batch_stats"], wrong)
 
     def frozen_loss(params):  # batch statistics, running statistics untouched
-        variables = {"params": masked(params, state.mask), "batch_stats": state.batch_stats}
+        variables = {"params": apply_masks(params, state.mask), "batch_stats": state.batch_stats}
         return cross_entropy(models.apply(model, variables, x, mode="frozen"), y)
 
     (loss, (batch_stats, wrong)), grads = jax.value_and_grad(train_loss, has_aux=True)(state.params)
@@ -157,7 +168,7 @@ def train_step(model: nn.Module, cfg: StepConfig, state: TrainState, x: jnp.ndar
     _check_opt_state(opt, cfg, state)
     opt_state = optim.with_learning_rate(state.opt_state, lr)
     updates, opt_state = opt.update(grads, opt_state, state.params)
-    params = jax.tree.map(lambda p, u, m: p + u * m, state.params, updates, state.mask)
+    params = masked_update(state.params, updates, state.mask)
     new = state._replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new, ((loss, wrong) if with_errors else loss)
 
@@ -227,6 +238,6 @@ def eval_batch(model: nn.Module, cfg: StepConfig, params: Any, batch_stats: Any,
                images: jnp.ndarray, labels: jnp.ndarray,
                valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(#errors, summed loss) of one (masked) member in eval mode on a batch."""
-    variables = {"params": masked(params, mask), "batch_stats": batch_stats}
+    variables = {"params": apply_masks(params, mask), "batch_stats": batch_stats}
     wrong, loss, _ = batch_metrics(model, variables, images, labels, valid, cfg.mean, cfg.std)
     return wrong, loss
