@@ -45,6 +45,8 @@ from collections.abc import Iterator
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+__all__ = ["Hook", "POINTS", "add", "added", "point", "kill_at"]
+
 Hook = Callable[[str, Mapping[str, Any]], None]
 
 #: the points the package emits (see the module docstring for their info keys)

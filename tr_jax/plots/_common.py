@@ -24,6 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import measures
+from ..files import atomic_write_bytes
 from ..regimes import KNOB_LABELS, format_density, normalized_test_error, temperatures_hot_to_cold
 
 
@@ -166,7 +167,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> path
     a half-written PNG, a full disk is named)."""
     import io
 
-    from tr_jax.files import atomic_write_bytes
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from tr_jax import __version__, landscape, measures, models, pruning
 from tr_jax import members as mem
+from tr_jax.config import default_config
 from tr_jax.errors import UserError
 from tr_jax.files import atomic_write_text
 
@@ -121,7 +122,6 @@ def measure_pair(path_a: str | os.PathLike, path_b: str | os.PathLike, ds, *, lm
     those given here. Returns a dict of floats and curves (lists): a pair metric under its name,
     a member metric as ``{name}_a`` / ``{name}_b``, a measure's curve as ``{measure}_t``,
     ``{measure}_train_error`` and ``{measure}_test_error``."""
-    from tr_jax.config import default_config
     model, va, ma, meta_a = load_imported(path_a)
     _, vb, mb, meta_b = load_imported(path_b)
     _check_compatible(meta_a, meta_b, ma, mb, ds)

@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from tr_jax.sweep.grid import Grid
 from tr_jax.training import StepConfig
 from tr_jax.training.steps import auto_chunk
 
@@ -110,7 +111,6 @@ def _chunks(idx: list[int], size: int) -> list[tuple[int, ...]]:
 def make_plan(cfg: Any, num_train: int, max_members: int | None = None) -> Plan:
     """The plan of a validated config on a training set of ``num_train`` images (members and
     pairs from ``tr_jax.sweep.grid``, their one home)."""
-    from tr_jax.sweep.grid import Grid
     grid = Grid.from_config(cfg)
     knob, temps = cfg.knob, grid.temperatures
     cap = int(cfg.run.max_members if max_members is None else max_members)

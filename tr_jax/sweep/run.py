@@ -35,6 +35,7 @@ from tr_jax.sweep import partial, tables
 from tr_jax.sweep.context import Context, setup
 from tr_jax.sweep.estimate import dry_run, members_cap  # noqa: F401  (re-exported)
 from tr_jax.sweep.grid import Grid, member_key  # noqa: F401  (re-exported)
+from tr_jax.sweep.lock import workdir_lock
 from tr_jax.sweep.measure import run_group
 from tr_jax.sweep.tables import provenance  # noqa: F401  (re-exported)
 from tr_jax.sweep.train import dense, retrain
@@ -141,7 +142,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
     else uses JAX; ``start_timeout_s``: how long it waits for every process, ``--start-timeout``).
     The workdir is locked for the run (all processes of one run share the lock). A process lost
     mid-run ends the others with a ``tr_jax.errors.PeerError`` naming it and the stage."""
-    from tr_jax.sweep.lock import workdir_lock
     dist.initialize(distributed, coordinator, num_processes, process_id, timeout_s=start_timeout_s)
     cfg = validate(cfg, "tj.sweep.run(cfg)")
     with workdir_lock(workdir), dist.stage("setup"):
