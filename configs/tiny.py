@@ -1,4 +1,4 @@
-"""A smoke-test config (about a minute on 2 CPU cores): the quick config shrunk to 2 temperatures
+"""A smoke-test config (the test suite's): the quick config shrunk to 2 temperatures
 x 2 densities, a PreResNet-8 of width 0.25 and batches of 256, one step per compiled call (a
 tiny model's run is mostly compiling: one step compiles far faster than an unrolled chunk of 8;
 measured 79 s against 186 s for the whole run), the last partial batch of each epoch dropped
