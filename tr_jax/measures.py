@@ -44,7 +44,7 @@ from tr_jax.data.augment import normalize
 from tr_jax.training.steps import padded_batches
 
 __all__ = ["Metric", "Measure", "Inputs", "register", "unregister", "get", "registered",
-           "enabled", "groups", "metric", "metrics", "cell_metrics", "panels", "CURVE_KEYS",
+           "enabled", "groups", "metric", "metrics", "cell_metrics", "CURVE_KEYS",
            "HESSIAN_KEYS", "member_logits", "pair_cka", "hessian_members"]
 
 #: the per-point curves of a pair's path (line or Bezier): train and test error and loss
@@ -229,12 +229,6 @@ def cell_metrics(cell: str) -> tuple[str, ...]:
     """Names of the metrics whose ``cell`` is ``cell`` (``"always"`` or ``"measured"``), in
     order."""
     return tuple(x.name for _, x in metrics() if x.cell == cell)
-
-
-def panels() -> tuple[str, ...]:
-    """Metric names with a phase-diagram figure, in figure order."""
-    with_fig = [x for _, x in metrics() if x.panel is not None]
-    return tuple(x.name for x in sorted(with_fig, key=lambda x: x.panel))
 
 
 # ------------------------------------------------------------------ shared pieces of the built-ins
