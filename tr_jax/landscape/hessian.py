@@ -90,14 +90,15 @@ def _vdot(a: Any, b: Any) -> jnp.ndarray:
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def _apply_mask(v: Any, mask: Any | None) -> Any:
+def apply_mask(v: Any, mask: Any | None) -> Any:
+    """``v`` with the pruned entries zeroed (``mask`` None: unchanged)."""
     return v if mask is None else jax.tree.map(lambda x, m: x * m.astype(x.dtype), v, mask)
 
 
 def _random_like(sample: Callable, key: jax.Array, params: Any, mask: Any | None) -> Any:
     # One draw of all P entries, unravelled: one RNG call compiles much faster than one per leaf.
     flat, unravel = ravel_pytree(params)
-    return _apply_mask(unravel(sample(key, flat.shape, flat.dtype)), mask)
+    return apply_mask(unravel(sample(key, flat.shape, flat.dtype)), mask)
 
 
 def rademacher_like(key: jax.Array, params: Any, mask: Any | None = None) -> Any:
@@ -118,7 +119,8 @@ def _start_vector(key: jax.Array, params: Any, mask: Any | None) -> Any:
     return _normalize(_random_like(jax.random.normal, key, params, mask))
 
 
-def _dtype(params: Any):
+def params_dtype(params: Any):
+    """The common dtype of the parameter leaves."""
     return jnp.result_type(*jax.tree.leaves(params))
 
 
@@ -158,9 +160,12 @@ def _placed_like(state: Any, inputs: Any) -> Any:
     return jax.device_put(state, sh)
 
 
-def _run(loop: str, step: Callable, cond: Callable, static: tuple, loss_fn: LossFn, params: Any,
-         key: jax.Array, mask: Any, tol: Any, init: Any, hv: Callable | None = None) -> Any:
-    """Run the loop; ``hv`` (while loop only) is a linearised HVP to reuse."""
+def run_loop(loop: str, step: Callable, cond: Callable, static: tuple, loss_fn: LossFn,
+             params: Any, key: jax.Array, mask: Any, tol: Any, init: Any,
+             hv: Callable | None = None) -> Any:
+    """Run a probe loop (``loop``: auto / while / host) of ``step`` while ``cond``, shared by the
+    trace, the Lanczos iteration and :mod:`tr_jax.landscape.spectrum`; ``hv`` (while loop only)
+    is a linearised HVP to reuse."""
     if _resolve_loop(loop, loss_fn, params, key, mask, tol) == "while":
         hv = _linear_hvp(loss_fn, params) if hv is None else hv
         return lax.while_loop(lambda s: cond(static, s),
@@ -224,10 +229,10 @@ def _hessian_trace(loss_fn, params, key, max_probes, tol, chunk, mask, loop, hv=
         raise ValueError(f"max_probes and chunk must be >= 1; got {max_probes}, {chunk}")
     chunk = min(chunk, max_probes)
     size = -(-max_probes // chunk) * chunk
-    dtype = _dtype(params)
+    dtype = params_dtype(params)
     init = (jnp.zeros((), jnp.int32), jnp.zeros((size,), dtype), jnp.zeros((), dtype),
             jnp.zeros((), bool))
-    i, buf, mean, _ = _run(loop, _trace_step, _trace_cond, (chunk, max_probes), loss_fn, params,
+    i, buf, mean, _ = run_loop(loop, _trace_step, _trace_cond, (chunk, max_probes), loss_fn, params,
                            key, mask, tol, init, hv)
     n = jnp.minimum(i * chunk, max_probes)
     nf = n.astype(dtype)
@@ -239,7 +244,7 @@ def _hessian_trace(loss_fn, params, key, max_probes, tol, chunk, mask, loop, hv=
 
 def _power_step(static, hv, params, key, mask, tol, state):
     i, v, prev, _ = state
-    w = _apply_mask(hv(v), mask)
+    w = apply_mask(hv(v), mask)
     eig = _vdot(w, v).astype(prev.dtype)
     done = (i > 0) & (jnp.abs(eig - prev) / (jnp.abs(prev) + _REL_EPS) < tol)
     return i + 1, _normalize(w), eig, done
@@ -267,8 +272,8 @@ def _top_eigenvalue(loss_fn, params, key, max_iters, tol, mask, loop, hv=None):
     if max_iters < 1:
         raise ValueError(f"max_iters must be >= 1; got {max_iters}")
     v0 = _start_vector(key, params, mask)
-    init = (jnp.zeros((), jnp.int32), v0, jnp.zeros((), _dtype(params)), jnp.zeros((), bool))
-    i, _, eig, _ = _run(loop, _power_step, _power_cond, (max_iters,), loss_fn, params, key, mask,
+    init = (jnp.zeros((), jnp.int32), v0, jnp.zeros((), params_dtype(params)), jnp.zeros((), bool))
+    i, _, eig, _ = run_loop(loop, _power_step, _power_cond, (max_iters,), loss_fn, params, key, mask,
                         tol, init, hv)
     return eig, i
 
@@ -279,7 +284,7 @@ def _lanczos_step(static, hv, params, key, mask, tol, state):
     j, basis, alphas, betas = state
     unravel = ravel_pytree(params)[1]
     v = basis[j]
-    w = ravel_pytree(_apply_mask(hv(unravel(v)), mask))[0]
+    w = ravel_pytree(apply_mask(hv(unravel(v)), mask))[0]
     alpha = jnp.vdot(w, v)
     scale = jnp.linalg.norm(w)
     for _ in range(2):  # rows > j are zero, so this projects out exactly the earlier vectors
@@ -314,7 +319,7 @@ def lanczos(loss_fn: LossFn, params: Any, key: jax.Array, k: int = 5, num_iters:
     zeros = jnp.zeros((num_iters,), flat.dtype)
     init = (jnp.zeros((), jnp.int32),
             jnp.zeros((num_iters + 1, flat.size), flat.dtype).at[0].set(v0), zeros, zeros)
-    _, _, alphas, betas = _run(loop, _lanczos_step, _lanczos_cond, (num_iters,), loss_fn, params,
+    _, _, alphas, betas = run_loop(loop, _lanczos_step, _lanczos_cond, (num_iters,), loss_fn, params,
                                key, mask, 0.0, init)
     off = betas[:-1]
     tri = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
@@ -330,7 +335,7 @@ class _MemberLoss:
     model: nn.Module
 
     def __call__(self, batch_stats, mask, x, labels, params):
-        eff = _apply_mask(params, mask)
+        eff = apply_mask(params, mask)
         logits = models.apply(self.model, {"params": eff, "batch_stats": batch_stats}, x)
         return cross_entropy(logits, labels)
 

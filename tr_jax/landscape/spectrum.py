@@ -176,7 +176,7 @@ def _layer_setup(params, layers, probes, chunk):
     chunk = min(chunk, probes)
     static = (chunk, probes, _leaf_group(params, groups))
     size = -(-probes // chunk) * chunk
-    init = (jnp.zeros((), jnp.int32), jnp.zeros((size, len(groups)), hs._dtype(params)))
+    init = (jnp.zeros((), jnp.int32), jnp.zeros((size, len(groups)), hs.params_dtype(params)))
     return groups, static, init
 
 
@@ -232,7 +232,7 @@ def layer_traces(model: Any, variables: dict, mask: Any, images: jnp.ndarray,
     loss_fn = hs.member_loss(model, variables, mask, images, labels, mean, std)
     params = variables["params"]
     groups, static, init = _layer_setup(params, layers, probes, chunk)
-    _, buf = hs._run(loop, _layer_step, _layer_cond, static, loss_fn, params, key, mask, 0.0, init)
+    _, buf = hs.run_loop(loop, _layer_step, _layer_cond, static, loss_fn, params, key, mask, 0.0, init)
     return _layer_summary(groups, buf, probes)
 
 
@@ -244,7 +244,7 @@ def _slq_step(static, hv, params, key, mask, tol, state):
 
     def one(b):
         v = b[j]
-        w = ravel_pytree(hs._apply_mask(hv(unravel(v)), mask))[0].astype(b.dtype)
+        w = ravel_pytree(hs.apply_mask(hv(unravel(v)), mask))[0].astype(b.dtype)
         alpha = jnp.vdot(w, v)
         scale = jnp.linalg.norm(w)
         for _ in range(2):  # rows > j are zero: this projects out exactly the earlier vectors
@@ -395,7 +395,7 @@ def hessian_esd(model: Any, variables: dict, mask: Any, images: jnp.ndarray,
     loss_fn = hs.member_loss(model, variables, mask, images, labels, mean, std)
     params = variables["params"]
     init = _slq_setup(params, key, mask, num_probes, lanczos_steps)
-    _, _, alphas, betas = hs._run(loop, _slq_step, _slq_cond, (lanczos_steps,), loss_fn, params,
+    _, _, alphas, betas = hs.run_loop(loop, _slq_step, _slq_cond, (lanczos_steps,), loss_fn, params,
                                   key, mask, 0.0, init)
     nodes, weights, grid, density = _finish(alphas, betas, grid, sigma, num_points)
     return {"nodes": nodes, "weights": weights, "grid": grid, "density": density}
