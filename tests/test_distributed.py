@@ -3,7 +3,6 @@
 lock and an orbax save/restore of a sharded global array."""
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from _procs import free_port
 
 from tr_jax import cli, distributed
 from tr_jax.sweep.lock import WorkdirLock
@@ -59,12 +59,6 @@ def test_initialize_after_jax_started_is_refused():
         distributed.initialize(coordinator="127.0.0.1:1", num_processes=1, process_id=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("devices, inline", [(4, True), (1, False)])
 def test_one_process_with_simulated_cpu_devices_dispatches_inline(devices, inline):
     """initialize() of one process with several simulated CPU devices switches off asynchronous
@@ -83,7 +77,7 @@ def test_one_process_with_simulated_cpu_devices_dispatches_inline(devices, inlin
 def test_two_processes_on_localhost(tmp_path):
     """Two real processes, 2 CPU devices each, one 4-device members mesh (tr_jax.sharding): a
     members array of 8 rows is split 4 + 4 between the processes, process 0 the first half."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     with WorkdirLock(tmp_path / "busy", "the-test's-run", heartbeat_s=0):

@@ -3,8 +3,8 @@ development tracker numbers, or the circumstances of its development.
 
 Every text file under the scanned paths is searched for
 
-* citations of planning documents kept outside the repository (``SPEC`` / ``DESIGN`` as words,
-  ``SPEC.md``, ``DESIGN.md``) and paths that point outside the checkout (``../shared``);
+* citations of planning documents kept outside the repository (the upper-case names in
+  :data:`PATTERNS`) and paths that point outside the checkout;
 * tracker numbers ("issue 12", "issues 8, 18", "issue #12");
 * talk about how the code was developed: "session" (except pytest's own meaning: fixture scopes,
   ``pytest session``, "session-scoped"), hardware "lent", a "workplace".

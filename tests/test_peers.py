@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from _procs import free_port
 
 from tr_jax import distributed
 from tr_jax.errors import PeerError
@@ -25,12 +25,6 @@ TINY = str(ROOT / "configs" / "tiny.py")
 START_TIMEOUT = 15
 SLACK = 45  # imports and interpreter start on a busy 2-core machine
 ABORT_SIGNS = ("Terminating process", "Check failure stack trace", "Traceback")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -127,7 +121,7 @@ def test_missing_processes_end_the_wait_with_one_line(tmp_path):
     address), each with --start-timeout 15: exit code 2 within 15 s + slack, a 'waiting up to'
     line, then one line naming the missing process, the address and what to do; no SIGABRT, no
     stack trace."""
-    ports = _free_port(), _free_port()
+    ports = free_port(), free_port()
     procs = [_launch(tmp_path / "w", ports[pid], pid, "--start-timeout", str(START_TIMEOUT))
              for pid in (0, 1)]
     try:
@@ -158,7 +152,7 @@ def test_a_peer_killed_mid_retrain_ends_the_survivor_with_one_line(tmp_path):
     takes ~2-12 s: its next collective fails) with one line naming process 1, the retrain stage
     and the rerun. Rerunning both commands resumes: the dense stage is loaded, not retrained."""
     wd = tmp_path / "w"
-    port = _free_port()
+    port = free_port()
     procs = [_launch(wd, port, pid) for pid in (0, 1)]
     try:
         _wait_for_log(wd, "] retrain (", procs, timeout=400)
@@ -183,7 +177,7 @@ def test_a_peer_killed_mid_retrain_ends_the_survivor_with_one_line(tmp_path):
 
     # the same two commands again: the run resumes after the dense stage (stopped there: the
     # whole run takes minutes; test_scaleout checks a resumed run's tables)
-    port = _free_port()
+    port = free_port()
     procs = [_launch(wd, port, pid, tag=".rerun") for pid in (0, 1)]
     try:
         _wait_for_log(wd, "] retrain (", procs, timeout=400, count=2)

@@ -6,20 +6,18 @@ bounded in time.
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from _procs import cpu_env, finish, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -30,17 +28,6 @@ SETS = ["temperatures=(1,)", "dense.epochs=1", "retrain.epochs=2", "run.checkpoi
         "run.members_strategy=vmap", "dense.lr=0.02", "retrain.lr=0.02", "run.chunk_steps=1",
         "dense.batch_size=256", "retrain.batch_size=256"]
 TIMEOUT = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int, **extra) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **extra}
 
 
 def _cmd(wd: pathlib.Path, *extra: str, kill_at: str | None = None) -> list[str]:
@@ -67,30 +54,10 @@ def _launch(wd: pathlib.Path, n_proc: int, port: int, kill_at: dict[int, str] | 
         files = (pathlib.Path(f"{base}.out"), pathlib.Path(f"{base}.err"))
         with open(files[0], "w") as out, open(files[1], "w") as err:  # the child keeps its copies
             p = subprocess.Popen(_cmd(wd, *extra, kill_at=(kill_at or {}).get(i)),
-                                 env=_env(4 // n_proc, **env), stdout=out, stderr=err)
+                                 env=cpu_env(4 // n_proc, **env), stdout=out, stderr=err)
         p.files = files
         procs.append(p)
     return procs
-
-
-def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[tuple[int, str, str]]:
-    """Wait (bounded) for every process; on a timeout kill them all and fail with what each
-    printed last."""
-    deadline = time.time() + timeout
-    try:
-        for p in procs:
-            try:
-                p.wait(timeout=max(1.0, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                tails = "\n".join(f"--- process {i}:\n{p.files[0].read_text()[-1500:]}\n"
-                                   f"{p.files[1].read_text()[-1500:]}" for i, p in enumerate(procs))
-                pytest.fail(f"the run did not finish within {timeout:.0f} s:\n{tails}")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [(p.returncode, p.files[0].read_text(), p.files[1].read_text()) for p in procs]
 
 
 def _numbers(path: pathlib.Path) -> pd.DataFrame:
@@ -101,7 +68,7 @@ def _numbers(path: pathlib.Path) -> pd.DataFrame:
 def four_devices(tmp_path_factory):
     """One process with 4 devices: the reference for the multi-process runs."""
     wd = tmp_path_factory.mktemp("one_process") / "w"
-    (rc, out, err), = _finish(_launch(wd, 1, 0))
+    (rc, out, err), = finish(_launch(wd, 1, 0), TIMEOUT)
     assert rc == 0, err[-3000:]
     assert "(4 device(s), 1 process(es))" in out
     return wd
@@ -116,18 +83,18 @@ def test_two_processes_killed_mid_retrain_resume_to_the_tables_of_one(four_devic
     of one process with 4 devices (within 1e-4, same regimes); only process 0 wrote the tables,
     the figures and the log."""
     wd = tmp_path / "w"
-    procs = _launch(wd, 2, _free_port(), kill_at={0: "save:written@retrain_p0_progress:1"})
+    procs = _launch(wd, 2, free_port(), kill_at={0: "save:written@retrain_p0_progress:1"})
     try:
         assert procs[0].wait(timeout=TIMEOUT) == -signal.SIGKILL, procs[0].files[1].read_text()[-3000:]
         # process 0 died after both passed the barrier after writing: process 1 (which writes
         # nothing) waits at the barrier that ends the commit, which it cannot pass alone
         procs[1].send_signal(signal.SIGKILL)
     finally:
-        _finish(procs, 30)
+        finish(procs, 30)
     assert not (wd / "cells.csv").exists()
     assert (wd / "stages" / ".retrain_p0_progress.new").is_dir()  # written, not swapped in
 
-    results = _finish(_launch(wd, 2, _free_port()))
+    results = finish(_launch(wd, 2, free_port()), TIMEOUT)
     for rc, _, err in results:
         assert rc == 0, err[-3000:]
     (_, out0, _), (_, out1, _) = results
@@ -189,7 +156,7 @@ def test_stage_state_is_sharded_over_the_members_mesh(tmp_path):
     out = {}
     for n in (4, 1):
         r = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT, str(tmp_path / f"{n}.npz")],
-                           env=_env(n), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+                           env=cpu_env(n), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "SHARDED OK" in r.stdout
         with np.load(tmp_path / f"{n}.npz") as z:

@@ -14,18 +14,16 @@ of one process: tests/test_scaleout.py.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from _procs import cpu_env, finish, free_port, tails
 from _sweep_worker import tree_record
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,56 +41,27 @@ EXPECTED_STAGES = ("dense_p0", "retrain_p0", "outputs", "lmc", "bezier", "hessia
 TIMEOUT = 900  # about 4 min on 2 idle cores; twice that seen with the cores shared
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "PYTHONPATH": str(ROOT)}
-    return env
-
-
-def _tails(procs) -> str:
-    return "\n".join(f"--- process {i} (rc {p.poll()}):\n{p.files[0].read_text()[-2000:]}\n"
-                     f"{p.files[1].read_text()[-4000:]}" for i, p in enumerate(procs))
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """The 2-process sweep: (the hook's record of each process, the workdir). Each process writes
     its stdout and stderr to files (a full pipe would stall it, and the other's collectives)."""
     tmp = tmp_path_factory.mktemp("sweep_2p")
-    wd, port = tmp / "w", _free_port()
+    wd, port = tmp / "w", free_port()
     procs = []
     for i in range(2):
         files = (tmp / f"p{i}.out", tmp / f"p{i}.err")
         with open(files[0], "w") as out, open(files[1], "w") as err:  # the child keeps its copies
             p = subprocess.Popen([sys.executable, str(WORKER), str(port), str(i), str(wd),
-                                  str(tmp / f"p{i}.json"), *SETS], env=_env(2), stdout=out,
+                                  str(tmp / f"p{i}.json"), *SETS], env=cpu_env(2), stdout=out,
                                  stderr=err, cwd=tmp)
         p.files = files
         procs.append(p)
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        for p in procs:
-            try:
-                p.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"the 2-process sweep did not finish within {TIMEOUT} s:\n"
-                            + _tails(procs))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
+    finish(procs, TIMEOUT, "the 2-process sweep")
     if any(p.returncode != 0 for p in procs):
-        pytest.fail("a process of the 2-process sweep failed:\n" + _tails(procs))
+        pytest.fail("a process of the 2-process sweep failed:\n" + tails(procs))
     records = [json.loads((tmp / f"p{i}.json").read_text()) for i in range(2)]
     for i, r in enumerate(records):
-        assert r["process"] == i and r["done"], _tails(procs)
+        assert r["process"] == i and r["done"], tails(procs)
     return records, wd
 
 
@@ -212,7 +181,7 @@ def test_the_check_rejects_fakes_on_four_devices(tmp_path):
     a fully replicated array, an array whose shards put every row on one process's devices, and
     the right sharding with every device local are each rejected."""
     try:
-        r = subprocess.run([sys.executable, "-c", FOUR_DEVICES], env=_env(4), capture_output=True,
+        r = subprocess.run([sys.executable, "-c", FOUR_DEVICES], env=cpu_env(4), capture_output=True,
                            text=True, timeout=180, cwd=pathlib.Path(__file__).parent)
     except subprocess.TimeoutExpired as e:  # run() has killed it
         pytest.fail(f"the 4-device check did not finish within 180 s:\n{e.stdout}\n{e.stderr}")

@@ -576,27 +576,27 @@ _NEW_KEY_DEFAULTS = {("code_hash",): "", ("prune", "leaves"): "conv", ("run", "m
 
 def _new_key_defaults() -> dict[tuple, Any]:
     """:data:`_NEW_KEY_DEFAULTS` and the settings of every registered measure whose section is
-    left out of the hash at its defaults (``Measure.hash_defaults`` False)."""
+    left out of the hash at its defaults (``Measure.hash_defaults`` False), as JSON values."""
     out = dict(_NEW_KEY_DEFAULTS)
     for m in measures.registered():
         if m.settings is not None and not m.hash_defaults:
             out.update({("measure", m.name, k): v for k, v in m.settings.items()})
-    return out
+    return json.loads(json.dumps(list(out.items())))
 
 
 def _drop_new_defaults(d: dict) -> dict:
+    """``d`` without the keys of :func:`_new_key_defaults` that are at their defaults (and
+    without a section they leave empty)."""
     d = json.loads(json.dumps(d))
-    for m in measures.registered():
-        if m.settings is not None and not m.hash_defaults:
-            section = d.get("measure", {}).get(m.name)
-            if isinstance(section, dict) and section == json.loads(json.dumps(dict(m.settings))):
-                d["measure"].pop(m.name)
-    for path, default in _new_key_defaults().items():
-        node = d
+    for path, default in _new_key_defaults():
+        nodes = [d]
         for p in path[:-1]:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
+            nodes.append(nodes[-1].get(p, {}) if isinstance(nodes[-1], dict) else {})
+        node = nodes[-1]
         if isinstance(node, dict) and node.get(path[-1], default) == default:
             node.pop(path[-1], None)
+            if not node and len(path) > 1 and isinstance(nodes[-2], dict):
+                nodes[-2].pop(path[-2], None)
     return d
 
 

@@ -29,6 +29,7 @@ units with a bootstrap percentile interval (``{metric}_lo``, ``{metric}_hi``; se
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -292,18 +293,15 @@ def pair_cka(logits: jnp.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, np.
     return {"cka_softmax": sharding.to_host(soft), "cka_logits": sharding.to_host(lg)}
 
 
-_LOGITS_FNS: dict = {}
+@functools.lru_cache(maxsize=None)
+def _logits_fn(model, mean: tuple, std: tuple):
+    return mem.jit(lambda v, x: jax.vmap(lambda w: models.apply(model, w, normalize(x, mean, std)))(v))
 
 
 def member_logits(model, variables: Any, images: jnp.ndarray, mean, std,
                   batch_size: int = 0) -> jnp.ndarray:
     """Eval-mode logits [m, n, K] of m stacked members (sharded) on images [n, ...] in order."""
-    key = (model, tuple(map(float, mean)), tuple(map(float, std)))
-    if key not in _LOGITS_FNS:
-        m, mu, sd = key
-        _LOGITS_FNS[key] = mem.jit(lambda v, x: jax.vmap(
-            lambda w: models.apply(m, w, normalize(x, mu, sd)))(v))
-    fn = _LOGITS_FNS[key]
+    fn = _logits_fn(model, tuple(map(float, mean)), tuple(map(float, std)))
     labels = jnp.zeros((images.shape[0],), jnp.int32)
     out = [fn(variables, x)
            for x, _, _ in padded_batches(images, labels, mem.eval_batch_size(batch_size))]
@@ -395,7 +393,16 @@ BEZIER = Measure(
 # ------------------------------------------------------------------ Hessian trace and top eigenvalue
 #: the per-member results of :func:`tr_jax.landscape.member_hessian` a sweep keeps
 HESSIAN_KEYS = ("trace", "trace_stderr", "trace_probes", "top_eigenvalue")
-_HESSIAN_FNS: dict = {}
+@functools.lru_cache(maxsize=None)
+def _hessian_fn(model, mean: tuple, std: tuple, max_probes: int, chunk: int, max_iters: int,
+                tol: float, restrict: bool):
+    def one(v, m, x, y, k):
+        r = landscape.member_hessian(model, v, m if restrict else None, x, y,
+                                     jax.random.wrap_key_data(k), mean=mean, std=std,
+                                     max_probes=max_probes, chunk=chunk, max_iters=max_iters,
+                                     tol=tol, loop="while")
+        return jnp.stack([jnp.asarray(r[name], r["trace"].dtype) for name in HESSIAN_KEYS])
+    return mem.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0)))
 
 
 def hessian_members(model, variables: Any, masks: Any, images, labels, keys: np.ndarray, *,
@@ -403,20 +410,9 @@ def hessian_members(model, variables: Any, masks: Any, images, labels, keys: np.
                     restrict_to_mask: bool) -> np.ndarray:
     """[m, len(HESSIAN_KEYS)] of m stacked members in one program (``lax.while_loop`` inside,
     no host sync per iteration)."""
-    key = (model, tuple(map(float, mean)), tuple(map(float, std)), int(max_probes), int(chunk),
-           int(max_iters), float(tol), bool(restrict_to_mask))
-    if key not in _HESSIAN_FNS:
-        md, mu, sd, mp, ch, mi, tl, restrict = key
-
-        def one(v, m, x, y, k):
-            r = landscape.member_hessian(md, v, m if restrict else None, x, y,
-                                         jax.random.wrap_key_data(k), mean=mu, std=sd,
-                                         max_probes=mp, chunk=ch, max_iters=mi, tol=tl,
-                                         loop="while")
-            return jnp.stack([jnp.asarray(r[k], r["trace"].dtype) for k in HESSIAN_KEYS])
-        _HESSIAN_FNS[key] = mem.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0)))
-    return sharding.to_host(_HESSIAN_FNS[key](variables, masks, images, labels,
-                                              jnp.asarray(keys, jnp.uint32)))
+    fn = _hessian_fn(model, tuple(map(float, mean)), tuple(map(float, std)), int(max_probes),
+                     int(chunk), int(max_iters), float(tol), bool(restrict_to_mask))
+    return sharding.to_host(fn(variables, masks, images, labels, jnp.asarray(keys, jnp.uint32)))
 
 
 def _hessian_compute(inputs: Inputs, retrained: dict, idx: np.ndarray) -> dict:

@@ -10,6 +10,7 @@ sharded over every device of every process, :mod:`tr_jax.sharding`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable
 
@@ -84,9 +85,15 @@ class Context:
 
     def say(self, msg: str) -> None:
         """A time-stamped line, printed and appended to the workdir's log."""
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        self.echo(line)
-        self.wd.log(line)
+        log_line(self.wd, self.echo_fn, msg)
+
+
+def log_line(wd: Workdir, echo: Callable[[str], None], msg: str) -> None:
+    """``msg`` time-stamped, printed by process 0 and appended to the workdir's log."""
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    if sharding.is_primary():
+        echo(line)
+    wd.log(line)
 
 
 def sweep_strategy(requested: str) -> str:
@@ -137,14 +144,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
         models.adapter(model)
     wd = Workdir(workdir, to_json(cfg), grown_stages=grown_stages(cfg))
     h = config_hash(cfg)
-    lines: list[str] = []
-
-    def say(msg: str) -> None:  # before the context exists
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        if sharding.is_primary():
-            echo(line)
-        wd.log(line)
-        lines.append(line)
+    say = functools.partial(log_line, wd, echo)  # before the context exists
 
     say(f"tr_jax {__version__}: config {cfg.name!r} (hash {h}) on {jax.default_backend()} "
         f"({jax.device_count()} device(s), {jax.process_count()} process(es)); workdir {wd.path}")

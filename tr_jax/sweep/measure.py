@@ -114,14 +114,14 @@ def run_group(ctx: Context, group: str, entries: tuple[measures.Measure, ...],
         for e in entries:
             ctx.wd.remove_chunks(e.name)
         return out
-    inputs = measure_inputs(ctx, group)
-    ctx.say(f"{group}: " + " and ".join(e.describe(inputs) if e.describe else e.name
+    inputs = {e.name: measure_inputs(ctx, e.name) for e in entries}
+    ctx.say(f"{group}: " + " and ".join(e.describe(inputs[e.name]) if e.describe else e.name
                                         for e in entries))
     t0 = time.time()
     old = old_stage(ctx, group)
     out = {}
     for e in entries:
-        stage_inputs = measure_inputs(ctx, e.name)
+        stage_inputs = inputs[e.name]
         per_cell = ctx.grid.pairs_per_cell if e.unit == "pair" else len(ctx.grid.retrain_seeds)
         device_items, per_call = e.sizing(stage_inputs) if e.sizing else (per_cell, 1)
         res = per_item(ctx, group, e.name, e.unit, old, e.keys, per_cell,
