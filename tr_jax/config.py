@@ -576,11 +576,13 @@ _NEW_KEY_DEFAULTS = {("code_hash",): "", ("prune", "leaves"): "conv", ("run", "m
 
 def _new_key_defaults() -> dict[tuple, Any]:
     """:data:`_NEW_KEY_DEFAULTS` and the settings of every registered measure whose section is
-    left out of the hash at its defaults (``Measure.hash_defaults`` False), as JSON values."""
+    left out of the hash at its defaults (``Measure.hash_defaults`` False) or that were added to
+    a hashed section later (``Measure.new_settings``), as JSON values."""
     out = dict(_NEW_KEY_DEFAULTS)
     for m in measures.registered():
-        if m.settings is not None and not m.hash_defaults:
-            out.update({("measure", m.name, k): v for k, v in m.settings.items()})
+        if m.settings is not None:
+            keys = m.new_settings if m.hash_defaults else tuple(m.settings)
+            out.update({("measure", m.name, k): m.settings[k] for k in keys})
     return json.loads(json.dumps(list(out.items())))
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 from typing import Any, Callable, Mapping
 
 import jax
@@ -46,7 +47,7 @@ from tr_jax.training.steps import padded_batches
 
 __all__ = ["Metric", "Measure", "Inputs", "register", "unregister", "get", "registered",
            "enabled", "groups", "metric", "metrics", "cell_metrics", "CURVE_KEYS",
-           "HESSIAN_KEYS", "member_logits", "pair_cka", "hessian_members"]
+           "HESSIAN_KEYS", "member_logits", "pair_cka", "hessian_members", "esd_scalars"]
 
 #: the per-point curves of a pair's path (line or Bezier): train and test error and loss
 CURVE_KEYS = ("train_error", "train_loss", "test_error", "test_loss")
@@ -62,7 +63,13 @@ class Metric:
     measured) or None (results.csv only); ``order``: the position of its rows and columns among
     all metrics; ``panel``: the position of its phase-diagram figure among the figures (None: no
     figure); ``cmap``, ``fmt`` (cell annotation), ``log`` (log10 colour scale), ``zero_is_top``
-    (the colour scale reaches 0 at least: a connectivity, 0 = connected) for the figure."""
+    (the colour scale reaches 0 at least: a connectivity, 0 = connected) for the figure.
+
+    ``layers``: a per-layer metric: ``key`` reads an array [items, layers] whose layer names the
+    measure's ``layer_names`` gives; results.csv has one row per item and layer, its metric
+    ``{name}@{layer}`` (:func:`tr_jax.regimes.layer_profiles` averages them per cell and layer).
+    Its ``cell`` must be None; a ``panel`` draws its layer-profile figure (layers across,
+    temperature down, one panel per density)."""
     name: str
     key: str
     label: tuple[str, str]
@@ -73,11 +80,18 @@ class Metric:
     fmt: str = "{:.3f}"
     log: bool = False
     zero_is_top: bool = False
+    layers: bool = False
 
     def __post_init__(self):
         if self.cell not in ("always", "measured", None):
             raise ValueError(f"Metric {self.name!r}: cell must be 'always', 'measured' or None, "
                              f"got {self.cell!r}")
+        if self.layers and self.cell is not None:
+            raise ValueError(f"Metric {self.name!r}: a per-layer metric has no cells.csv column "
+                             f"(cell=None), got cell={self.cell!r}")
+        if "@" in self.name:
+            raise ValueError(f"Metric {self.name!r}: '@' separates a per-layer metric's name "
+                             "from its layer in results.csv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +138,16 @@ class Measure:
     rule between its settings (a config naming the setting is refused when it fails);
     ``batch_setting``: the setting that is a training batch size (it must fit in the training
     set). ``group``: the stage it runs in (default: its name): the measures of one group share
-    one checkpoint and one line in the status (LMC and CKA are the group ``measure``)."""
+    one checkpoint and one line in the status (LMC and CKA are the group ``measure``).
+
+    ``layer_names(inputs, retrained) -> tuple[str, ...]``: the layers of its per-layer metrics
+    (``Metric.layers``), in network order: a function of the config and the model, so a resumed
+    or grown sweep gets the same. ``figures(inputs, arrays, results, out_dir) -> [paths]``: its
+    own figures, drawn by process 0 when the sweep writes its tables (``arrays``: the stage's
+    arrays; ``results``: results.csv). ``new_settings``: settings added to a section kept in the
+    hash (``hash_defaults``) after the hash existed; at their defaults they stay out of it, so
+    existing workdirs keep their hash. ``curve`` may also be a function of the config (a label
+    that names the curve's settings)."""
     name: str
     unit: str
     metrics: tuple[Metric, ...]
@@ -135,13 +158,16 @@ class Measure:
     ranges: Mapping[str, Range] = dataclasses.field(default_factory=dict)
     sizing: Callable[[Inputs], tuple[int, int]] | None = None
     describe: Callable[[Inputs], str] | None = None
-    curve: str | None = None
+    curve: str | Callable[[Any], str] | None = None
     check: Callable[[Any], tuple[str, str] | None] | None = None
     batch_setting: str | None = None
     grows: bool = True
     partial: bool = False
     hash_defaults: bool = False
     group: str = ""
+    layer_names: Callable[[Inputs, dict], tuple[str, ...]] | None = None
+    figures: Callable[[Inputs, dict, Any, Any], list] | None = None
+    new_settings: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "group", self.group or self.name)
@@ -153,6 +179,15 @@ class Measure:
         missing = sorted(set(self.settings or {}) - set(self.ranges) - {"enabled"})
         if missing:
             raise ValueError(f"Measure {self.name!r}: no valid range for setting(s) {missing}")
+        if any(x.layers for x in self.metrics) and self.layer_names is None:
+            raise ValueError(f"Measure {self.name!r}: per-layer metrics need layer_names")
+        unknown = sorted(set(self.new_settings) - set(self.settings or {}))
+        if unknown:
+            raise ValueError(f"Measure {self.name!r}: new_settings {unknown} are not settings")
+
+    def curve_label(self, cfg) -> str | None:
+        """The label of its curve in the curve figures (None: no curve)."""
+        return self.curve(cfg) if callable(self.curve) else self.curve
 
     @property
     def switch(self) -> str | None:
@@ -357,13 +392,21 @@ def _bezier_compute(inputs: Inputs, retrained: dict, pidx: np.ndarray) -> dict:
         inputs.X, inputs.Y, key=jnp.asarray(inputs.pad(keys[pidx])), mean=inputs.ds.mean,
         std=inputs.ds.std, epochs=bc.epochs, batch_size=bc.batch_size, lr=bc.lr,
         weight_decay=bc.weight_decay, momentum=bc.momentum, chunk_steps=1 if cpu else None,
-        unroll=cpu, strategy=inputs.strategy)
+        unroll=cpu, strategy=inputs.strategy, bends=int(bc.bends), kind=str(bc.kind))
     res = landscape.curve_errors(
         inputs.model, pa["params"], mid, pb["params"], inputs.X, inputs.Y, mean=inputs.ds.mean,
         std=inputs.ds.std, ts=_bezier_ts(inputs), bn_batch_size=m.bn_batch_size,
         test=(inputs.Xt, inputs.Yt), eval_batch_size=inputs.cfg.run.eval_batch_size,
-        points_per_call=m.points_per_call or None)
+        points_per_call=m.points_per_call or None, kind=str(bc.kind))
     return _curve_errors(res, len(pidx))
+
+
+def _bezier_label(cfg) -> str:
+    bc = cfg.measure.bezier
+    if int(bc.bends) == 1 and bc.kind == "bezier":
+        return "Bezier"
+    name = "Bezier" if bc.kind == "bezier" else "polygonal chain"
+    return f"{name} ({int(bc.bends)} bend{'s' if int(bc.bends) > 1 else ''})"
 
 
 def _bezier_finish(inputs: Inputs, out: dict) -> dict:
@@ -377,17 +420,22 @@ BEZIER = Measure(
                                         "mc, train-error fraction (< 0 = barrier)"),
                     cell="measured", order=50, panel=10, zero_is_top=True),),
     # a quadratic Bezier curve per pair, its middle bend trained (masked) with the two
-    # endpoints fixed (Zhou et al. 2023, §2; docs/fidelity.md, Bezier curves)
+    # endpoints fixed (Zhou et al. 2023, §2; docs/fidelity.md, Bezier curves); bends > 1: a
+    # Bezier curve of order bends + 1 or a polygonal chain (Garipov et al. 2018), all bends trained
     settings=dict(enabled=True, epochs=50, batch_size=128, lr=0.01, weight_decay=5e-4,
-                  momentum=0.9, points=5),
+                  momentum=0.9, points=5, bends=1, kind="bezier"),
     ranges={"epochs": ck.POS_INT, "batch_size": ck.POS_INT, "lr": ck.LR,
             "weight_decay": ck.WEIGHT_DECAY, "momentum": ck.MOMENTUM,
-            "points": Range("int", lo=3)},
+            "points": Range("int", lo=3),
+            "bends": Range("int", lo=1, note="trained bends; 1 = the paper's quadratic curve"),
+            "kind": Range("str", choices=("bezier", "polychain"))},
+    new_settings=("bends", "kind"),
     sizing=lambda i: (i.grid.pairs_per_cell * i.cfg.measure.bezier.points, _points_per_call(i)),
-    describe=lambda i: (f"{len(i.grid.pairs())} curves x {i.cfg.measure.bezier.epochs} epochs "
-                        f"(batch {i.cfg.measure.bezier.batch_size}), evaluated at "
+    describe=lambda i: (f"{len(i.grid.pairs())} curves ({_bezier_label(i.cfg)}) x "
+                        f"{i.cfg.measure.bezier.epochs} epochs (batch "
+                        f"{i.cfg.measure.bezier.batch_size}), evaluated at "
                         f"{i.cfg.measure.bezier.points} points"),
-    curve="Bezier", batch_setting="batch_size", hash_defaults=True)
+    curve=_bezier_label, batch_setting="batch_size", hash_defaults=True)
 
 
 # ------------------------------------------------------------------ Hessian trace and top eigenvalue
@@ -474,7 +522,263 @@ HESSIAN = Measure(
     describe=_hessian_describe, hash_defaults=True)
 
 
-for _m in (CKA, LMC, BEZIER, HESSIAN):
+# ------------------------------------------------------------------ depth: layers and spectra
+def _layers(text: str):
+    """A ``layers`` setting: '' = the defaults, else a regex over module paths."""
+    return str(text) or None
+
+
+def _one(tree):
+    """One member's abstract variables (shapes only) of a stacked tree."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+
+
+def _images(inputs: Inputs, name: str) -> int:
+    return min(int(inputs.settings(name).images), inputs.ds.num_train)
+
+
+def _finite_share(top: np.ndarray, total: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, top / total, np.nan)
+
+
+def _chunk_rule(name: str, many: str):
+    def check(h):
+        if h.chunk > h[many]:
+            return ("chunk", f"an integer in [1, measure.{name}.{many}={h[many]}] "
+                             "(probes per batched Hessian-vector product)")
+        return None
+    return check
+
+
+# layer-wise CKA of the retrained pairs (Kornblith et al. 2019; the unbiased HSIC_1 estimator of
+# Nguyen, Raghu & Kornblith 2021): tr_jax.landscape.layers
+def _layer_cka_names(inputs: Inputs, retrained: dict) -> tuple[str, ...]:
+    return landscape.layer_names(inputs.model, _one(retrained["variables"]), inputs.ds.image_shape,
+                                 _layers(inputs.settings("layer_cka").layers))
+
+
+def _layer_cka_compute(inputs: Inputs, retrained: dict, pidx: np.ndarray) -> dict:
+    s = inputs.settings("layer_cka")
+    pairs = inputs.grid.pairs_array()[pidx]
+    members, local = np.unique(pairs, return_inverse=True)
+    local = local.reshape(-1, 2)
+    _, biased, unbiased = landscape.layer_cka_pairs(
+        inputs.model, inputs.take(retrained["variables"], members),
+        inputs.X[:_images(inputs, "layer_cka")], local[:, 0], local[:, 1], mean=inputs.ds.mean,
+        std=inputs.ds.std, layers=_layers(s.layers), members_per_call=int(s.members_per_call))
+    return {"layer_cka": biased, "layer_cka_unbiased": unbiased}
+
+
+def _layer_cka_finish(inputs: Inputs, out: dict) -> dict:
+    u = np.asarray(out["layer_cka_unbiased"], np.float64)
+    return {"layer_cka_min": u.min(axis=1) if u.shape[1] else np.full(len(u), np.nan)}
+
+
+LAYER_CKA = Measure(
+    name="layer_cka", unit="pair", compute=_layer_cka_compute, finish=_layer_cka_finish,
+    keys=("layer_cka", "layer_cka_unbiased"), layer_names=_layer_cka_names,
+    metrics=(Metric("layer_cka", "layer_cka", ("Layer CKA (biased)", "linear CKA per layer"),
+                    cell=None, order=70, panel=60, layers=True),
+             Metric("layer_cka_unbiased", "layer_cka_unbiased",
+                    ("Layer CKA (unbiased)", "linear CKA per layer, unbiased HSIC"),
+                    cell=None, order=71, panel=61, layers=True),
+             Metric("layer_cka_min", "layer_cka_min",
+                    ("Least similar layer", "min over layers of the unbiased layer CKA"),
+                    order=72, panel=62)),
+    # the first `images` training images, eval mode (running BN statistics); layers: '' = the
+    # built-in architecture's blocks (tr_jax.landscape.default_layers), else a regex over paths
+    settings=dict(enabled=False, images=256, layers="", members_per_call=0),
+    ranges={"images": Range("int", lo=4, note="each member's layer is kept as an images^2 Gram"),
+            "layers": Range("str", note="'' = the built-in blocks; else a regex over module paths"),
+            "members_per_call": Range("int", lo=0, note="0 = every member of a chunk at once")},
+    sizing=lambda i: (len(i.grid.retrain_seeds), 1),
+    describe=lambda i: (f"layer-wise CKA ({_images(i, 'layer_cka')} images, layers "
+                        f"{i.settings('layer_cka').layers or 'the built-in blocks'!s}) for "
+                        f"{len(i.grid.pairs())} pairs"))
+
+
+# per-layer Hessian traces (Hutchinson on every layer's block from one probe over all weights):
+# tr_jax.landscape.spectrum
+def _layer_groups(inputs: Inputs, variables) -> dict[str, tuple[int, ...]]:
+    """The layer groups of the Hessian, in network order (the order their modules finish)."""
+    one = _one(variables)
+    groups = landscape.layer_groups(one["params"], _layers(inputs.settings("layer_hessian").layers))
+    paths = landscape.module_paths(inputs.model, one, inputs.ds.image_shape)
+
+    def rank(name: str) -> int:
+        return next((i for i, p in enumerate(paths) if p == name or p.startswith(name + "/")),
+                    len(paths))
+    return {k: groups[k] for k in sorted(groups, key=rank)}
+
+
+def _layer_hessian_names(inputs: Inputs, retrained: dict) -> tuple[str, ...]:
+    return tuple(_layer_groups(inputs, retrained["variables"]))
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_trace_fn(model, mean: tuple, std: tuple, groups: tuple, probes: int, chunk: int,
+                    restrict: bool):
+    layers = dict(groups)
+
+    def one(v, m, x, y, k):
+        r = landscape.layer_traces(model, v, m if restrict else None, x, y,
+                                   jax.random.wrap_key_data(k), mean=mean, std=std, layers=layers,
+                                   probes=probes, chunk=chunk, loop="while")
+        return jnp.stack([r[n][0] for n in layers]), jnp.stack([r[n][1] for n in layers])
+    return mem.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0)))
+
+
+def _layer_hessian_compute(inputs: Inputs, retrained: dict, idx: np.ndarray) -> dict:
+    s = inputs.settings("layer_hessian")
+    n = _images(inputs, "layer_hessian")
+    V, masks, keys = retrained["variables"], retrained["mask"], inputs.grid.hessian_keys(inputs.root)
+    groups = _layer_groups(inputs, V)
+    X, Y = inputs.X[:n], inputs.Y[:n]
+    mean, std = tuple(map(float, inputs.ds.mean)), tuple(map(float, inputs.ds.std))
+    if inputs.stacked:
+        fn = _layer_trace_fn(inputs.model, mean, std, tuple(groups.items()), int(s.probes),
+                             int(s.chunk), bool(s.restrict_to_mask))
+        tr, se = fn(inputs.take(V, idx), inputs.take(masks, idx), X, Y,
+                    jnp.asarray(inputs.pad(keys[idx]), jnp.uint32))
+        tr, se = (np.asarray(sharding.to_host(a), np.float64)[:len(idx)] for a in (tr, se))
+    else:  # one member at a time, the host loop
+        rows = []
+        for i in idx:
+            r = landscape.layer_traces(
+                inputs.model, mem.take(V, i), mem.take(masks, i) if s.restrict_to_mask else None,
+                X, Y, jax.random.wrap_key_data(jnp.asarray(keys[i])), mean=mean, std=std,
+                layers=groups, probes=int(s.probes), chunk=int(s.chunk))
+            rows.append([[float(r[g][0]) for g in groups], [float(r[g][1]) for g in groups]])
+        tr, se = (np.asarray([r[j] for r in rows], np.float64).reshape(len(idx), len(groups))
+                  for j in (0, 1))
+    return {"layer_trace": tr, "layer_trace_stderr": se}
+
+
+def _layer_hessian_finish(inputs: Inputs, out: dict) -> dict:
+    t = np.asarray(out["layer_trace"], np.float64)
+    return {"layer_trace_top_share": _finite_share(t.max(axis=1, initial=-np.inf), t.sum(axis=1))}
+
+
+LAYER_HESSIAN = Measure(
+    name="layer_hessian", unit="member", compute=_layer_hessian_compute,
+    finish=_layer_hessian_finish, keys=("layer_trace", "layer_trace_stderr"),
+    layer_names=_layer_hessian_names,
+    metrics=(Metric("layer_trace", "layer_trace", ("Hessian trace per layer",
+                                                   "log10 trace of the layer's Hessian block"),
+                    cell=None, order=73, panel=63, cmap="magma_r", log=True, layers=True),
+             Metric("layer_trace_stderr", "layer_trace_stderr",
+                    ("Hessian trace per layer (standard error)", "standard error"),
+                    cell=None, order=74, panel=None, layers=True),
+             Metric("layer_trace_top_share", "layer_trace_top_share",
+                    ("Curvature in the most curved layer",
+                     "largest layer trace / sum of layer traces"),
+                    order=75, panel=64, cmap="magma_r")),
+    # the Hessian measure's loss, images, probe keys and mask rule; layers: '' = one group per
+    # top-level module, else a regex over parameter paths (its first group names the layer)
+    settings=dict(enabled=False, images=200, probes=20, chunk=5, restrict_to_mask=True, layers=""),
+    ranges={"images": ck.POS_INT, "probes": ck.POS_INT,
+            "chunk": Range("int", lo=1, note="<= measure.layer_hessian.probes"),
+            "restrict_to_mask": ck.BOOL,
+            "layers": Range("str", note="'' = one group per top-level module; else a regex over "
+                                        "parameter paths")},
+    sizing=lambda i: (len(i.grid.retrain_seeds), 1), check=_chunk_rule("layer_hessian", "probes"),
+    describe=lambda i: (f"per-layer Hessian traces ({i.settings('layer_hessian').probes} probes) "
+                        f"of {i.grid.num_members} members on {_images(i, 'layer_hessian')} "
+                        "training images"))
+
+
+# the Hessian's eigenvalue spectral density by stochastic Lanczos quadrature
+# (tr_jax.landscape.spectrum; Ghorbani, Krishnan & Xiao 2019)
+@functools.lru_cache(maxsize=None)
+def _esd_fn(model, mean: tuple, std: tuple, probes: int, steps: int, restrict: bool):
+    def one(v, m, x, y, k):
+        r = landscape.hessian_esd(model, v, m if restrict else None, x, y,
+                                  jax.random.wrap_key_data(k), mean=mean, std=std,
+                                  num_probes=probes, lanczos_steps=steps, num_points=2,
+                                  loop="while")
+        return r["nodes"], r["weights"]
+    return mem.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0)))
+
+
+def _esd_compute(inputs: Inputs, retrained: dict, idx: np.ndarray) -> dict:
+    s = inputs.settings("hessian_esd")
+    n = _images(inputs, "hessian_esd")
+    V, masks, keys = retrained["variables"], retrained["mask"], inputs.grid.esd_keys(inputs.root)
+    X, Y = inputs.X[:n], inputs.Y[:n]
+    mean, std = tuple(map(float, inputs.ds.mean)), tuple(map(float, inputs.ds.std))
+    if inputs.stacked:
+        fn = _esd_fn(inputs.model, mean, std, int(s.probes), int(s.lanczos_steps),
+                     bool(s.restrict_to_mask))
+        nodes, weights = fn(inputs.take(V, idx), inputs.take(masks, idx), X, Y,
+                            jnp.asarray(inputs.pad(keys[idx]), jnp.uint32))
+        nodes, weights = (np.asarray(sharding.to_host(a), np.float64)[:len(idx)]
+                          for a in (nodes, weights))
+    else:
+        outs = [landscape.hessian_esd(
+            inputs.model, mem.take(V, i), mem.take(masks, i) if s.restrict_to_mask else None, X,
+            Y, jax.random.wrap_key_data(jnp.asarray(keys[i])), mean=mean, std=std,
+            num_probes=int(s.probes), lanczos_steps=int(s.lanczos_steps), num_points=2)
+            for i in idx]
+        nodes = np.stack([np.asarray(o["nodes"], np.float64) for o in outs])
+        weights = np.stack([np.asarray(o["weights"], np.float64) for o in outs])
+    return {"esd_nodes": nodes, "esd_weights": weights}
+
+
+def esd_scalars(nodes: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Per member, from SLQ nodes and weights [m, probes, k]: the negative mass (the weight of the
+    negative Ritz values, mean over probes) and the largest weighted Ritz value (host numpy, as
+    :func:`tr_jax.landscape.esd_summary` per member)."""
+    nodes, weights = np.asarray(nodes, np.float64), np.asarray(weights, np.float64)
+    live = weights > 0
+    neg = np.where(nodes < 0, weights, 0.0).sum(axis=2).mean(axis=1)
+    top = np.where(live, nodes, -np.inf).reshape(len(nodes), -1).max(axis=1, initial=-np.inf)
+    return {"esd_negative_mass": neg, "esd_top": np.where(np.isfinite(top), top, np.nan)}
+
+
+def _esd_finish(inputs: Inputs, out: dict) -> dict:
+    return esd_scalars(out["esd_nodes"], out["esd_weights"])
+
+
+def _esd_figures(inputs: Inputs, arrays: dict, results, out_dir) -> list:
+    from tr_jax import plots  # plots import this registry
+    grid = inputs.grid
+    idx = grid.member_indices()
+    nodes, weights = np.asarray(arrays["esd_nodes"]), np.asarray(arrays["esd_weights"])
+    ok = np.isfinite(nodes).all(axis=(1, 2)) & np.isfinite(weights).all(axis=(1, 2))
+    spectra = {}
+    for ti, t in enumerate(grid.temperatures):
+        for di, d in enumerate(grid.densities):
+            sel = ok & (idx[:, 1] == ti) & (idx[:, 2] == di)
+            if sel.any():
+                k = nodes.shape[-1]
+                spectra[(t, d)] = (nodes[sel].reshape(-1, k), weights[sel].reshape(-1, k))
+    if not spectra:
+        return []
+    return [plots.esd_grid(spectra, pathlib.Path(out_dir) / "hessian_esd.png",
+                           knob=inputs.cfg.knob,
+                           title="Hessian eigenvalue density (stochastic Lanczos quadrature)")]
+
+
+HESSIAN_ESD = Measure(
+    name="hessian_esd", unit="member", compute=_esd_compute, finish=_esd_finish,
+    keys=("esd_nodes", "esd_weights"), figures=_esd_figures,
+    metrics=(Metric("esd_negative_mass", "esd_negative_mass",
+                    ("Negative curvature (ESD)", "mass of the eigenvalue density below 0"),
+                    order=76, panel=65, cmap="magma_r"),
+             Metric("esd_top", "esd_top", ("Largest Ritz value (ESD)", "largest Ritz value"),
+                    cell=None, order=77, panel=None)),
+    # the Hessian measure's loss and mask rule; probes x lanczos_steps Hessian-vector products
+    settings=dict(enabled=False, images=200, probes=2, lanczos_steps=20, restrict_to_mask=True),
+    ranges={"images": ck.POS_INT, "probes": ck.POS_INT, "lanczos_steps": Range("int", lo=2),
+            "restrict_to_mask": ck.BOOL},
+    sizing=lambda i: (len(i.grid.retrain_seeds), 1),
+    describe=lambda i: (f"Hessian eigenvalue density ({i.settings('hessian_esd').probes} probes x "
+                        f"{i.settings('hessian_esd').lanczos_steps} Lanczos steps) of "
+                        f"{i.grid.num_members} members on {_images(i, 'hessian_esd')} images"))
+
+
+for _m in (CKA, LMC, BEZIER, HESSIAN, LAYER_CKA, LAYER_HESSIAN, HESSIAN_ESD):
     register(_m)
 del _m
 

@@ -5,7 +5,7 @@ from tr_jax.landscape.cka import cka, cka_gram, cka_unbiased, cka_unbiased_gram,
 from tr_jax.landscape.hessian import (hessian_trace, hvp, lanczos, member_hessian, member_loss,
                                       top_eigenvalue)
 from tr_jax.landscape.layers import (default_layers, layer_cka_pairs, layer_features, layer_grams,
-                                     pair_layer_cka)
+                                     layer_names, module_paths, pair_layer_cka)
 from tr_jax.landscape.lmc import (default_points_per_call, evaluate_points, interpolation_errors,
                                   lerp, line_points, lmc, loss_barrier, pair_curves,
                                   resolve_points_per_call)
@@ -20,4 +20,4 @@ __all__ = ["bezier", "cka", "cka_gram", "cka_unbiased", "cka_unbiased_gram", "cu
            "recalibrate_points", "resolve_points_per_call", "default_points_per_call", "top_eigenvalue",
            "train_curves"]
 __all__ += ["block_traces", "esd_density", "esd_summary", "hessian_esd", "layer_groups",
-            "layer_traces", "slq"]
+            "layer_traces", "slq", "layer_names", "module_paths"]

@@ -58,7 +58,8 @@ from tr_jax.models.vgg import VGG
 from tr_jax.models.vgg import check_depth as _vgg_config
 from tr_jax.models.vgg import layer_indices as _vgg_layers
 
-__all__ = ["default_layers", "layer_features", "layer_grams", "pair_layer_cka", "layer_cka_pairs"]
+__all__ = ["default_layers", "layer_names", "module_paths", "layer_features", "layer_grams",
+           "pair_layer_cka", "layer_cka_pairs"]
 
 
 def _module(model: Any):
@@ -169,6 +170,29 @@ def _names(model: Any, spec: tuple, variables: dict, images: jnp.ndarray) -> tup
                              f"{_all_paths(model, variables, x)}")
         _NAMES[key] = names
     return _NAMES[key]
+
+
+def _abstract(variables: dict, stacked: bool) -> dict:
+    drop = 1 if stacked else 0
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a)[drop:], a.dtype), variables)
+
+
+def layer_names(model: Any, variables: dict, image_shape: Sequence[int],
+                layers: str | Sequence[str] | None = None, *, stacked: bool = False
+                ) -> tuple[str, ...]:
+    """The layers ``layers`` selects (see the module doc), in network order, for images of shape
+    ``image_shape`` (H, W, C): an abstract trace, nothing is computed. ``variables``: one
+    member's, or a stacked tree [m, ...] with ``stacked``."""
+    x = jnp.zeros((1, *tuple(image_shape)), jnp.uint8)
+    return _names(model, _spec(model, layers), _abstract(variables, stacked), x)
+
+
+def module_paths(model: Any, variables: dict, image_shape: Sequence[int], *,
+                 stacked: bool = False) -> tuple[str, ...]:
+    """Every module path of ``model`` in the order the modules finish their call (network order
+    for a sequential model): an abstract trace. ``variables`` as in :func:`layer_names`."""
+    x = jax.ShapeDtypeStruct((1, *tuple(image_shape)), jnp.float32)
+    return tuple(_all_paths(model, _abstract(variables, stacked), x))
 
 
 def _all_paths(model: Any, variables: dict, x) -> list[str]:

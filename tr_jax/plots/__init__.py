@@ -25,8 +25,10 @@ The package's modules: :mod:`._common` (labels, colour maps, the cell grid, save
 :mod:`.overlays` (boundaries, sick / uncertain cells, transition), :mod:`.phase` (phase_diagram,
 figure2), :mod:`.regime_map` (three_regimes), :mod:`.curves` (curves_along_t) and
 :mod:`.dichotomy` (the function ``dichotomy``: the hot-minus-cold effect per density with its
-bootstrap and t intervals) and :mod:`.training` (training_curves: test error against epoch from
-``metrics.jsonl``). Every public name is importable from ``tr_jax.plots`` itself.
+bootstrap and t intervals), :mod:`.training` (training_curves: test error against epoch from
+``metrics.jsonl``) and :mod:`.depth` (layer_profile: per-layer metrics as (temperature x layer)
+heat maps per density; esd_grid: Hessian eigenvalue densities per cell). Every public name is
+importable from ``tr_jax.plots`` itself.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 from ._common import (PANELS, all_panels, metric_grid, metric_info, metric_label, safe_name,
                       save_figure)
 from .curves import curves_along_t
+from .depth import esd_grid, layer_profile
 from .dichotomy import DIRECTION_COLORS, dichotomy
 from .overlays import (UNCERTAIN_BELOW, draw_regime_boundaries, draw_sick_cells, draw_transition,
                        draw_uncertain_cells)
@@ -65,4 +68,6 @@ __all__ = [
     "DIRECTION_COLORS",
     "REGIME_DESCRIPTIONS",
     "epoch_points",
+    "layer_profile",
+    "esd_grid",
 ]

@@ -57,9 +57,10 @@ def metric_label(metric: str) -> tuple[str, str]:
 
 def all_panels() -> tuple[str, ...]:
     """Every metric with a phase-diagram figure, in the order figures are drawn: the test
-    errors, then the registered measures' metrics by ``Metric.panel``."""
+    errors, then the registered measures' metrics by ``Metric.panel`` (a per-layer metric's
+    panel is its layer-profile figure, not a phase diagram)."""
     own = [m for m in _OWN_METRICS.values()]
-    reg = [x for _, x in measures.metrics() if x.panel is not None]
+    reg = [x for _, x in measures.metrics() if x.panel is not None and not x.layers]
     return tuple(m.name for m in sorted(own + reg, key=lambda m: m.panel))
 
 

@@ -35,7 +35,9 @@ the paper's dichotomy (hotter better at low density, worse at high density) with
 intervals (and, with :func:`power` / :func:`power_from_summary`, how many dense seeds a study
 needs to decide it; :func:`lmc_change` tests the LMC change between two temperatures); and
 :func:`transition_with_uncertainty` estimates the LMC transition and the best temperature per
-dense seed with their seed-to-seed spread. The case studies live in :mod:`tr_jax.casestudies`.
+dense seed with their seed-to-seed spread. :func:`layer_rows` and :func:`layer_profiles` read the
+per-layer metrics (``<base>@<layer>`` rows) into depth profiles with bootstrap intervals. The
+case studies live in :mod:`tr_jax.casestudies`.
 
 "Hot" and "cold": what "hotter" means depends on the knob. Fewer training epochs, a
 smaller batch, a larger SAM radius or a larger learning rate are all *hotter*; see
@@ -44,7 +46,8 @@ smaller batch, a larger SAM radius or a larger learning rate are all *hotter*; s
 Modules: :mod:`~tr_jax.regimes.rule` (the rule), :mod:`~tr_jax.regimes.aggregate` (cells.csv),
 :mod:`~tr_jax.regimes.cells` (per-seed cells, transition uncertainty), :mod:`~tr_jax.regimes.fit`,
 :mod:`~tr_jax.regimes.dichotomy`, :mod:`~tr_jax.regimes.power`,
-:mod:`~tr_jax.regimes.lmc_change`, :mod:`~tr_jax.regimes.summary`.
+:mod:`~tr_jax.regimes.lmc_change`, :mod:`~tr_jax.regimes.summary`,
+:mod:`~tr_jax.regimes.layers` (per-layer depth profiles).
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ from .rule import (CLASSIFY_COLUMNS, CODE_OF_LABEL, HOTTER_IS_SMALLER, KNOB_LABE
                    format_density, largest_drop,
                    normalized_test_error, require_columns, temperature_order,
                    temperatures_hot_to_cold, transition)
+from .layers import layer_profiles, layer_rows
 from .lmc_change import lmc_change
 from .power import PowerAnalysis, power, power_from_summary, sd_from_t_interval
 from .summary import summary_table
@@ -95,6 +99,8 @@ __all__ = [
     "sd_from_t_interval",
     "PowerAnalysis",
     "lmc_change",
+    "layer_rows",
+    "layer_profiles",
     # helpers shared with casestudies / plots / report
     "cell_metrics",
     "optional_metrics",

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-DENSE, RETRAIN, BEZIER, HESSIAN = 0, 1, 2, 3  # first fold of the root key per stage
+DENSE, RETRAIN, BEZIER, HESSIAN, ESD = 0, 1, 2, 3, 4  # first fold of the root key per stage
 
 
 def value_code(v: Any) -> int:
@@ -127,7 +127,13 @@ class Grid:
         return key_data([member_key(root, BEZIER, *v) for v in self.pair_values()])
 
     def hessian_keys(self, root: jax.Array) -> np.ndarray:
+        """Probe keys [M, 2] of the Hessian trace and eigenvalue and of the per-layer traces
+        (the same probes: the layers' traces add up to the whole trace's first probes)."""
         return key_data([member_key(root, HESSIAN, *m) for m in self.members()])
+
+    def esd_keys(self, root: jax.Array) -> np.ndarray:
+        """Start-vector keys [M, 2] of the Hessian's spectral density (stochastic Lanczos)."""
+        return key_data([member_key(root, ESD, *m) for m in self.members()])
 
     # -- growing a sweep: where each member of this grid sits in a smaller one -----------------
     @classmethod

@@ -112,6 +112,8 @@ class _PairGrid:
     def hessian_keys(self, root):
         return np.stack([self._key, self._key])
 
+    esd_keys = hessian_keys
+
 
 def measure_pair(path_a: str | os.PathLike, path_b: str | os.PathLike, ds, *, lmc_points: int = 11,
                  bn_batch_size: int = 64, cka_images: int = 6464, hessian: bool = True,
@@ -149,9 +151,16 @@ def measure_pair(path_a: str | os.PathLike, path_b: str | os.PathLike, ds, *, lm
         res = dict(measure.compute(inputs, retrained, items))
         if measure.finish is not None:
             res.update(measure.finish(inputs, res))
+        names = measure.layer_names(inputs, retrained) if measure.layer_names else ()
         for metric in measure.metrics:
             v = np.asarray(res[metric.key], np.float64)
-            if measure.unit == "pair":
+            if metric.layers:  # {layer: value} per pair or member
+                rows = [dict(zip(names, map(float, r))) for r in v]
+                if measure.unit == "pair":
+                    out[metric.name] = rows[0]
+                else:
+                    out[f"{metric.name}_a"], out[f"{metric.name}_b"] = rows
+            elif measure.unit == "pair":
                 out[metric.name] = float(v[0])
             else:
                 out[f"{metric.name}_a"], out[f"{metric.name}_b"] = float(v[0]), float(v[1])

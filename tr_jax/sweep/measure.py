@@ -17,8 +17,9 @@ from tr_jax import measures, sharding
 from tr_jax.sweep import partial
 from tr_jax.sweep.context import Context, measure_inputs, old_stage, progress_bar, restore
 from tr_jax.sweep.metrics import fmt_duration
+from tr_jax.sweep.tables import layers_key
 
-__all__ = ["run_group", "chunked", "per_item", "cells_per_chunk"]
+__all__ = ["run_group", "chunked", "per_item", "cells_per_chunk", "with_layer_names"]
 
 
 def chunk_metrics(ctx: Context, group: str, stage: str, lo: int, hi: int, n: int,
@@ -108,13 +109,13 @@ def run_group(ctx: Context, group: str, entries: tuple[measures.Measure, ...],
     """The arrays of every measure of ``group`` (per-item arrays and what each measure's
     ``finish`` derives), committed as the checkpoint ``group``; loaded when committed before
     (its leftover chunk records of a run killed right after the commit removed)."""
+    inputs = {e.name: measure_inputs(ctx, e.name) for e in entries}
     out = restore(ctx, group)
     if out is not None:
         ctx.say(f"{group}: done before, loaded")
         for e in entries:
             ctx.wd.remove_chunks(e.name)
-        return out
-    inputs = {e.name: measure_inputs(ctx, e.name) for e in entries}
+        return with_layer_names(out, entries, inputs, retrained)
     ctx.say(f"{group}: " + " and ".join(e.describe(inputs[e.name]) if e.describe else e.name
                                         for e in entries))
     t0 = time.time()
@@ -135,4 +136,14 @@ def run_group(ctx: Context, group: str, entries: tuple[measures.Measure, ...],
     ctx.wd.save(group, out, note="(stage done)")
     for e in entries:
         ctx.wd.remove_chunks(e.name)
-    return out
+    return with_layer_names(out, entries, inputs, retrained)
+
+
+def with_layer_names(out: dict, entries: tuple[measures.Measure, ...], inputs: dict,
+                     retrained: dict) -> dict:
+    """``out`` and, for each measure with per-layer metrics, its layer names (under
+    :func:`tr_jax.sweep.tables.layers_key`): a function of the config and the model, not kept
+    in the checkpoint."""
+    names = {layers_key(e.name): e.layer_names(inputs[e.name], retrained)
+             for e in entries if e.layer_names is not None}
+    return {**out, **names}

@@ -32,7 +32,7 @@ from tr_jax import distributed as dist
 from tr_jax.config import validate
 from tr_jax.files import atomic_write_csv, atomic_write_text
 from tr_jax.sweep import partial, tables
-from tr_jax.sweep.context import Context, setup
+from tr_jax.sweep.context import Context, measure_inputs, setup
 from tr_jax.sweep.estimate import dry_run, members_cap  # noqa: F401  (re-exported)
 from tr_jax.sweep.grid import Grid, member_key  # noqa: F401  (re-exported)
 from tr_jax.sweep.lock import workdir_lock
@@ -40,7 +40,7 @@ from tr_jax.sweep.measure import run_group
 from tr_jax.sweep.tables import provenance  # noqa: F401  (re-exported)
 from tr_jax.sweep.train import dense, retrain
 
-__all__ = ["run", "run_stages", "tables_of", "curve_figures"]
+__all__ = ["run", "run_stages", "tables_of", "curve_figures", "depth_outputs"]
 
 
 def tables_of(ctx: Context, dense_out: dict, retrained: dict, measured: dict[str, dict]):
@@ -63,7 +63,7 @@ def curve_figures(ctx: Context, measured: dict[str, dict]) -> list:
     dense seeds) for every measure with a curve (the straight line; the trained Bezier curve
     when measured)."""
     ij = ctx.grid.member_indices()[ctx.grid.pairs_array()[:, 0]]
-    sources = [(m.curve, measured[m.group]) for m in measures.enabled(ctx.cfg)
+    sources = [(m.curve_label(ctx.cfg), measured[m.group]) for m in measures.enabled(ctx.cfg)
                if m.curve and m.group in measured]
     paths = []
     for di, d in enumerate(ctx.densities):
@@ -76,6 +76,29 @@ def curve_figures(ctx: Context, measured: dict[str, dict]) -> list:
             curves, [f"{ctx.cfg.knob} {t}" for t in ctx.temps],
             ctx.wd.path / "figures" / f"curves_density_{d:g}.png",
             title=f"density {100 * d:g}%"))
+    return paths
+
+
+def depth_outputs(ctx: Context, measured: dict[str, dict], results) -> list:
+    """``layers.csv`` (the per-cell layer profiles of results.csv's per-layer metrics, with
+    intervals: :func:`tr_jax.regimes.layer_profiles`), a layer-profile figure per per-layer metric
+    with a ``panel`` (layers across, temperature down, one panel per density), and the figures of
+    every measure that draws its own (``Measure.figures``). Process 0 only."""
+    fig_dir = ctx.wd.path / "figures"
+    paths = []
+    on = [m for m in measures.enabled(ctx.cfg) if m.group in measured]
+    layered = [(m, x) for m in on for x in m.metrics if x.layers]
+    if layered:
+        profiles = regimes.layer_profiles(results)
+        atomic_write_csv(ctx.wd.path / "layers.csv", profiles)
+        for _, x in layered:
+            if x.panel is not None and (profiles["metric"] == x.name).any():
+                paths.append(plots.layer_profile(
+                    profiles, x.name, fig_dir / f"layers_{x.name}.png", title=x.label[0],
+                    cbar=x.label[1], log=x.log, cmap=x.cmap))
+    for m in on:
+        if m.figures is not None:
+            paths += m.figures(measure_inputs(ctx, m.name), measured[m.group], results, fig_dir)
     return paths
 
 
@@ -111,6 +134,7 @@ def run_stages(ctx: Context) -> dict:
             cells, ctx.wd.path / "figures" / f"{ctx.cfg.knob}_three_regimes.png",
             rule=ctx.cfg.regimes.to_dict(), transition_table=transition))
         figures += curve_figures(ctx, measured)
+        figures += depth_outputs(ctx, measured, results)
         atomic_write_text(ctx.wd.path / "summary.txt", summary + "\n")
         partial.remove(ctx.wd.path)  # the final tables replace the partial ones
     ctx.timings["tables"] = time.time() - t

@@ -44,11 +44,30 @@ def sick_members(grid: Grid, dense: dict, retrained: dict) -> tuple[np.ndarray, 
     return dense_sick, sick, sick[pairs[:, 0]] | sick[pairs[:, 1]]
 
 
+def layers_key(measure: str) -> str:
+    """The key under which a measure group's arrays carry a measure's layer names."""
+    return f"{measure}.layers"
+
+
 def _measured_metrics(measured: dict[str, dict], unit: str) -> list[tuple[str, np.ndarray]]:
     """(metric name, values [items]) of every registered metric of ``unit`` whose measure's group
-    is in ``measured`` (group -> arrays), in the registry's metric order."""
-    return [(x.name, np.asarray(measured[m.group][x.key])) for m, x in measures.metrics(unit)
-            if m.group in measured and x.key in measured[m.group]]
+    is in ``measured`` (group -> arrays), in the registry's metric order; a per-layer metric
+    (``Metric.layers``) gives one ``{name}@{layer}`` per layer, in network order."""
+    out = []
+    for m, x in measures.metrics(unit):
+        arrays = measured.get(m.group, {})
+        if x.key not in arrays:
+            continue
+        v = np.asarray(arrays[x.key])
+        if not x.layers:
+            out.append((x.name, v))
+            continue
+        names = arrays[layers_key(m.name)]
+        if v.shape[1:] != (len(names),):
+            raise ValueError(f"metric {x.name!r}: values of shape {v.shape} for {len(names)} "
+                             "layers")
+        out += [(f"{x.name}@{layer}", v[:, j]) for j, layer in enumerate(names)]
+    return out
 
 
 def results_table(grid: Grid, base: dict[str, Any], dense: dict, retrained: dict,
