@@ -26,7 +26,13 @@ TINY = str(ROOT / "configs" / "tiny.py")
 SETS = ["temperatures=(1,)", "dense.epochs=1", "retrain.epochs=2", "run.checkpoint_every=1",
         "measure.test_error_last_epochs=1", "measure.lmc_points=2", "prune.densities=(0.1, 0.5)",
         "run.members_strategy=vmap", "dense.lr=0.02", "retrain.lr=0.02", "run.chunk_steps=1",
-        "dense.batch_size=256", "retrain.batch_size=256"]
+        "dense.batch_size=256", "retrain.batch_size=256",
+        # the depth measures on the stacked path, over the members mesh of 2 processes
+        "measure.layer_cka.enabled=True", "measure.layer_cka.images=64",
+        "measure.layer_hessian.enabled=True", "measure.layer_hessian.images=32",
+        "measure.layer_hessian.probes=2", "measure.layer_hessian.chunk=1",
+        "measure.hessian_esd.enabled=True", "measure.hessian_esd.images=32",
+        "measure.hessian_esd.lanczos_steps=4"]
 TIMEOUT = 600
 
 
@@ -108,6 +114,18 @@ def test_two_processes_killed_mid_retrain_resume_to_the_tables_of_one(four_devic
     num = a.select_dtypes("number").columns
     np.testing.assert_allclose(b[num], a[num], rtol=1e-4, atol=1e-5)
     assert list(a.regime) == list(b.regime)
+    for col in ("layer_cka_min", "layer_trace_top_share", "esd_negative_mass"):
+        assert b[col].notna().all(), col
+    # the per-layer rows of results.csv (layer CKA per pair, layer traces per member) agree too
+    keys = ["stage", "density", "retrain_seed", "pair", "metric"]
+    ra, rb = (_numbers(w / "results.csv") for w in (four_devices, wd))
+    ra, rb = (r[r.metric.str.contains("@")].set_index(keys).value.sort_index() for r in (ra, rb))
+    metric = ra.index.get_level_values("metric")
+    assert metric.str.startswith("layer_cka").sum() == 2 * 2 * 4  # 2 pairs, 2 kinds, 4 layers
+    traced = metric[metric.str.startswith("layer_trace@")].unique()
+    assert len(traced) >= 5 and metric.str.startswith("layer_trace").sum() == 4 * 2 * len(traced)
+    assert ra.index.equals(rb.index) and np.isfinite(rb).all()
+    np.testing.assert_allclose(rb.to_numpy(), ra.to_numpy(), rtol=1e-4, atol=1e-5)
 
 
 SHARDING_SCRIPT = textwrap.dedent("""

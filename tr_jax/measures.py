@@ -616,6 +616,12 @@ def _layer_hessian_names(inputs: Inputs, retrained: dict) -> tuple[str, ...]:
     return tuple(_layer_groups(inputs, retrained["variables"]))
 
 
+def _trace_key(raw) -> jax.Array:
+    """The trace's probe key of a member's raw Hessian key, as ``member_hessian`` splits it: the
+    per-layer traces draw the whole-network trace's probes."""
+    return jax.random.split(jax.random.wrap_key_data(raw))[0]
+
+
 @functools.lru_cache(maxsize=None)
 def _layer_trace_fn(model, mean: tuple, std: tuple, groups: tuple, probes: int, chunk: int,
                     restrict: bool):
@@ -623,7 +629,7 @@ def _layer_trace_fn(model, mean: tuple, std: tuple, groups: tuple, probes: int, 
 
     def one(v, m, x, y, k):
         r = landscape.layer_traces(model, v, m if restrict else None, x, y,
-                                   jax.random.wrap_key_data(k), mean=mean, std=std, layers=layers,
+                                   _trace_key(k), mean=mean, std=std, layers=layers,
                                    probes=probes, chunk=chunk, loop="while")
         return jnp.stack([r[n][0] for n in layers]), jnp.stack([r[n][1] for n in layers])
     return mem.jit(jax.vmap(one, in_axes=(0, 0, None, None, 0)))
@@ -647,7 +653,7 @@ def _layer_hessian_compute(inputs: Inputs, retrained: dict, idx: np.ndarray) -> 
         for i in idx:
             r = landscape.layer_traces(
                 inputs.model, mem.take(V, i), mem.take(masks, i) if s.restrict_to_mask else None,
-                X, Y, jax.random.wrap_key_data(jnp.asarray(keys[i])), mean=mean, std=std,
+                X, Y, _trace_key(jnp.asarray(keys[i])), mean=mean, std=std,
                 layers=groups, probes=int(s.probes), chunk=int(s.chunk))
             rows.append([[float(r[g][0]) for g in groups], [float(r[g][1]) for g in groups]])
         tr, se = (np.asarray([r[j] for r in rows], np.float64).reshape(len(idx), len(groups))
