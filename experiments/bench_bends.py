@@ -16,7 +16,8 @@ those of the ``bezier`` measure (``tr_jax.measures``) on CPU: ``chunk_steps=1, u
 
 One warm-up call per variant (compiles excluded), then ``--repeats`` timed runs interleaved
 round robin across the variants, blocking on the results. Reports the median seconds of each
-variant and its ratio to the one-bend curve. Final lines ``RESULT name=value``.
+variant and its ratio to the one-bend curve, and the median split between training
+(``train_curves``) and evaluation (``curve_errors``). Final lines ``RESULT name=value``.
 """
 from __future__ import annotations
 
@@ -42,18 +43,23 @@ def stack(trees):
 
 def measure(model, ds, pa, pb, mask, batch_stats, *, bends: int, kind: str, epochs: int,
             batch_size: int, points: int, cpu: bool):
-    """Train and evaluate the curves of one variant; returns the train errors [P, points] on the
-    host (so the call has finished when it returns)."""
+    """Train and evaluate the curves of one variant; returns ``(train errors [P, points] on the
+    host, seconds training, seconds evaluating)``, blocking on each part's results."""
+    t0 = time.perf_counter()
     X, Y = jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels)
     mid, _ = tj.landscape.train_curves(
         model, pa, pb, mask, batch_stats, X, Y, key=jax.random.key(0), mean=ds.mean, std=ds.std,
         epochs=epochs, batch_size=batch_size, chunk_steps=1 if cpu else None, unroll=cpu,
         bends=bends, kind=kind)
+    jax.block_until_ready(mid)
+    t1 = time.perf_counter()
     res = tj.landscape.curve_errors(
         model, pa, mid, pb, X, Y, mean=ds.mean, std=ds.std, ts=np.linspace(0.0, 1.0, points),
         test=(jnp.asarray(ds.test_images), jnp.asarray(ds.test_labels)), kind=kind)
     jax.block_until_ready(res)
-    return np.asarray(res["train_error"])
+    err = np.asarray(res["train_error"])
+    t2 = time.perf_counter()
+    return err, t1 - t0, t2 - t1
 
 
 def main() -> None:
@@ -95,17 +101,22 @@ def main() -> None:
 
     for name, bends, kind in VARIANTS:  # warm-up: compiles excluded from the timings
         t = time.perf_counter()
-        err = run(bends, kind)
+        err, _, _ = run(bends, kind)
         print(f"warm-up {name}: {time.perf_counter() - t:.2f}s, mean train error along the curves "
               f"{err.mean():.3f}")
     times = {name: [] for name, _, _ in VARIANTS}
+    parts = {name: [] for name, _, _ in VARIANTS}  # (train, evaluate) seconds
     for r in range(a.repeats):  # round robin, so load changes hit every variant alike
         for name, bends, kind in VARIANTS:
             t = time.perf_counter()
-            run(bends, kind)
+            _, t_train, t_eval = run(bends, kind)
             times[name].append(time.perf_counter() - t)
+            parts[name].append((t_train, t_eval))
         print(f"repeat {r + 1}: " + ", ".join(f"{n} {ts[-1]:.2f}s" for n, ts in times.items()))
     med = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, _, _ in VARIANTS:
+        tr, ev = (statistics.median(p[j] for p in parts[name]) for j in (0, 1))
+        print(f"{name}: median {med[name]:.2f}s = train_curves {tr:.2f}s + curve_errors {ev:.2f}s")
     for name, _, _ in VARIANTS:
         print(f"RESULT {name}_s={med[name]:.3f}")
     for name, _, _ in VARIANTS[1:]:
