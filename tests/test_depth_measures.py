@@ -366,3 +366,45 @@ def test_grown_sweep_keeps_the_old_depth_numbers(sweep):
     assert len(depth[depth.metric == "layer_cka@fc"]) == 6
     assert len(depth[depth.metric == "esd_top"]) == 6
     assert sweep["grown_cells"].layer_cka_min.notna().all()
+
+
+# ------------------------------------------------------------------ refused before any work
+def test_layers_that_select_nothing_are_refused_before_any_work(tmp_path):
+    wd = tmp_path / "w"
+    cmd = [sys.executable, "-m", "tr_jax.cli", "run", TINY, "--workdir", str(wd), "--no-progress",
+           "--set", "measure.layer_cka.enabled=True", "--set", "measure.layer_cka.layers=^nothing$"]
+    r = subprocess.run(cmd, env=cpu_env(1), capture_output=True, text=True, timeout=TIMEOUT,
+                       cwd=ROOT)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tr-jax: error: measure.layer_cka.layers='^nothing$'")
+    assert "matches no module path of PreResNet" in err[0] and "'layer1_0/conv1'" in err[0]
+    assert sorted(f.name for f in wd.iterdir()) == ["log.txt"]  # the error's log, no run state
+
+
+def test_a_user_model_needs_a_layers_regex():
+    import flax.linen as nn
+
+    from tr_jax.errors import UserError
+    from tr_jax.sweep.context import check_layers
+
+    class Mlp(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.relu(nn.Dense(16, name="hidden")(x.reshape((x.shape[0], -1))))
+            return nn.Dense(10, name="head")(x)
+
+    ds = load_dataset("digits", None)
+    cfg = load_config(TINY)
+    cfg.measure.layer_cka.enabled = True
+    with pytest.raises(UserError, match=r"measure\.layer_cka\.layers='': .*not a built-in "
+                                        r"architecture"):
+        check_layers(cfg, Mlp(), ds)
+    cfg.measure.layer_cka.layers = "^(hidden|head)$"
+    check_layers(cfg, Mlp(), ds)  # a regex over its module paths selects its layers
+    cfg.measure.layer_hessian.enabled = True  # '' = one group per top-level module: any model
+    check_layers(cfg, Mlp(), ds)
+    cfg.measure.layer_hessian.layers = "^conv"
+    with pytest.raises(UserError, match=r"measure\.layer_hessian\.layers='\^conv': .*selects no "
+                                        "parameter leaf"):
+        check_layers(cfg, Mlp(), ds)

@@ -24,6 +24,7 @@ from tr_jax import members as mem
 from tr_jax.config import config_hash, to_json
 from tr_jax.data.arrays import check_dataset, small_test_split_note
 from tr_jax.data.datasets import load_dataset
+from tr_jax.errors import UserError
 from tr_jax.sweep import stages
 from tr_jax.sweep.estimate import members_cap
 from tr_jax.sweep.grid import Grid
@@ -142,6 +143,9 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
                                                                          cfg.data_dir or None)
     if model is not None:
         models.adapter(model)
+    built = model if model is not None else models.build(
+        cfg.model.arch, depth=cfg.model.depth, num_classes=ds.num_classes, width=cfg.model.width)
+    check_layers(cfg, built, ds)
     wd = Workdir(workdir, to_json(cfg), grown_stages=grown_stages(cfg))
     h = config_hash(cfg)
     say = functools.partial(log_line, wd, echo)  # before the context exists
@@ -150,8 +154,7 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
         f"({jax.device_count()} device(s), {jax.process_count()} process(es)); workdir {wd.path}")
     if note := small_test_split_note(ds.num_test):  # once, when the sweep starts
         say(f"warning: {note}")
-    model = model if model is not None else models.build(
-        cfg.model.arch, depth=cfg.model.depth, num_classes=ds.num_classes, width=cfg.model.width)
+    model = built
     X, Y, Xt, Yt = sharding.replicate((ds.train_images, ds.train_labels, ds.test_images,
                                        ds.test_labels))
     grid = Grid.from_config(cfg)
@@ -169,6 +172,27 @@ def setup(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
                    wd=wd, X=X, Y=Y, Xt=Xt, Yt=Yt, root=jax.random.key(cfg.seed), grid=grid,
                    old_grid=old_grid, plan=plan, strategy=strategy, progress=progress,
                    echo_fn=echo, mlog=mlog)
+
+
+def check_layers(cfg, model, ds) -> None:
+    """Refuse, before any work, a config whose per-layer measure selects no layer of ``model``
+    (a ``layers`` regex that matches nothing; the default layers of a model that is not a
+    built-in architecture): a :class:`~tr_jax.errors.UserError` naming the setting."""
+    todo = [m for m in measures.enabled(cfg) if m.layer_names is not None]
+    if not todo:
+        return
+    one = jax.eval_shape(lambda k: models.init(model, k, ds.image_shape), jax.random.key(0))
+    stacked = {"variables": jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape), a.dtype),
+                                         one)}
+    for m in todo:
+        inputs = measures.Inputs(cfg=cfg, grid=None, ds=ds, model=model, X=None, Y=None, Xt=None,
+                                 Yt=None, root=None, stacked=False, strategy="", take=None,
+                                 pad=None)
+        try:
+            m.layer_names(inputs, stacked)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"measure.{m.name}.layers={cfg.measure[m.name].get('layers', '')!r}: "
+                            f"{e}") from None
 
 
 def grown_stages(cfg) -> tuple[str, ...]:
