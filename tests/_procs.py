@@ -22,8 +22,13 @@ def free_port() -> int:
 
 def cpu_env(devices: int, **extra: str) -> dict:
     """The environment of a process with ``devices`` simulated CPU devices that compiles as the
-    test suite does and imports this checkout."""
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    test suite does and imports this checkout. The devices share the 2 cores with the other test
+    worker: a device thread can reach a collective more than XLA's default 20 + 40 s after the
+    others, so the termination timeout of an in-process collective is raised to 600 s (the
+    tests' own bound)."""
+    flags = (f"--xla_force_host_platform_device_count={devices} "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+    return {**os.environ, "XLA_FLAGS": flags,
             "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "PYTHONPATH": str(ROOT), **extra}
 
 
